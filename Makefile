@@ -1,0 +1,47 @@
+# onnxopt developer commands. `make demo` and `make test` set everything up themselves.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONHASHSEED := 0
+
+.PHONY: install test demo lint models bench case-study distill-demo search-demo clean help
+
+help:
+	@echo "make install     create .venv and install onnxopt with all extras"
+	@echo "make test        run the test suite"
+	@echo "make demo        optimize the bundled digits model and print before/after"
+	@echo "make lint        ruff + mypy"
+	@echo "make models      rebuild models/ (sample models and data)"
+	@echo "make bench       side-by-side benchmark ratios"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install only when the project's dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -x --timeout=600 -p no:cacheprovider tests
+
+demo: install
+	$(BIN)/onnxopt optimize models/digits_cnn.onnx -o build/digits_cnn.opt.onnx \
+		--data models/digits_val.npz --calib-data models/digits_calib.npz
+
+lint: install
+	$(BIN)/ruff check onnxopt tests benchmarks scripts
+	$(BIN)/mypy
+
+models: install
+	$(BIN)/python scripts/build_models.py
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,61 @@
+"""`onnxopt inspect`: describe a model (inputs, outputs, opsets, ops, parameters, size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxopt.cli._options import echo_json, human_bytes, json_option, model_argument
+
+
+@click.command("inspect")
+@model_argument
+@json_option
+@click.option("--no-validate", is_flag=True, help="Skip the checker and onnxruntime load test.")
+def command(model: Path, as_json: bool, no_validate: bool) -> None:
+    """Describe MODEL: inputs/outputs (with symbolic dims), opsets, op histogram, parameters.
+
+    \b
+    Examples:
+      onnxopt inspect models/digits_cnn.onnx
+      onnxopt inspect models/digits_cnn.onnx --json | jq .parameter_count
+    """
+    from onnxopt.model import describe, load_model, validate_model
+
+    proto = load_model(model)
+    if not no_validate:
+        validate_model(proto)
+    desc = describe(model, proto)
+    if as_json:
+        echo_json(desc.to_dict())
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title=escape(desc.path), show_header=False)
+    summary.add_row("file size", human_bytes(desc.file_size))
+    summary.add_row("producer", desc.producer or "-")
+    summary.add_row("IR version", str(desc.ir_version))
+    summary.add_row("opsets", ", ".join(f"{k} {v}" for k, v in desc.opsets.items()))
+    summary.add_row("nodes", str(desc.node_count))
+    summary.add_row("parameters", f"{desc.parameter_count:,}")
+    summary.add_row("initializer bytes", human_bytes(desc.initializer_bytes))
+    summary.add_row("external data", "yes" if desc.external_data else "no")
+    console.print(summary)
+    io = Table(title="inputs and outputs")
+    for col in ("kind", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, specs in (("input", desc.inputs), ("output", desc.outputs)):
+        for s in specs:
+            shape = "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
+            io.add_row(kind, escape(s.name), s.dtype, escape(shape))
+    console.print(io)
+    ops = Table(title="op types")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in desc.op_histogram.items():
+        ops.add_row(escape(op), str(n))
+    console.print(ops)

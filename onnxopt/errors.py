@@ -1,0 +1,52 @@
+"""Domain errors of onnxopt; the CLI maps them to one-line messages and exit codes."""
+
+from __future__ import annotations
+
+
+class OnnxoptError(Exception):
+    """Base class of every error onnxopt raises on purpose; its message is shown to users."""
+
+    exit_code = 1
+
+
+class InvalidModelError(OnnxoptError):
+    """The model file is missing, unreadable, not ONNX, or fails validation."""
+
+
+class InvalidInputError(OnnxoptError):
+    """Input data (npz, shapes, dtypes, options) does not fit the model or the command."""
+
+
+class MissingExtraError(OnnxoptError):
+    """An optional dependency is not installed; the message gives the pip command."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed: pip install 'onnxopt[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class PassError(OnnxoptError):
+    """A pipeline pass failed; the message names the pass and the passes before it."""
+
+
+class UnsupportedModelError(OnnxoptError):
+    """The model uses something a pass cannot handle."""
+
+
+class GateFailedError(OnnxoptError):
+    """A pipeline gate (accuracy drop, speedup, size, ...) failed."""
+
+    exit_code = 3
+
+
+def require(module: str, extra: str) -> object:
+    """Import an optional module or raise MissingExtraError naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(module.split(".")[0], extra) from e
