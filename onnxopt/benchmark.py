@@ -1,0 +1,569 @@
+"""Latency, throughput and memory of ONNX models on onnxruntime CPU providers, measured side by side.
+
+Two isolation modes:
+
+* ``interleaved`` (default): every model gets a session in this process with intra-op spinning
+  disabled (an idle spinning session steals the cores of the one being timed), each is warmed
+  up, then rounds run one inference per model, rotating the start order every round so no model
+  always goes first. Drift of the machine hits every model alike, and samples are paired by round.
+* ``subprocess``: each model is timed in its own fresh Python process, one after the other,
+  repeated in alternating blocks (A B, B A, ...). Slower to start, nothing else shares the process.
+
+Peak memory (``measure_memory``) is always measured in a fresh subprocess: the peak resident set
+size during session creation and a few runs, minus the resident size just before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxopt.errors import InvalidInputError, InvalidModelError, OnnxoptError
+from onnxopt.feeds import Feed, check_feed, synthesize_feed
+from onnxopt.model import graph_inputs, load_model
+from onnxopt.runtime import SessionConfig, create_session, physical_cores, session_options
+
+log = logging.getLogger(__name__)
+
+ISOLATION_MODES = ("interleaved", "subprocess")
+# Op domains onnxruntime implements itself; anything else needs the onnxruntime-extensions library.
+_BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.training"}
+
+
+def _default_session() -> SessionConfig:
+    return SessionConfig(intra_op_threads=physical_cores(), allow_spinning=False)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How to benchmark: session settings, warm-up, number of timed runs, isolation, inputs."""
+
+    session: SessionConfig = field(default_factory=_default_session)
+    warmup: int = 5
+    runs: int = 50  # timed runs per model (minimum when duration_s is set)
+    duration_s: float | None = None  # keep running rounds until this many seconds in total
+    batch: int = 1
+    seed: int = 0
+    isolation: str = "interleaved"  # interleaved | subprocess
+    measure_memory: bool = False  # peak RSS of a session, measured in a fresh subprocess
+    shape_overrides: Mapping[str, tuple[int, ...]] | None = None
+    blocks: int = 2  # subprocess mode: number of alternating blocks the runs are split into
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise InvalidInputError(f"warmup must be >= 0, got {self.warmup}: use --warmup 0 or more")
+        if self.runs < 2:
+            raise InvalidInputError(f"runs must be >= 2, got {self.runs}: use --runs 2 or more")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise InvalidInputError(f"duration must be > 0 seconds, got {self.duration_s}")
+        if self.batch < 1:
+            raise InvalidInputError(f"batch must be >= 1, got {self.batch}: use --batch 1 or more")
+        if self.isolation not in ISOLATION_MODES:
+            raise InvalidInputError(
+                f"unknown isolation {self.isolation!r}; choose one of {', '.join(ISOLATION_MODES)}"
+            )
+        if self.blocks < 1:
+            raise InvalidInputError(f"blocks must be >= 1, got {self.blocks}")
+        if self.isolation == "interleaved" and self.session.allow_spinning:
+            log.warning(
+                "interleaved benchmark with spinning threads: idle sessions steal cores; "
+                "timings can be off by several times (use allow_spinning=False)"
+            )
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency statistics in milliseconds over the timed runs."""
+
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    cv: float  # coefficient of variation: std / mean
+    throughput_per_s: float  # samples (inferences x batch) per second at the mean latency
+    n: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], batch: int = 1) -> LatencyStats:
+        """Statistics of a sequence of latencies in ms."""
+        a = np.asarray(samples_ms, dtype=np.float64)
+        if a.size == 0:
+            raise InvalidInputError("no latency samples to summarize")
+        mean = float(a.mean())
+        std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+        p50, p90, p95, p99 = (float(v) for v in np.percentile(a, [50, 90, 95, 99]))
+        return cls(
+            mean_ms=mean,
+            std_ms=std,
+            min_ms=float(a.min()),
+            p50_ms=p50,
+            p90_ms=p90,
+            p95_ms=p95,
+            p99_ms=p99,
+            max_ms=float(a.max()),
+            cv=std / mean if mean > 0 else 0.0,
+            throughput_per_s=batch * 1000.0 / mean if mean > 0 else 0.0,
+            n=int(a.size),
+        )
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One model's measurement (one row per model and thread setting)."""
+
+    name: str
+    path: str | None
+    file_size: int
+    samples_ms: tuple[float, ...]
+    stats: LatencyStats
+    session_create_ms: float
+    peak_rss_mb: float | None
+    threads: int = 0
+    provider: str = "CPUExecutionProvider"
+    isolation: str = "interleaved"
+    batch: int = 1
+
+    @property
+    def label(self) -> str:
+        """Name with the thread setting, e.g. 'model (2 threads)'."""
+        return f"{self.name} ({self.threads} thread{'s' if self.threads != 1 else ''})"
+
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """A JSON-serializable dict (samples only when asked: they can be long)."""
+        d = asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        else:
+            d["samples_ms"] = list(self.samples_ms)
+        return d
+
+
+@dataclass(frozen=True)
+class RatioCI:
+    """Candidate latency / reference latency (ratio of medians), 95% bootstrap CI over rounds."""
+
+    ratio: float
+    low: float
+    high: float
+    significant: bool  # the CI excludes 1.0
+    paired: bool = True
+    n: int = 0
+
+    @property
+    def speedup(self) -> float:
+        """Reference latency / candidate latency (> 1 means the candidate is faster)."""
+        return 1.0 / self.ratio if self.ratio > 0 else float("inf")
+
+    def describe(self) -> str:
+        """E.g. '0.52x [0.50, 0.54] (1.92x faster)' or '... not significant'."""
+        text = f"{self.ratio:.3f}x [{self.low:.3f}, {self.high:.3f}]"
+        if not self.significant:
+            return text + " (not significant)"
+        if self.ratio < 1:
+            return text + f" ({self.speedup:.2f}x faster)"
+        return text + f" ({self.ratio:.2f}x slower)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict (with the speedup)."""
+        d = asdict(self)
+        d["speedup"] = self.speedup
+        return d
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def latency_ratio(
+    candidate: BenchResult | Sequence[float],
+    reference: BenchResult | Sequence[float],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> RatioCI:
+    """Ratio of median latencies (candidate / reference) with a 95% bootstrap CI.
+
+    Samples measured in the same rounds (interleaved) are resampled as pairs (the same round
+    indices for both), which cancels drift; samples of different lengths are resampled apart.
+    """
+    c = np.asarray(candidate.samples_ms if isinstance(candidate, BenchResult) else candidate, dtype=np.float64)
+    r = np.asarray(reference.samples_ms if isinstance(reference, BenchResult) else reference, dtype=np.float64)
+    if c.size < 2 or r.size < 2:
+        raise InvalidInputError("a latency ratio needs at least 2 samples per model")
+    rng = np.random.default_rng(seed)
+    ratio = float(np.median(c) / np.median(r))
+    paired = c.size == r.size
+    if paired:
+        idx = rng.integers(0, c.size, size=(n_boot, c.size))
+        boot = np.median(c[idx], axis=1) / np.median(r[idx], axis=1)
+    else:
+        ic = rng.integers(0, c.size, size=(n_boot, c.size))
+        ir = rng.integers(0, r.size, size=(n_boot, r.size))
+        boot = np.median(c[ic], axis=1) / np.median(r[ir], axis=1)
+    low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    return RatioCI(
+        ratio=ratio,
+        low=low,
+        high=high,
+        significant=not (low <= 1.0 <= high),
+        paired=paired,
+        n=int(min(c.size, r.size)),
+    )
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Entry:
+    name: str
+    path: str | None
+    proto: ModelProto
+    file_size: int
+    session: SessionConfig
+
+
+def _resolve_models(
+    models: Sequence[ModelProto | str | Path], names: Sequence[str] | None
+) -> list[tuple[str, str | None, ModelProto, int]]:
+    if not models:
+        raise InvalidInputError("no models to benchmark")
+    if names is not None and len(names) != len(models):
+        raise InvalidInputError(f"got {len(names)} names for {len(models)} models")
+    out = []
+    seen: dict[str, int] = {}
+    for i, m in enumerate(models):
+        if isinstance(m, ModelProto):
+            proto, path, size = m, None, m.ByteSize()
+            default = m.graph.name or f"model{i}"
+        else:
+            p = Path(m)
+            proto, path, size = load_model(p), str(p), p.stat().st_size
+            default = p.name
+        name = names[i] if names is not None else default
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"
+        out.append((name, path, proto, size))
+    return out
+
+
+def model_feed(model: ModelProto, config: BenchConfig, feed: Feed | None = None) -> Feed:
+    """The feed one model is benchmarked with: the given feed (checked) or a synthesized one."""
+    if feed is None:
+        return synthesize_feed(model, batch=config.batch, overrides=config.shape_overrides, seed=config.seed)
+    wanted = {s.name for s in graph_inputs(model)}
+    sub = {k: v for k, v in feed.items() if k in wanted}
+    check_feed(model, sub, "the feed")
+    return sub
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def benchmark(
+    models: Sequence[ModelProto | str | Path],
+    config: BenchConfig | None = None,
+    feed: Feed | None = None,
+    names: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    threads: Sequence[int] | None = None,
+) -> list[BenchResult]:
+    """Benchmark models side by side with the same settings; one result per (model, threads).
+
+    threads: intra-op thread counts to sweep (default: the config's session setting); all
+    (model, threads) variants are measured in the same interleaved rounds.
+    progress: called as progress(done, total) with done/total in model runs.
+    """
+    cfg = config or BenchConfig()
+    resolved = _resolve_models(models, names)
+    sweep = list(threads) if threads else [cfg.session.intra_op_threads]
+    if any(t < 0 for t in sweep):
+        raise InvalidInputError(f"thread counts must be >= 0, got {sweep}")
+    entries = [
+        _Entry(name, path, proto, size, lean_session(proto, replace(cfg.session, intra_op_threads=t)))
+        for name, path, proto, size in resolved
+        for t in sweep
+    ]
+    feeds = [model_feed(e.proto, cfg, feed) for e in entries]
+    if cfg.isolation == "interleaved":
+        samples, create_ms = _interleaved(entries, feeds, cfg, progress)
+    else:
+        samples, create_ms = _subprocess_blocks(entries, feeds, cfg, progress)
+    rss: list[float | None] = [None] * len(entries)
+    if cfg.measure_memory:
+        rss = [measure_peak_rss(e.proto, f, e.session) for e, f in zip(entries, feeds)]
+    results = []
+    for e, s, c, m in zip(entries, samples, create_ms, rss):
+        results.append(
+            BenchResult(
+                name=e.name,
+                path=e.path,
+                file_size=e.file_size,
+                samples_ms=tuple(float(x) for x in s),
+                stats=LatencyStats.from_samples(s, cfg.batch),
+                session_create_ms=c,
+                peak_rss_mb=m,
+                threads=e.session.intra_op_threads,
+                provider=e.session.provider,
+                isolation=cfg.isolation,
+                batch=cfg.batch,
+            )
+        )
+    return results
+
+
+def needs_custom_ops(model: ModelProto) -> bool:
+    """True when the model uses op domains that only onnxruntime-extensions provides."""
+    return any(o.domain not in _BUILTIN_DOMAINS for o in model.opset_import)
+
+
+def lean_session(proto: ModelProto, session: SessionConfig) -> SessionConfig:
+    """The session config without the custom-op library when the model does not need it."""
+    # Loading the extensions library costs seconds (it imports torch when installed) and
+    # changes nothing for models without custom ops: skip it for them.
+    if session.custom_ops and not needs_custom_ops(proto):
+        return replace(session, custom_ops=False)
+    return session
+
+
+def _run_once(sess: Any, feed: Feed, out_names: list[str] | None = None) -> float:
+    t0 = time.perf_counter_ns()
+    sess.run(out_names, feed)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def _create(proto: ModelProto, session: SessionConfig) -> tuple[Any, float]:
+    t0 = time.perf_counter_ns()
+    sess = create_session(proto, session)
+    return sess, (time.perf_counter_ns() - t0) / 1e6
+
+
+def _interleaved(
+    entries: list[_Entry],
+    feeds: list[Feed],
+    cfg: BenchConfig,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[list[float]], list[float]]:
+    if cfg.session.allow_spinning and len(entries) > 1:
+        log.warning("interleaved sessions with spinning threads: timings are unreliable")
+    for e in entries:
+        session_options(e.session)  # load libraries once, outside the timed session creation
+    sessions = []
+    create_ms = []
+    for e in entries:
+        s, ms = _create(e.proto, e.session)
+        sessions.append(s)
+        create_ms.append(ms)
+    for s, f in zip(sessions, feeds):
+        for _ in range(cfg.warmup):
+            _run_once(s, f)
+    n = len(sessions)
+    samples: list[list[float]] = [[] for _ in range(n)]
+    total_rounds = cfg.runs
+    start = time.perf_counter()
+    r = 0
+    while True:
+        for k in range(n):
+            i = (r + k) % n
+            samples[i].append(_run_once(sessions[i], feeds[i]))
+        r += 1
+        elapsed = time.perf_counter() - start
+        if cfg.duration_s is not None and r >= 1:
+            # Re-estimate the number of rounds the duration allows.
+            total_rounds = max(cfg.runs, int(cfg.duration_s / (elapsed / r)))
+        if progress is not None:
+            progress(r * n, total_rounds * n)
+        if r >= total_rounds:
+            break
+    log.info("interleaved: %d models x %d rounds in %.1f s", n, r, time.perf_counter() - start)
+    return samples, create_ms
+
+
+# ----------------------------------------------------------------------------- subprocesses
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    pkg_parent = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _run_worker(spec: dict[str, Any], workdir: Path, tag: str) -> dict[str, Any]:
+    spec_path = workdir / f"spec_{tag}.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxopt.benchmark", "worker", str(spec_path)],
+        capture_output=True,
+        text=True,
+        env=_worker_env(),
+        timeout=3600,
+    )
+    if proc.returncode != 0:
+        err = proc.stderr.strip().splitlines()
+        raise OnnxoptError(f"benchmark worker failed: {err[-1] if err else proc.returncode}")
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError) as e:
+        raise OnnxoptError(f"benchmark worker returned no result: {proc.stdout[-200:]!r}") from e
+    if "error" in result:
+        raise OnnxoptError(result["error"])
+    return result
+
+
+def _stage(entries: list[_Entry], feeds: list[Feed], workdir: Path) -> list[tuple[str, str]]:
+    staged = []
+    for i, (e, f) in enumerate(zip(entries, feeds)):
+        if e.path is not None:
+            mpath = e.path
+        else:
+            mpath = str(workdir / f"model_{i}.onnx")
+            if not Path(mpath).exists():
+                Path(mpath).write_bytes(e.proto.SerializeToString())
+        fpath = workdir / f"feed_{i}.npz"
+        np.savez(fpath, **f)  # type: ignore[arg-type]
+        staged.append((str(Path(mpath).resolve()), str(fpath)))
+    return staged
+
+
+def _subprocess_blocks(
+    entries: list[_Entry],
+    feeds: list[Feed],
+    cfg: BenchConfig,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[list[float]], list[float]]:
+    n = len(entries)
+    blocks = min(cfg.blocks, cfg.runs)
+    per_block = [cfg.runs // blocks + (1 if b < cfg.runs % blocks else 0) for b in range(blocks)]
+    duration = cfg.duration_s / blocks / n if cfg.duration_s else None
+    samples: list[list[float]] = [[] for _ in range(n)]
+    creates: list[list[float]] = [[] for _ in range(n)]
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
+        workdir = Path(tmp)
+        staged = _stage(entries, feeds, workdir)
+        for b in range(blocks):
+            order = list(range(n)) if b % 2 == 0 else list(reversed(range(n)))
+            for i in order:
+                spec = {
+                    "model": staged[i][0],
+                    "feed": staged[i][1],
+                    "session": asdict(entries[i].session),
+                    "warmup": cfg.warmup,
+                    "runs": per_block[b],
+                    "duration_s": duration,
+                    "memory": False,
+                }
+                res = _run_worker(spec, workdir, f"{b}_{i}")
+                samples[i].extend(res["samples_ms"])
+                creates[i].append(res["session_create_ms"])
+                done += 1
+                if progress is not None:
+                    progress(done, blocks * n)
+    return samples, [float(np.median(c)) for c in creates]
+
+
+def measure_peak_rss(
+    model: ModelProto | str | Path, feed: Feed, session: SessionConfig | None = None, runs: int = 3
+) -> float:
+    """Peak resident memory in MB added by creating a session and running it, in a fresh process."""
+    proto = model if isinstance(model, ModelProto) else load_model(model)
+    entry = _Entry(
+        "m",
+        None if isinstance(model, ModelProto) else str(model),
+        proto,
+        0,
+        lean_session(proto, session or _default_session()),
+    )
+    with tempfile.TemporaryDirectory(prefix="onnxopt-mem-") as tmp:
+        workdir = Path(tmp)
+        (mpath, fpath), = _stage([entry], [feed], workdir)
+        spec = {
+            "model": mpath,
+            "feed": fpath,
+            "session": asdict(entry.session),
+            "warmup": 0,
+            "runs": max(1, runs),
+            "duration_s": None,
+            "memory": True,
+        }
+        res = _run_worker(spec, workdir, "mem")
+    return float(res["peak_rss_mb"])
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process().memory_info().rss) / 2**20
+    except Exception:  # pragma: no cover - psutil is a dependency; be safe anyway
+        return 0.0
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return float(peak) / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _worker(spec_path: str) -> dict[str, Any]:
+    """Measure one model in this (fresh) process as described by a JSON spec."""
+    spec = json.loads(Path(spec_path).read_text())
+    with np.load(spec["feed"], allow_pickle=False) as z:
+        feed = {k: z[k] for k in z.files}
+    session = SessionConfig(**spec["session"])
+    model_bytes = Path(spec["model"]).read_bytes()
+    session_options(session)  # load libraries before the baseline and the timed creation
+    base = _rss_mb()
+    t0 = time.perf_counter_ns()
+    sess = create_session(model_bytes, session)
+    create_ms = (time.perf_counter_ns() - t0) / 1e6
+    for _ in range(spec["warmup"]):
+        _run_once(sess, feed)
+    samples = []
+    start = time.perf_counter()
+    while True:
+        samples.append(_run_once(sess, feed))
+        if len(samples) >= spec["runs"] and (
+            spec["duration_s"] is None or time.perf_counter() - start >= spec["duration_s"]
+        ):
+            break
+    out: dict[str, Any] = {"samples_ms": samples, "session_create_ms": create_ms}
+    if spec["memory"]:
+        out["peak_rss_mb"] = max(0.0, _peak_rss_mb() - base)
+    return out
+
+
+def _worker_main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "worker":
+        print("usage: python -m onnxopt.benchmark worker SPEC.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        result = _worker(argv[1])
+    except (OnnxoptError, InvalidModelError) as e:
+        result = {"error": str(e)}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker_main(sys.argv[1:]))
