@@ -1,0 +1,177 @@
+"""`onnxopt optimize`: run a recipe, verify, benchmark, gate and report (the build-pipeline command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxopt.cli._options import echo_json, model_argument
+
+_PATH = click.Path(path_type=Path, dir_okay=False)
+
+
+def _gate(name: str, help_text: str) -> Any:
+    return click.option(name, type=float, default=None, help=help_text)
+
+
+@click.command("optimize")
+@model_argument
+@click.option("-o", "--output", type=_PATH, default=None, help="Output .onnx (default: MODEL.opt.onnx beside the input).")
+@click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Recipe TOML (default: chosen for the model; see --show-recipe).")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Validation .npz (inputs + optional 'labels') for verification and accuracy.")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None, help="Calibration data for static quantization (.npz, folder of .npy/.npz or images).")
+@click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True, help="latency: keep int8 only when measured faster; size: always keep int8.")
+@click.option("--show-recipe", is_flag=True, help="Print the recipe that would run, as TOML, and exit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic inputs, calibration and the bootstrap.")
+@_gate("--max-accuracy-drop", "Gate: max accuracy points lost (needs --data with labels).")
+@_gate("--min-cosine", "Gate: min output cosine similarity vs the input model.")
+@_gate("--min-speedup", "Gate: min p50 speedup (point estimate) vs the input model.")
+@_gate("--max-size-mb", "Gate: max output size in MB (10^6 bytes).")
+@_gate("--max-latency-ms", "Gate: max p50 latency of the output in ms.")
+@click.option("--report-json", type=_PATH, default=None, help="Write the full report as JSON.")
+@click.option("--report-md", type=_PATH, default=None, help="Write a Markdown report (fits $GITHUB_STEP_SUMMARY).")
+@click.option("--report-html", type=_PATH, default=None, help="Write a self-contained HTML report with plots (report extra).")
+@click.option("--no-output-on-fail", is_flag=True, help="Do not write the model when a gate fails.")
+@click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads for benchmarking (0: physical cores).")
+@click.option("--bench-runs", type=int, default=50, show_default=True, help="Minimum timed runs per stage (interleaved).")
+@click.option("--bench-seconds", type=float, default=2.0, show_default=True, help="Benchmark for at least this long (more rounds: tighter CIs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.pass_context
+def command(
+    ctx: click.Context,
+    model: Path,
+    output: Path | None,
+    recipe: Path | None,
+    data: Path | None,
+    calib_data: Path | None,
+    objective: str,
+    show_recipe: bool,
+    seed: int,
+    max_accuracy_drop: float | None,
+    min_cosine: float | None,
+    min_speedup: float | None,
+    max_size_mb: float | None,
+    max_latency_ms: float | None,
+    report_json: Path | None,
+    report_md: Path | None,
+    report_html: Path | None,
+    no_output_on_fail: bool,
+    threads: int,
+    bench_runs: int,
+    bench_seconds: float,
+    as_json: bool,
+) -> None:
+    """Optimize MODEL for CPU inference: run a recipe of passes, verify every stage against
+    MODEL, benchmark all stages side by side, keep int8 only where it is faster, check gates.
+
+    \b
+    Exit codes: 0 ok, 1 error, 2 usage error, 3 a gate failed.
+    \b
+    Examples:
+      onnxopt optimize model.onnx --data val.npz --calib-data calib.npz
+      onnxopt optimize model.onnx --show-recipe > recipe.toml
+      onnxopt optimize model.onnx --recipe recipe.toml --data val.npz \\
+          --max-accuracy-drop 0.5 --min-speedup 1.2 --report-md summary.md
+    """
+    from onnxopt.errors import GateFailedError
+    from onnxopt.model import load_model, same_file
+    from onnxopt.optimize import (
+        Gates,
+        OptimizeConfig,
+        default_output,
+        default_recipe,
+        optimize,
+        save_result,
+    )
+    from onnxopt.passes import load_recipe
+
+    if max_accuracy_drop is not None and data is None:
+        raise click.UsageError(
+            "--max-accuracy-drop needs labelled data: pass --data val.npz with a 'labels' array"
+        )
+    quiet = bool((ctx.obj or {}).get("quiet"))
+    gates = Gates(max_accuracy_drop, min_cosine, min_speedup, max_size_mb, max_latency_ms)
+    config = OptimizeConfig(
+        objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
+        bench_seconds=bench_seconds, gates=gates,
+    )
+    proto = load_model(model)
+    rec = load_recipe(recipe) if recipe is not None else default_recipe(proto, objective)
+    if show_recipe:
+        click.echo(rec.to_toml(), nl=False)
+        return
+    out = output or default_output(model)
+    if same_file(out, model):
+        raise click.UsageError(f"-o {out}: that is the input model; choose another output path")
+    val = None
+    if data is not None:
+        from onnxopt.fidelity import load_eval_data
+
+        val = load_eval_data(proto, data)
+        if max_accuracy_drop is not None and val[1] is None:
+            raise click.UsageError(
+                f"--max-accuracy-drop needs labelled data: {data} has no 'labels' array"
+            )
+    calib = None
+    if calib_data is not None:
+        from onnxopt.calibration import open_calibration
+
+        calib = open_calibration(proto, calib_data)
+
+    progress = None if (as_json or quiet) else (lambda msg: click.echo(f"... {msg}", err=True))
+    result = optimize(proto, rec, config, val=val, calib=calib, progress=progress)
+    written = save_result(result, out, input_path=model, write_on_gate_failure=not no_output_on_fail)
+
+    from onnxopt import report
+
+    if report_json is not None:
+        report.write_text(report_json, report.to_json(result))
+    if report_md is not None:
+        report.write_text(report_md, report.to_markdown(result))
+    if report_html is not None:
+        report.write_text(report_html, report.to_html(result))
+
+    if as_json:
+        d = result.to_dict()
+        d["output"] = str(written) if written else None
+        echo_json(d)
+    else:
+        _print_table(result, written, out)
+    if not result.gates_passed:
+        names = ", ".join(g.gate for g in result.failed_gates)
+        where = (
+            f"output written to {written} but marked (metadata onnxopt.gate_failed)"
+            if written
+            else "output not written (--no-output-on-fail)"
+        )
+        details = "; ".join(g.describe() for g in result.failed_gates)
+        raise GateFailedError(f"gate failed: {names}: {details}; {where}")
+
+
+def _print_table(result: Any, written: Path | None, out: Path) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from onnxopt.report import COLUMNS, headline, stage_rows, summary_line
+
+    console = Console()
+    if console.width < 140:  # keep the table on one line per stage in CI logs and narrow terminals
+        console = Console(width=140)
+    table = Table(title="onnxopt optimize: per stage, measured side by side")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("stage", "kept") else "right")
+    for row in stage_rows(result):
+        style = "bold green" if row["kept"] == "final" else None
+        table.add_row(*(escape(row[c]) for c in COLUMNS), style=style)
+    console.print(table)
+    console.print(escape(f"verification data: {result.data}"))
+    for line in headline(result):
+        console.print(f"[bold yellow]{escape(line)}[/]" if line.startswith("WARNING") else f"[bold red]{escape(line)}[/]")
+    console.print(escape(summary_line(result)))
+    if written is not None:
+        console.print(f"wrote {escape(str(written))}")
+    else:
+        console.print(f"not written: {escape(str(out))} (--no-output-on-fail)")
