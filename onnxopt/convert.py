@@ -1,0 +1,737 @@
+"""Convert PyTorch / Keras models to ONNX, prove numerical parity, stamp metadata, simplify."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+from onnx import ModelProto
+
+from onnxopt.errors import InvalidInputError, OnnxoptError, UnsupportedModelError
+from onnxopt.feeds import Feed
+from onnxopt.model import graph_inputs, graph_outputs, save_model
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("auto", "dynamo", "torchscript", "keras", "tf2onnx")
+PARITY_BATCH = 3  # batch of the seeded parity inputs: neither 1 nor the export batch
+MAX_DATA_SAMPLES = 256  # real --data samples used for parity
+META_PREFIX = "onnxopt."
+
+
+class ParityError(OnnxoptError):
+    """The exported model does not reproduce the source model within atol/rtol."""
+
+
+class ExportError(UnsupportedModelError):
+    """Every exporter attempted failed on this model."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to export and check a model; validated on creation."""
+
+    opset: int = 17
+    exporter: str = "auto"
+    dynamic_batch: bool = True
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    simplify: bool = True
+    seed: int = 0
+    benchmark_runs: int = 30
+
+    def __post_init__(self) -> None:
+        if not 11 <= self.opset <= 23:
+            raise InvalidInputError(f"--opset {self.opset}: choose an opset between 11 and 23 (17 is a safe default)")
+        if self.exporter not in EXPORTERS:
+            raise InvalidInputError(f"--exporter {self.exporter!r}: choose one of {', '.join(EXPORTERS)}")
+        if not (self.atol >= 0 and self.rtol >= 0) or math.isnan(self.atol + self.rtol):
+            raise InvalidInputError(f"--atol/--rtol must be >= 0; got {self.atol}, {self.rtol}")
+        for kind, names in (("input", self.input_names), ("output", self.output_names)):
+            if names is not None:
+                if any(not n for n in names):
+                    raise InvalidInputError(f"--{kind}-names: empty name; give comma-separated names like a,b")
+                if len(set(names)) != len(names):
+                    raise InvalidInputError(f"--{kind}-names: duplicate names in {','.join(names)}")
+        if self.benchmark_runs < 1:
+            raise InvalidInputError("benchmark_runs must be >= 1")
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Largest differences between source-framework and onnxruntime outputs on the same inputs."""
+
+    max_abs: float
+    max_rel: float  # max |onnx - source| / max |source|, per output, worst output
+    worst_output: str
+    passed: bool
+    atol: float
+    rtol: float
+    samples: int
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """The converted model, its parity figures, the exporter used, and a JSON report."""
+
+    model: ModelProto
+    parity: ParityReport
+    exporter: str
+    framework: str
+    report: dict[str, Any]
+
+
+class Source(Protocol):
+    """A loaded source model that can run itself and export itself to ONNX."""
+
+    framework: str  # "torch" | "keras" | "tensorflow"
+    framework_version: str
+    exporters: tuple[str, ...]  # in order of preference for exporter="auto"
+
+    def inputs(self) -> list[tuple[str, np.ndarray]]:
+        """(default name, example array) of each input, in call order."""
+        ...
+
+    def output_names(self) -> list[str]:
+        """Default names of the outputs."""
+        ...
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run the source model in inference mode on inputs given in call order."""
+        ...
+
+    def export(
+        self,
+        exporter: str,
+        *,
+        opset: int,
+        dynamic_batch: bool,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        examples: Sequence[np.ndarray],
+    ) -> ModelProto:
+        """Export with the named exporter; raise ExportError with a short, actionable message."""
+        ...
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A numpy array from a numpy array, torch tensor, tf tensor or nested list."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):
+        return np.asarray(x.detach().cpu().numpy())
+    if hasattr(x, "numpy"):
+        return np.asarray(x.numpy())
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------- parity
+
+
+def check_parity(
+    reference: Sequence[Sequence[np.ndarray]],
+    model: ModelProto,
+    feeds: Sequence[Feed],
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> ParityReport:
+    """Run model in onnxruntime on each feed and compare with the reference outputs of that feed.
+
+    Passes when every element satisfies |onnx - ref| <= atol + rtol * |ref| (numpy.allclose).
+    """
+    from onnxopt.runtime import create_session
+
+    sess = create_session(model)
+    names = [o.name for o in sess.get_outputs()]
+    stats: dict[str, dict[str, float]] = {
+        n: {"max_abs": 0.0, "max_ref": 0.0, "excess": 0.0} for n in names
+    }
+    samples = 0
+    for ref, feed in zip(reference, feeds):
+        if len(ref) != len(names):
+            raise ParityError(
+                f"the ONNX model has {len(names)} outputs but the source model returned {len(ref)}"
+            )
+        got = sess.run(None, feed)
+        samples += int(next(iter(feed.values())).shape[0]) if feed else 1
+        for name, r, g in zip(names, ref, got):
+            r = np.asarray(r)
+            g = np.asarray(g)
+            if r.shape != g.shape:
+                raise ParityError(
+                    f"parity check failed: output {name!r} has shape {g.shape} in ONNX but {r.shape} "
+                    "in the source model (a traced constant or a fixed batch?)"
+                )
+            s = stats[name]
+            if r.size == 0:
+                continue
+            rf = r.astype(np.float64)
+            gf = g.astype(np.float64)
+            diff = np.abs(gf - rf)
+            finite_mismatch = np.isnan(rf) != np.isnan(gf)
+            diff = np.where(np.isnan(rf) & np.isnan(gf), 0.0, diff)
+            if finite_mismatch.any():
+                diff = np.where(finite_mismatch, np.inf, diff)
+            s["max_abs"] = max(s["max_abs"], float(np.nanmax(diff)))
+            s["max_ref"] = max(s["max_ref"], float(np.nanmax(np.abs(rf))) if np.isfinite(rf).any() else 0.0)
+            tol = atol + rtol * np.abs(rf)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                excess = np.where(tol > 0, diff / tol, np.where(diff > 0, np.inf, 0.0))
+            s["excess"] = max(s["excess"], float(np.nanmax(excess)))
+    per_output = {
+        n: {
+            "max_abs": s["max_abs"],
+            "max_rel": s["max_abs"] / s["max_ref"] if s["max_ref"] > 0 else s["max_abs"],
+        }
+        for n, s in stats.items()
+    }
+    worst = max(names, key=lambda n: (stats[n]["excess"], stats[n]["max_abs"])) if names else ""
+    return ParityReport(
+        max_abs=max((p["max_abs"] for p in per_output.values()), default=0.0),
+        max_rel=max((p["max_rel"] for p in per_output.values()), default=0.0),
+        worst_output=worst,
+        passed=all(s["excess"] <= 1.0 for s in stats.values()),
+        atol=atol,
+        rtol=rtol,
+        samples=samples,
+        per_output=per_output,
+    )
+
+
+def _seeded_inputs(examples: Sequence[np.ndarray], batch: int | None, seed: int) -> list[np.ndarray]:
+    """Seeded random inputs shaped and typed like the examples, with the batch dim set to batch."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ex in examples:
+        shape = tuple(ex.shape)
+        if batch is not None and shape:
+            shape = (batch, *shape[1:])
+        dt = ex.dtype
+        if np.issubdtype(dt, np.floating):
+            lo, hi = (float(ex.min()), float(ex.max())) if ex.size else (0.0, 1.0)
+            if lo >= 0.0 and hi <= 1.0:  # images scaled to [0, 1]: stay in range
+                arr = rng.random(shape).astype(dt)
+            else:
+                arr = rng.standard_normal(shape).astype(dt)
+        elif dt == np.bool_:
+            arr = rng.integers(0, 2, shape).astype(np.bool_)
+        elif np.issubdtype(dt, np.integer):
+            hi_i = int(ex.max()) + 1 if ex.size else 100
+            arr = rng.integers(0, max(hi_i, 2), shape).astype(dt)
+        else:
+            raise InvalidInputError(f"cannot synthesize inputs of dtype {dt}; pass real inputs with --data")
+        out.append(arr)
+    return out
+
+
+# ---------------------------------------------------------------- graph edits
+
+
+def rename_outputs(model: ModelProto, names: Sequence[str]) -> ModelProto:
+    """Rename the graph outputs to names (every use in the graph follows)."""
+    outs = [o.name for o in model.graph.output]
+    if len(names) != len(outs):
+        raise InvalidInputError(
+            f"--output-names: the model has {len(outs)} outputs ({', '.join(outs)}), got {len(names)} names"
+        )
+    mapping = {old: new for old, new in zip(outs, names) if old != new}
+    if mapping:
+        _rename(model, mapping)
+    return model
+
+
+def rename_inputs(model: ModelProto, names: Sequence[str]) -> ModelProto:
+    """Rename the real graph inputs to names (every use in the graph follows)."""
+    ins = [s.name for s in graph_inputs(model)]
+    if len(names) != len(ins):
+        raise InvalidInputError(
+            f"--input-names: the model has {len(ins)} inputs ({', '.join(ins)}), got {len(names)} names"
+        )
+    mapping = {old: new for old, new in zip(ins, names) if old != new}
+    if mapping:
+        _rename(model, mapping)
+    return model
+
+
+def _rename(model: ModelProto, mapping: Mapping[str, str]) -> None:
+    existing = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    clash = [new for old, new in mapping.items() if new in existing and new not in mapping]
+    if clash:
+        raise InvalidInputError(f"name {clash[0]!r} is already used inside the graph; choose another name")
+
+    def fix(g: onnx.GraphProto) -> None:
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            if vi.name in mapping:
+                vi.name = mapping[vi.name]
+        for t in g.initializer:
+            if t.name in mapping:
+                t.name = mapping[t.name]
+        for n in g.node:
+            for i, x in enumerate(n.input):
+                if x in mapping:
+                    n.input[i] = mapping[x]
+            for i, x in enumerate(n.output):
+                if x in mapping:
+                    n.output[i] = mapping[x]
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    fix(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        fix(sg)
+
+    fix(model.graph)
+
+
+def name_batch_dim(model: ModelProto, name: str = "batch") -> ModelProto:
+    """Give the symbolic first dim of every input and output one name (exporters invent unk__N)."""
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = name
+    return model
+
+
+def simplify(model: ModelProto) -> ModelProto:
+    """Constant folding and redundant-node removal: onnxruntime's offline basic-level optimization."""
+    import onnxruntime as ort
+
+    if model.ByteSize() > 2**31 - 2**24:
+        log.info("model above 2 GB: simplify skipped")
+        return model
+    tmp = Path(tempfile.mkdtemp(prefix="onnxopt-simplify-"))
+    try:
+        src = tmp / "in.onnx"
+        dst = tmp / "out.onnx"
+        src.write_bytes(model.SerializeToString())
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(dst)
+        so.log_severity_level = 3
+        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+        out = onnx.load(str(dst))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # onnxruntime drops the producer fields and metadata; keep the exporter's.
+    out.producer_name = model.producer_name
+    out.producer_version = model.producer_version
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    return out
+
+
+def set_metadata(model: ModelProto, props: Mapping[str, str]) -> ModelProto:
+    """Set (replace) metadata_props entries."""
+    keep = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key = k
+        entry.value = str(v)
+    return model
+
+
+def check_dynamic_batch(model: ModelProto, feed: Feed, batches: Sequence[int] = (1, 5)) -> None:
+    """Run the model at several batch sizes; raise OnnxoptError when it cannot."""
+    from onnxopt.runtime import create_session
+
+    sess = create_session(model)
+    for b in batches:
+        f = {k: np.concatenate([v] * (b // max(len(v), 1) + 1))[:b] for k, v in feed.items()}
+        try:
+            outs = sess.run(None, f)
+        except Exception as e:
+            raise OnnxoptError(
+                f"the exported model fails at batch {b}: {_short(e)}; export with --static-batch "
+                "or make the model batch-independent"
+            ) from e
+        for o, spec in zip(outs, graph_outputs(model)):
+            if spec.shape and o.ndim and o.shape[0] != b:
+                raise OnnxoptError(
+                    f"output {spec.name!r} has batch {o.shape[0]} for an input batch of {b}; "
+                    "the model mixes samples across the batch: use --static-batch"
+                )
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+# ---------------------------------------------------------------- the conversion
+
+
+def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None, output: str | Path | None = None) -> ConvertResult:
+    """Export source to ONNX with each candidate exporter, check parity, simplify, pick one, save."""
+    specs = source.inputs()
+    in_names = list(options.input_names) if options.input_names else [s[0] for s in specs]
+    if len(in_names) != len(specs):
+        raise InvalidInputError(
+            f"--input-names: the model takes {len(specs)} inputs, got {len(in_names)} names ({','.join(in_names)})"
+        )
+    out_names = list(options.output_names) if options.output_names else source.output_names()
+    examples = [ex for _, ex in specs]
+    feeds_arrays: list[list[np.ndarray]] = [
+        _seeded_inputs(examples, PARITY_BATCH if options.dynamic_batch else None, options.seed)
+    ]
+    if data is not None:
+        feeds_arrays.append(_data_inputs(data, [n for n, _ in specs], in_names, options.dynamic_batch, examples))
+    t0 = time.perf_counter()
+    reference = []
+    for arrays in feeds_arrays:
+        try:
+            ref = source.run(arrays)
+        except OnnxoptError:
+            raise
+        except Exception as e:
+            raise InvalidInputError(f"the {source.framework} model fails on inputs shaped "
+                                    f"{[a.shape for a in arrays]}: {_short(e)}; check --input-shape") from e
+        reference.append(ref)
+    if not out_names or len(out_names) != len(reference[0]):
+        if options.output_names:
+            raise InvalidInputError(
+                f"--output-names: the model returns {len(reference[0])} outputs, got {len(out_names)} names"
+            )
+        out_names = ["output"] if len(reference[0]) == 1 else [f"output_{i}" for i in range(len(reference[0]))]
+    source_ms = (time.perf_counter() - t0) * 1000
+
+    if options.exporter == "auto":
+        exporters = list(source.exporters)
+    elif options.exporter in source.exporters:
+        exporters = [options.exporter]
+    else:
+        raise InvalidInputError(
+            f"--exporter {options.exporter}: not available for a {source.framework} model; "
+            f"choose one of auto, {', '.join(source.exporters)}"
+        )
+
+    attempts: list[dict[str, Any]] = []
+    candidates: list[tuple[str, ModelProto, ParityReport]] = []
+    for name in exporters:
+        attempt: dict[str, Any] = {"exporter": name}
+        attempts.append(attempt)
+        t = time.perf_counter()
+        try:
+            model = source.export(
+                name,
+                opset=options.opset,
+                dynamic_batch=options.dynamic_batch,
+                input_names=in_names,
+                output_names=out_names,
+                examples=examples,
+            )
+            model = _normalize(model, in_names, out_names, options.dynamic_batch)
+        except OnnxoptError as e:
+            attempt.update(ok=False, error=str(e), export_s=round(time.perf_counter() - t, 3))
+            log.warning("exporter %s failed: %s", name, e)
+            continue
+        attempt["export_s"] = round(time.perf_counter() - t, 3)
+        feeds = [dict(zip(in_names, arrays)) for arrays in feeds_arrays]
+        feeds = [_only_model_inputs(model, f) for f in feeds]
+        try:
+            parity = check_parity(reference, model, feeds, atol=options.atol, rtol=options.rtol)
+        except OnnxoptError as e:
+            attempt.update(ok=False, error=str(e))
+            log.warning("exporter %s: %s", name, e)
+            continue
+        attempt["parity_export"] = parity.to_dict()
+        if options.simplify and parity.passed:
+            t = time.perf_counter()
+            try:
+                simple = simplify(model)
+                sparity = check_parity(reference, simple, feeds, atol=options.atol, rtol=options.rtol)
+            except Exception as e:  # a failed simplification must not lose a good export
+                log.warning("simplify failed after %s export, keeping the unsimplified model: %s", name, _short(e))
+                attempt["simplify"] = f"failed: {_short(e)}"
+            else:
+                attempt["simplify_s"] = round(time.perf_counter() - t, 3)
+                if sparity.passed:
+                    attempt["simplify"] = f"{len(model.graph.node)} -> {len(simple.graph.node)} nodes"
+                    model, parity = simple, sparity
+                else:
+                    log.warning("simplified %s model loses parity (max abs %.3g); keeping the unsimplified one",
+                                name, sparity.max_abs)
+                    attempt["simplify"] = f"rejected: parity max abs {sparity.max_abs:.3g}"
+        attempt.update(ok=parity.passed, parity=parity.to_dict(), nodes=len(model.graph.node))
+        if not parity.passed:
+            attempt["error"] = _parity_message(parity)
+            log.warning("exporter %s: %s", name, attempt["error"])
+            continue
+        try:
+            if options.dynamic_batch:
+                check_dynamic_batch(model, feeds[0])
+        except OnnxoptError as e:
+            attempt.update(ok=False, error=str(e))
+            log.warning("exporter %s: %s", name, e)
+            continue
+        candidates.append((name, model, parity))
+
+    if not candidates:
+        raise _failure(source, attempts)
+    chosen, reason, bench = _choose(candidates, feeds_arrays, in_names, options)
+    if len(exporters) > 1:
+        log.info("exporter %s chosen: %s", chosen[0], reason)
+    name, model, parity = chosen
+    from onnxopt import __version__
+
+    props = {
+        META_PREFIX + "version": __version__,
+        META_PREFIX + "source_framework": source.framework,
+        META_PREFIX + "source_framework_version": source.framework_version,
+        META_PREFIX + "exporter": name,
+        META_PREFIX + "parity_max_abs": f"{parity.max_abs:.3g}",
+        META_PREFIX + "parity_max_rel": f"{parity.max_rel:.3g}",
+        META_PREFIX + "parity_atol": f"{parity.atol:g}",
+        META_PREFIX + "parity_rtol": f"{parity.rtol:g}",
+        META_PREFIX + "parity_samples": str(parity.samples),
+        META_PREFIX + "simplified": str(options.simplify).lower(),
+    }
+    model = set_metadata(model, props)
+    report: dict[str, Any] = {
+        "framework": source.framework,
+        "framework_version": source.framework_version,
+        "exporter": name,
+        "exporter_reason": reason,
+        "opset": options.opset,
+        "dynamic_batch": options.dynamic_batch,
+        "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in graph_inputs(model)],
+        "outputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in graph_outputs(model)],
+        "parity": parity.to_dict(),
+        "attempts": attempts,
+        "benchmark": bench,
+        "source_run_ms": round(source_ms, 1),
+        "nodes": len(model.graph.node),
+        "model_bytes": model.ByteSize(),
+    }
+    if output is not None:
+        out = save_model(model, output)
+        report["output"] = str(out)
+    json.dumps(report)  # the report must stay JSON-serializable
+    return ConvertResult(model=model, parity=parity, exporter=name, framework=source.framework, report=report)
+
+
+def _data_inputs(
+    data: Feed,
+    src_names: Sequence[str],
+    in_names: Sequence[str],
+    dynamic_batch: bool,
+    examples: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    arrays = []
+    for src_name, name, ex in zip(src_names, in_names, examples):
+        dtype = ex.dtype
+        key = name if name in data else src_name if src_name in data else None
+        if key is None and len(src_names) == 1:
+            cands = [k for k in data if k not in ("labels", "y", "label", "targets")]
+            key = cands[0] if len(cands) == 1 else ("input" if "input" in data else None)
+        if key is None:
+            raise InvalidInputError(f"--data has no array for input {name!r} (has: {', '.join(sorted(data))})")
+        arr = np.asarray(data[key])
+        if arr.dtype != dtype and arr.dtype.kind == np.dtype(dtype).kind:
+            arr = arr.astype(dtype)
+        if arr.dtype != dtype:
+            raise InvalidInputError(f"--data {key!r}: dtype {arr.dtype}, the model expects {np.dtype(dtype)}")
+        if arr.shape[1:] != ex.shape[1:]:
+            raise InvalidInputError(
+                f"--data {key!r}: samples shaped {arr.shape[1:]}, the model expects {ex.shape[1:]}"
+            )
+        arrays.append(arr[: MAX_DATA_SAMPLES if dynamic_batch else ex.shape[0]])
+    if not dynamic_batch and arrays and arrays[0].shape[0] != examples[0].shape[0]:
+        raise InvalidInputError("--data with --static-batch needs at least one full batch of samples")
+    return arrays
+
+
+def _only_model_inputs(model: ModelProto, feed: Feed) -> Feed:
+    names = {s.name for s in graph_inputs(model)}
+    missing = names - set(feed)
+    if missing:
+        raise ExportError(f"the exported model has unexpected inputs {sorted(missing)}")
+    return {k: v for k, v in feed.items() if k in names}
+
+
+def _normalize(model: ModelProto, in_names: Sequence[str], out_names: Sequence[str], dynamic: bool) -> ModelProto:
+    ins = [s.name for s in graph_inputs(model)]
+    if len(ins) == len(in_names):
+        rename_inputs(model, in_names)
+    if len(model.graph.output) == len(out_names):
+        rename_outputs(model, out_names)
+    if dynamic:
+        name_batch_dim(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise ExportError(f"the exported model fails the ONNX checker: {_short(e)}") from e
+    return model
+
+
+def _parity_message(p: ParityReport) -> str:
+    worst = p.per_output.get(p.worst_output, {})
+    return (
+        f"parity check failed: output {p.worst_output!r} differs by up to {worst.get('max_abs', p.max_abs):.3g} "
+        f"(relative {worst.get('max_rel', p.max_rel):.3g}), above --atol {p.atol:g} / --rtol {p.rtol:g}"
+    )
+
+
+def _failure(source: Source, attempts: list[dict[str, Any]]) -> OnnxoptError:
+    if len(attempts) == 1:
+        a = attempts[0]
+        msg = f"{a['exporter']} export: {a.get('error', 'failed')}"
+    else:
+        msg = "; ".join(f"{a['exporter']}: {a.get('error', 'failed')}" for a in attempts)
+        msg = f"no exporter produced a matching model ({msg})"
+    parity_failed = all("parity check failed" in str(a.get("error", "")) for a in attempts)
+    return ParityError(msg) if parity_failed else ExportError(msg)
+
+
+def _choose(
+    candidates: list[tuple[str, ModelProto, ParityReport]],
+    feeds_arrays: list[list[np.ndarray]],
+    in_names: Sequence[str],
+    options: ConvertOptions,
+) -> tuple[tuple[str, ModelProto, ParityReport], str, dict[str, Any] | None]:
+    if len(candidates) == 1:
+        return candidates[0], "the only exporter that passed", None
+    try:
+        from onnxopt.benchmark import BenchConfig, benchmark, latency_ratio
+    except ImportError:
+        return candidates[0], "first exporter that passed (benchmark unavailable)", None
+    try:
+        cfg = BenchConfig(runs=options.benchmark_runs, warmup=3, batch=1, seed=options.seed)
+        results = benchmark([c[1] for c in candidates], cfg, names=[c[0] for c in candidates])
+        ref, cand = results[0], results[1]
+        ratio = latency_ratio(cand, ref)
+    except Exception as e:  # benchmarking is advisory: never lose a good export to it
+        log.warning("benchmark of the exporters failed, keeping %s: %s", candidates[0][0], _short(e))
+        return candidates[0], f"first exporter that passed (benchmark failed: {_short(e)})", None
+    bench: dict[str, Any] = {
+        r.name: {"p50_ms": round(r.stats.p50_ms, 4), "mean_ms": round(r.stats.mean_ms, 4)} for r in results
+    }
+    bench["ratio"] = {"candidate": cand.name, "reference": ref.name, "ratio": round(ratio.ratio, 4),
+                      "low": round(ratio.low, 4), "high": round(ratio.high, 4), "significant": ratio.significant}
+    if ratio.significant and ratio.ratio < 1.0:
+        reason = f"{cand.name} is {1 / ratio.ratio:.2f}x as fast as {ref.name} (p50, 95% CI {ratio.low:.3f}-{ratio.high:.3f})"
+        return candidates[1], reason, bench
+    if ratio.significant:
+        reason = f"{ref.name} is {ratio.ratio:.2f}x as fast as {cand.name}"
+    else:
+        reason = f"no significant latency difference (ratio {ratio.ratio:.3f}); kept {ref.name}"
+    return candidates[0], reason, bench
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def from_torch(
+    module: Any,
+    example_inputs: Any,
+    *,
+    output: str | Path | None = None,
+    opset: int = 17,
+    exporter: str = "auto",
+    dynamic_batch: bool = True,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    simplify: bool = True,
+    data: Feed | None = None,
+    seed: int = 0,
+) -> ConvertResult:
+    """Export a torch nn.Module (or TorchScript / ExportedProgram) to ONNX with a parity check."""
+    from onnxopt.frameworks.torch_export import TorchSource
+
+    opts = ConvertOptions(
+        opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
+        input_names=tuple(input_names) if input_names else None,
+        output_names=tuple(output_names) if output_names else None,
+        atol=atol, rtol=rtol, simplify=simplify, seed=seed,
+    )
+    if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    src = TorchSource(module, [as_numpy(x) for x in example_inputs] if example_inputs is not None else None)
+    return convert(src, opts, data=data, output=output)
+
+
+def from_keras(
+    model: Any,
+    *,
+    example_inputs: Any = None,
+    output: str | Path | None = None,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    simplify: bool = True,
+    data: Feed | None = None,
+    seed: int = 0,
+    exporter: str = "auto",
+) -> ConvertResult:
+    """Export a Keras 3 model to ONNX (via model.export) with a parity check."""
+    from onnxopt.frameworks.keras_export import KerasSource
+
+    opts = ConvertOptions(
+        opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
+        input_names=tuple(input_names) if input_names else None,
+        output_names=tuple(output_names) if output_names else None,
+        atol=atol, rtol=rtol, simplify=simplify, seed=seed,
+    )
+    if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    src = KerasSource(model, [as_numpy(x) for x in example_inputs] if example_inputs is not None else None)
+    return convert(src, opts, data=data, output=output)
+
+
+def convert_source(
+    source: str,
+    *,
+    framework: str = "auto",
+    weights: str | None = None,
+    output: str | Path | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    opset: int = 17,
+    exporter: str = "auto",
+    dynamic_batch: bool = True,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    simplify: bool = True,
+    data: Feed | Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> ConvertResult:
+    """Load a model from a file, folder or `file.py:factory` / `pkg.mod:factory` and convert it."""
+    from onnxopt.frameworks.sources import load_source
+
+    opts = ConvertOptions(
+        opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
+        input_names=tuple(input_names) if input_names else None,
+        output_names=tuple(output_names) if output_names else None,
+        atol=atol, rtol=rtol, simplify=simplify, seed=seed,
+    )
+    if output is not None and os.path.exists(source) and Path(output).resolve() == Path(source).resolve():
+        raise InvalidInputError(f"{output}: refusing to overwrite the source model; choose another output path")
+    src = load_source(source, framework=framework, weights=weights, input_shapes=input_shapes,
+                      input_names=opts.input_names)
+    return convert(src, opts, data=dict(data) if data is not None else None, output=output)

@@ -1,0 +1,298 @@
+"""PyTorch side of `convert`: run a module in eval/no_grad and export it with torch.onnx."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import ModelProto
+
+from onnxopt.errors import InvalidInputError, UnsupportedModelError
+from onnxopt.frameworks import require_torch
+
+log = logging.getLogger(__name__)
+
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript", "onnx_ir")
+
+
+class TorchExportError(UnsupportedModelError):
+    """torch.onnx could not export the module; the message is the exporter's, shortened."""
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' warnings, log records and prints (the library never prints)."""
+    saved = {}
+    for name in _NOISY_LOGGERS:
+        lg = logging.getLogger(name)
+        saved[name] = lg.level
+        lg.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    native: dict[str, str] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            stack.enter_context(contextlib.redirect_stdout(sink))
+            stack.enter_context(contextlib.redirect_stderr(sink))
+            native = stack.enter_context(_quiet_fds())
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        text = (sink.getvalue() + native.get("text", "")).strip()
+        if text:
+            log.debug("exporter output: %s", text[:2000])
+
+
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[dict[str, str]]:
+    """Send native (C++) writes to fds 1 and 2 into a temp file while exporting."""
+    import os
+    import sys
+    import tempfile
+
+    out: dict[str, str] = {}
+    try:
+        for stream in (sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        saved = (os.dup(1), os.dup(2))
+    except (OSError, ValueError):  # no real fds (embedded interpreters): stay loud
+        yield out
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            out["text"] = tmp.read(20000).decode("utf-8", "replace")
+
+
+_PATTERNS = (
+    (re.compile(r"No (?:ONNX function|decompositions registered|symbolic function) found for[^']*'([^']+)'"),
+     "no ONNX implementation of {0}"),
+    (re.compile(r"Exporting the operator '?([\w:.]+)'? to ONNX opset version (\d+) is not supported"),
+     "operator {0} is not supported at opset {1}"),
+    (re.compile(r"Unsupported FX nodes: (\{.*?\})"), "unsupported operators {0}"),
+    (re.compile(r"Couldn't export Python operator (\w+)"),
+     "cannot export the Python autograd.Function {0} (give it a symbolic() method or rewrite it with torch ops)"),
+    (re.compile(r"(Could not guard on data-dependent expression[^\n]*)"), "{0} (data-dependent control flow)"),
+    (re.compile(r"(Dynamic control flow is not supported[^\n]*)"), "{0}"),
+    (re.compile(r"(Constraints violated[^\n]*)"), "{0}: the model does not accept a dynamic batch; try --static-batch"),
+)
+
+
+def shorten_error(e: BaseException, limit: int = 240) -> str:
+    """The exporter's message cut down to what a user can act on."""
+    text = f"{e}\n{e.__cause__ or ''}"
+    for pattern, template in _PATTERNS:
+        m = pattern.search(text)
+        if m:
+            return template.format(*m.groups())[:limit]
+    for line in text.splitlines():
+        line = line.strip().strip("#").strip()
+        if line and not line.lower().startswith(("traceback", "failed to export", "see ")):
+            return f"{type(e).__name__}: {line}"[:limit]
+    return type(e).__name__
+
+
+def _flatten(out: Any) -> list[Any]:
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flatten(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flatten(o)]
+    if out is None:
+        return []
+    return [out]
+
+
+def default_input_names(module: Any, n: int) -> list[str]:
+    """'input' for one input; otherwise the forward() parameter names (input_i as a fallback)."""
+    if n == 1:
+        return ["input"]
+    try:
+        fn = module.forward if hasattr(module, "forward") else module
+        params = [
+            p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+        ]
+        if len(params) >= n and len(set(params[:n])) == n:
+            return params[:n]
+    except (TypeError, ValueError):
+        pass
+    return [f"input_{i}" for i in range(n)]
+
+
+class TorchSource:
+    """A torch nn.Module, TorchScript module or ExportedProgram ready to run and export."""
+
+    framework = "torch"
+
+    def __init__(self, module: Any, examples: Sequence[np.ndarray] | None, names: Sequence[str] | None = None) -> None:
+        torch = require_torch()
+        self.framework_version = str(torch.__version__)
+        self.kind = "module"
+        if isinstance(module, torch.export.ExportedProgram):
+            self.kind = "exported_program"
+            self.exporters: tuple[str, ...] = ("dynamo",)
+            if examples is None and module.example_inputs is not None:
+                args, _ = module.example_inputs
+                examples = [np.asarray(a.detach().cpu().numpy()) for a in args]
+            self._callable = module.module()
+        elif isinstance(module, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+            self.kind = "torchscript"
+            self.exporters = ("torchscript",)
+            self._callable = module
+        elif isinstance(module, torch.nn.Module):
+            self.exporters = ("dynamo", "torchscript")
+            self._callable = module
+        else:
+            raise InvalidInputError(
+                f"expected a torch.nn.Module, TorchScript module or ExportedProgram, got {type(module).__name__}"
+            )
+        if hasattr(module, "eval") and self.kind != "exported_program":
+            module.eval()
+        if examples is None or len(examples) == 0:
+            raise InvalidInputError(
+                "a torch model needs example inputs: pass example_inputs or --input-shape name=1,3,224,224"
+            )
+        self.module = module
+        self.examples = [np.ascontiguousarray(e) for e in examples]
+        self.names = list(names) if names else default_input_names(self._callable, len(self.examples))
+
+    def inputs(self) -> list[tuple[str, np.ndarray]]:
+        """(default name, example array) of each input."""
+        return list(zip(self.names, self.examples))
+
+    def output_names(self) -> list[str]:
+        """Empty: decided from the number of outputs ('output' or output_i)."""
+        return []
+
+    def _tensors(self, arrays: Sequence[np.ndarray]) -> tuple[Any, ...]:
+        torch = require_torch()
+        return tuple(torch.from_numpy(np.ascontiguousarray(a).copy()) for a in arrays)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Forward pass in eval mode under no_grad; outputs flattened to numpy arrays."""
+        torch = require_torch()
+        with torch.no_grad():
+            out = self._callable(*self._tensors(inputs))
+        flat = _flatten(out)
+        bad = [type(o).__name__ for o in flat if not isinstance(o, torch.Tensor)]
+        if bad:
+            raise InvalidInputError(f"the module returns {bad[0]}; convert needs tensors (or tuples/dicts of them)")
+        return [o.detach().cpu().numpy() for o in flat]
+
+    def export(
+        self,
+        exporter: str,
+        *,
+        opset: int,
+        dynamic_batch: bool,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        examples: Sequence[np.ndarray],
+    ) -> ModelProto:
+        """Export with torch.onnx ('dynamo' or 'torchscript'); TorchExportError with a short reason."""
+        if exporter == "dynamo":
+            return self._export_dynamo(opset, dynamic_batch, input_names, output_names, examples)
+        if exporter == "torchscript":
+            return self._export_torchscript(opset, dynamic_batch, input_names, output_names, examples)
+        raise InvalidInputError(f"unknown torch exporter {exporter!r}; choose dynamo or torchscript")
+
+    def _export_dynamo(
+        self, opset: int, dynamic: bool, in_names: Sequence[str], out_names: Sequence[str], examples: Sequence[np.ndarray]
+    ) -> ModelProto:
+        torch = require_torch()
+        arrays = list(examples)
+        dynamic_shapes = None
+        if dynamic and self.kind != "exported_program":
+            # torch.export specializes a size-1 dim to a constant: export at batch 2 instead.
+            arrays = [np.concatenate([a, a]) if a.ndim and a.shape[0] == 1 else a for a in arrays]
+            batch = torch.export.Dim("batch")
+            dynamic_shapes = tuple({0: batch} if a.ndim else None for a in arrays)
+        try:
+            with quiet():
+                prog = torch.onnx.export(
+                    self.module,
+                    self._tensors(arrays),
+                    dynamo=True,
+                    input_names=list(in_names),
+                    output_names=list(out_names),
+                    opset_version=opset,
+                    dynamic_shapes=dynamic_shapes,
+                    optimize=True,
+                    verbose=False,
+                    report=False,
+                )
+            assert prog is not None
+            model = prog.model_proto
+        except Exception as e:
+            raise TorchExportError(shorten_error(e)) from e
+        return _with_opset(model, opset)
+
+    def _export_torchscript(
+        self, opset: int, dynamic: bool, in_names: Sequence[str], out_names: Sequence[str], examples: Sequence[np.ndarray]
+    ) -> ModelProto:
+        torch = require_torch()
+        dynamic_axes = None
+        if dynamic:
+            dynamic_axes = {n: {0: "batch"} for n, a in zip(in_names, examples) if a.ndim}
+            dynamic_axes.update({n: {0: "batch"} for n in out_names})
+        buf = io.BytesIO()
+        try:
+            with quiet():
+                torch.onnx.export(
+                    self.module,
+                    self._tensors(examples),
+                    buf,
+                    dynamo=False,
+                    input_names=list(in_names),
+                    output_names=list(out_names),
+                    dynamic_axes=dynamic_axes,
+                    opset_version=opset,
+                    do_constant_folding=True,
+                )
+        except Exception as e:
+            raise TorchExportError(shorten_error(e)) from e
+        return onnx.load_from_string(buf.getvalue())
+
+
+def _with_opset(model: ModelProto, opset: int) -> ModelProto:
+    got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if got != opset:
+        log.info("dynamo exporter produced opset %d (asked for %d)", got, opset)
+    return model
+
+
+def load_state_dict(module: Any, path: str) -> Any:
+    """Load a state dict file (weights_only) into module; InvalidInputError on a mismatch."""
+    torch = require_torch()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InvalidInputError(f"{path}: not a readable torch state dict: {shorten_error(e)}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InvalidInputError(f"{path}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
+    try:
+        module.load_state_dict(state)
+    except Exception as e:
+        raise InvalidInputError(f"--weights {path} does not fit the module: {shorten_error(e)}") from e
+    return module
