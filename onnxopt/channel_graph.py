@@ -263,8 +263,9 @@ class Tracer:
             if (i, j) in grp.visited_edges:
                 continue
             grp.visited_edges.add((i, j))
-            grp.visited_edges.add((i, -1))  # forward rules handle the node's other operands
             node = ix.nodes[i]
+            if node.op_type not in ("Conv", "Gemm", "MatMul") or (node.op_type == "Conv" and _is_depthwise(self, i)):
+                grp.visited_edges.add((i, -1))  # channels pass through: the forward rule handles its operands
             rule = FORWARD.get(node.op_type)
             if rule is None:
                 raise Unsafe(f"{ix.label(i)}: op {node.op_type} is not in the channel registry")

@@ -62,7 +62,7 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
         raise click.UsageError("give --sparsity or --threshold, not both")
 
     from onnxopt.errors import OnnxoptError
-    from onnxopt.model import load_model, save_model, same_file
+    from onnxopt.model import load_model, same_file, save_model
     from onnxopt.prune import ChannelConfig, MagnitudeConfig, prune_channels, prune_magnitude
 
     if same_file(output, model):
