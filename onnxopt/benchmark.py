@@ -76,11 +76,6 @@ class BenchConfig:
             )
         if self.blocks < 1:
             raise InvalidInputError(f"blocks must be >= 1, got {self.blocks}")
-        if self.isolation == "interleaved" and self.session.allow_spinning:
-            log.warning(
-                "interleaved benchmark with spinning threads: idle sessions steal cores; "
-                "timings can be off by several times (use allow_spinning=False)"
-            )
 
 
 @dataclass(frozen=True)
@@ -292,9 +287,13 @@ def benchmark(
     """
     cfg = config or BenchConfig()
     resolved = _resolve_models(models, names)
-    sweep = list(threads) if threads else [cfg.session.intra_op_threads]
+    sweep = list(dict.fromkeys(threads)) if threads else [cfg.session.intra_op_threads]
     if any(t < 0 for t in sweep):
         raise InvalidInputError(f"thread counts must be >= 0, got {sweep}")
+    if cfg.isolation == "interleaved" and cfg.session.allow_spinning and len(resolved) * len(sweep) > 1:
+        # Idle spinning sessions steal the cores of the one being timed (seen: 4x off on 2 cores).
+        log.info("interleaved benchmark: intra-op spinning turned off")
+        cfg = replace(cfg, session=replace(cfg.session, allow_spinning=False))
     entries = [
         _Entry(name, path, proto, size, lean_session(proto, replace(cfg.session, intra_op_threads=t)))
         for name, path, proto, size in resolved
@@ -360,8 +359,6 @@ def _interleaved(
     cfg: BenchConfig,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[list[list[float]], list[float]]:
-    if cfg.session.allow_spinning and len(entries) > 1:
-        log.warning("interleaved sessions with spinning threads: timings are unreliable")
     for e in entries:
         session_options(e.session)  # load libraries once, outside the timed session creation
     sessions = []
@@ -384,12 +381,15 @@ def _interleaved(
             samples[i].append(_run_once(sessions[i], feeds[i]))
         r += 1
         elapsed = time.perf_counter() - start
-        if cfg.duration_s is not None and r >= 1:
-            # Re-estimate the number of rounds the duration allows.
-            total_rounds = max(cfg.runs, int(cfg.duration_s / (elapsed / r)))
+        if cfg.duration_s is not None:
+            finished = r >= cfg.runs and elapsed >= cfg.duration_s
+            # Re-estimate the number of rounds the duration allows (for the progress bar).
+            total_rounds = r if finished else max(cfg.runs, int(cfg.duration_s / (elapsed / r)), r + 1)
+        else:
+            finished = r >= total_rounds
         if progress is not None:
             progress(r * n, total_rounds * n)
-        if r >= total_rounds:
+        if finished:
             break
     log.info("interleaved: %d models x %d rounds in %.1f s", n, r, time.perf_counter() - start)
     return samples, create_ms

@@ -109,6 +109,15 @@ def test_two_copies_of_one_model_ratio_near_one() -> None:
     assert r.low < 1.1 and r.high > 0.9
 
 
+def test_a_slower_model_is_detected() -> None:
+    small, big = make_conv_stack(layers=2), make_conv_stack(layers=6)
+    cfg = BenchConfig(runs=30, warmup=2, session=SessionConfig(intra_op_threads=1))  # spinning on: forced off
+    a, b = benchmark([small, big], cfg, names=["small", "big"])
+    r = latency_ratio(b, a)
+    assert r.significant and r.ratio > 1.5 and r.low > 1.2
+    assert r.speedup < 1
+
+
 def test_thread_sweep_row_per_setting(mlp_model: onnx.ModelProto) -> None:
     res = benchmark([mlp_model], BenchConfig(runs=5, warmup=1), threads=[1, 2])
     assert [r.threads for r in res] == [1, 2]
