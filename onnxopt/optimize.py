@@ -441,10 +441,13 @@ def _reject_reason(s: Stage, prev: Stage, cfg: OptimizeConfig) -> str:
 
 
 def _with_recipe(model: ModelProto, recipe: Recipe) -> ModelProto:
-    """A copy of the model with the recipe recorded in metadata_props (deterministic bytes)."""
+    """A copy of the model with the recipe recorded in metadata_props, unused opset imports
+    dropped (onnxruntime adds every domain it has registered, which varies by process)."""
+    from onnxopt.graph_opt import prune_opset_imports
     from onnxopt.model import copy_model
 
     m = copy_model(model)
+    prune_opset_imports(m)
     entries = [p for p in m.metadata_props if p.key not in (RECIPE_KEY, GATE_FAILED_KEY)]
     del m.metadata_props[:]
     m.metadata_props.extend(entries)

@@ -170,7 +170,10 @@ def plots(result: OptimizeResult) -> dict[str, str]:
     if measured:
         fig, ax = plt.subplots(figsize=(8, 0.6 + 0.7 * len(measured)))
         data = [list(s.bench.samples_ms) for s in measured]
-        ax.boxplot(data, vert=False, showfliers=True)
+        try:
+            ax.boxplot(data, orientation="horizontal", showfliers=True)
+        except TypeError:  # matplotlib < 3.10
+            ax.boxplot(data, vert=False, showfliers=True)
         ax.set_yticks(range(1, len(measured) + 1), [s.name for s in measured])
         ax.set_xlabel("latency per inference (ms), interleaved runs")
         ax.set_title("Latency distribution per stage")
