@@ -59,7 +59,7 @@ class BenchConfig:
     isolation: str = "interleaved"  # interleaved | subprocess
     measure_memory: bool = False  # peak RSS of a session, measured in a fresh subprocess
     shape_overrides: Mapping[str, tuple[int, ...]] | None = None
-    blocks: int = 2  # subprocess mode: number of alternating blocks the runs are split into
+    blocks: int = 3  # subprocess mode: number of alternating blocks (processes per model)
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -133,6 +133,7 @@ class BenchResult:
     provider: str = "CPUExecutionProvider"
     isolation: str = "interleaved"
     batch: int = 1
+    block_sizes: tuple[int, ...] = ()  # subprocess mode: samples per process, in order
 
     @property
     def label(self) -> str:
@@ -195,6 +196,8 @@ def latency_ratio(
 
     Samples measured in the same rounds (interleaved) are resampled as pairs (the same round
     indices for both), which cancels drift; samples of different lengths are resampled apart.
+    Results measured in several processes (subprocess mode) are resampled hierarchically:
+    processes first, then runs within them, so the CI includes process-to-process variation.
     """
     c = np.asarray(candidate.samples_ms if isinstance(candidate, BenchResult) else candidate, dtype=np.float64)
     r = np.asarray(reference.samples_ms if isinstance(reference, BenchResult) else reference, dtype=np.float64)
@@ -202,6 +205,13 @@ def latency_ratio(
         raise InvalidInputError("a latency ratio needs at least 2 samples per model")
     rng = np.random.default_rng(seed)
     ratio = float(np.median(c) / np.median(r))
+    cb = candidate.block_sizes if isinstance(candidate, BenchResult) else ()
+    rb = reference.block_sizes if isinstance(reference, BenchResult) else ()
+    if len(cb) > 1 and len(rb) > 1:
+        boot = _block_bootstrap(c, cb, r, rb, n_boot, rng)
+        low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+        return RatioCI(ratio, low, high, not (low <= 1.0 <= high), paired=len(cb) == len(rb),
+                       n=int(min(c.size, r.size)))
     paired = c.size == r.size
     if paired:
         idx = rng.integers(0, c.size, size=(n_boot, c.size))
@@ -219,6 +229,26 @@ def latency_ratio(
         paired=paired,
         n=int(min(c.size, r.size)),
     )
+
+
+def _split(a: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    return np.split(a, np.cumsum(sizes)[:-1]) if sum(sizes) == a.size else [a]
+
+
+def _block_bootstrap(
+    c: np.ndarray, cb: Sequence[int], r: np.ndarray, rb: Sequence[int], n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Ratio of medians resampling blocks (the same block indices for both when paired), then runs."""
+    cs, rs = _split(c, cb), _split(r, rb)
+    paired = len(cs) == len(rs)
+    out = np.empty(n_boot)
+    for k in range(n_boot):
+        ic = rng.integers(0, len(cs), len(cs))
+        ir = ic if paired else rng.integers(0, len(rs), len(rs))
+        cc = np.concatenate([b[rng.integers(0, b.size, b.size)] for b in (cs[i] for i in ic)])
+        rr = np.concatenate([b[rng.integers(0, b.size, b.size)] for b in (rs[i] for i in ir)])
+        out[k] = np.median(cc) / np.median(rr)
+    return out
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -300,15 +330,16 @@ def benchmark(
         for t in sweep
     ]
     feeds = [model_feed(e.proto, cfg, feed) for e in entries]
+    blocks: list[list[int]] = [[] for _ in entries]
     if cfg.isolation == "interleaved":
         samples, create_ms = _interleaved(entries, feeds, cfg, progress)
     else:
-        samples, create_ms = _subprocess_blocks(entries, feeds, cfg, progress)
+        samples, create_ms = _subprocess_blocks(entries, feeds, cfg, progress, blocks)
     rss: list[float | None] = [None] * len(entries)
     if cfg.measure_memory:
         rss = [measure_peak_rss(e.proto, f, e.session) for e, f in zip(entries, feeds)]
     results = []
-    for e, s, c, m in zip(entries, samples, create_ms, rss):
+    for e, s, c, m, bl in zip(entries, samples, create_ms, rss, blocks):
         results.append(
             BenchResult(
                 name=e.name,
@@ -322,6 +353,7 @@ def benchmark(
                 provider=e.session.provider,
                 isolation=cfg.isolation,
                 batch=cfg.batch,
+                block_sizes=tuple(bl),
             )
         )
     return results
@@ -447,6 +479,7 @@ def _subprocess_blocks(
     feeds: list[Feed],
     cfg: BenchConfig,
     progress: Callable[[int, int], None] | None,
+    block_sizes: list[list[int]] | None = None,
 ) -> tuple[list[list[float]], list[float]]:
     n = len(entries)
     blocks = min(cfg.blocks, cfg.runs)
@@ -472,6 +505,8 @@ def _subprocess_blocks(
                 }
                 res = _run_worker(spec, workdir, f"{b}_{i}")
                 samples[i].extend(res["samples_ms"])
+                if block_sizes is not None:
+                    block_sizes[i].append(len(res["samples_ms"]))
                 creates[i].append(res["session_create_ms"])
                 done += 1
                 if progress is not None:

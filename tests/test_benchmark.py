@@ -71,6 +71,24 @@ def test_latency_ratio_detects_a_real_difference_and_none() -> None:
     assert "not significant" in same.describe()
 
 
+def _result(samples: np.ndarray, blocks: tuple[int, ...] = ()) -> BenchResult:
+    return BenchResult("m", None, 0, tuple(samples), LatencyStats.from_samples(samples), 1.0, None,
+                       block_sizes=blocks)
+
+
+def test_subprocess_ratio_ci_includes_process_to_process_variation() -> None:
+    rng = np.random.default_rng(0)
+    # Each process has its own level (+-20%); within a process the runs are tight.
+    levels_a, levels_b = [1.0, 1.2, 0.8], [1.15, 0.85, 1.0]
+    a = np.concatenate([lv + 0.01 * rng.standard_normal(20) for lv in levels_a])
+    b = np.concatenate([lv + 0.01 * rng.standard_normal(20) for lv in levels_b])
+    naive = latency_ratio(_result(b), _result(a))
+    blocked = latency_ratio(_result(b, (20, 20, 20)), _result(a, (20, 20, 20)))
+    assert blocked.ratio == naive.ratio
+    assert blocked.high - blocked.low > 2 * (naive.high - naive.low)
+    assert not blocked.significant
+
+
 def test_config_validation_names_the_fix() -> None:
     with pytest.raises(InvalidInputError, match="runs must be >= 2"):
         BenchConfig(runs=1)
@@ -149,9 +167,10 @@ def test_batch_and_shape_override(convnet_model: onnx.ModelProto) -> None:
 
 
 def test_subprocess_isolation_and_memory(mlp_model: onnx.ModelProto) -> None:
-    cfg = BenchConfig(runs=6, warmup=1, isolation="subprocess", measure_memory=True)
-    a, b = benchmark([mlp_model, mlp_model], cfg)
-    assert a.isolation == "subprocess" and a.stats.n == 6 and b.stats.n == 6
+    cfg = BenchConfig(runs=5, warmup=1, isolation="subprocess", blocks=2, measure_memory=True)
+    (a,) = benchmark([mlp_model], cfg)
+    assert a.isolation == "subprocess" and a.stats.n == 5
+    assert a.block_sizes == (3, 2)
     assert a.peak_rss_mb is not None and 0 <= a.peak_rss_mb < 500
     assert a.session_create_ms > 0
 
