@@ -58,37 +58,51 @@ def encoded_size(n: int, nnz: int, itemsize: int) -> int:
     return (n + 7) // 8 + (nnz + 1) * itemsize
 
 
+SHARED = "onnxopt.sparse/"
+
+
+def _shared_constants() -> list[TensorProto]:
+    """Constants every decode chain uses; stored once per model."""
+    return [
+        numpy_helper.from_array((1 << np.arange(8, dtype=np.int32)).astype(np.int32), SHARED + "pow2"),
+        numpy_helper.from_array(np.array(2, np.int32), SHARED + "two"),
+        numpy_helper.from_array(np.array([-1, 1], np.int64), SHARED + "col"),
+        numpy_helper.from_array(np.array([-1], np.int64), SHARED + "flat"),
+        numpy_helper.from_array(np.array([0], np.int64), SHARED + "start"),
+        numpy_helper.from_array(np.array(0, np.int64), SHARED + "axis"),
+    ]
+
+
 def _decode_nodes(name: str, arr: np.ndarray) -> tuple[list, list[TensorProto]]:
     flat = arr.reshape(-1)
     mask = flat != 0
     n = flat.size
     p = name + SUFFIX
+    c = SHARED
     inits = [
         numpy_helper.from_array(np.packbits(mask, bitorder="little"), f"{p}/mask"),
         numpy_helper.from_array(np.concatenate([np.zeros(1, flat.dtype), flat[mask]]), f"{p}/values"),
-        numpy_helper.from_array((1 << np.arange(8, dtype=np.int32)).astype(np.int32), f"{p}/pow2"),
-        numpy_helper.from_array(np.array(2, np.int32), f"{p}/two"),
-        numpy_helper.from_array(np.array([-1, 1], np.int64), f"{p}/col"),
-        numpy_helper.from_array(np.array([-1], np.int64), f"{p}/flat"),
-        numpy_helper.from_array(np.array([0], np.int64), f"{p}/start"),
         numpy_helper.from_array(np.array([n], np.int64), f"{p}/n"),
-        numpy_helper.from_array(np.array(0, np.int64), f"{p}/axis"),
         numpy_helper.from_array(np.array(arr.shape, np.int64), f"{p}/shape"),
     ]
     mk = helper.make_node
     nodes = [
         mk("Cast", [f"{p}/mask"], [f"{p}/m32"], name=f"{p}/cast", to=TensorProto.INT32),
-        mk("Reshape", [f"{p}/m32", f"{p}/col"], [f"{p}/m2"], name=f"{p}/col"),
-        mk("Div", [f"{p}/m2", f"{p}/pow2"], [f"{p}/shifted"], name=f"{p}/div"),
-        mk("Mod", [f"{p}/shifted", f"{p}/two"], [f"{p}/bits8"], name=f"{p}/mod"),
-        mk("Reshape", [f"{p}/bits8", f"{p}/flat"], [f"{p}/bitsall"], name=f"{p}/flat"),
-        mk("Slice", [f"{p}/bitsall", f"{p}/start", f"{p}/n"], [f"{p}/bits"], name=f"{p}/slice"),
-        mk("CumSum", [f"{p}/bits", f"{p}/axis"], [f"{p}/cumsum"], name=f"{p}/cumsum"),
+        mk("Reshape", [f"{p}/m32", c + "col"], [f"{p}/m2"], name=f"{p}/col"),
+        mk("Div", [f"{p}/m2", c + "pow2"], [f"{p}/shifted"], name=f"{p}/div"),
+        mk("Mod", [f"{p}/shifted", c + "two"], [f"{p}/bits8"], name=f"{p}/mod"),
+        mk("Reshape", [f"{p}/bits8", c + "flat"], [f"{p}/bitsall"], name=f"{p}/flat"),
+        mk("Slice", [f"{p}/bitsall", c + "start", f"{p}/n"], [f"{p}/bits"], name=f"{p}/slice"),
+        mk("CumSum", [f"{p}/bits", c + "axis"], [f"{p}/cumsum"], name=f"{p}/cumsum"),
         mk("Mul", [f"{p}/cumsum", f"{p}/bits"], [f"{p}/index"], name=f"{p}/index"),
         mk("Gather", [f"{p}/values", f"{p}/index"], [f"{p}/dense"], name=f"{p}/gather"),
         mk("Reshape", [f"{p}/dense", f"{p}/shape"], [name], name=f"{p}/reshape"),
     ]
     return nodes, inits
+
+
+# Bytes the decode chain of one tensor adds to the file (nodes, names, small constants), measured.
+CHAIN_OVERHEAD = 1024
 
 
 def compress_initializers(
@@ -125,7 +139,7 @@ def compress_initializers(
             continue
         dense = arr.size * arr.dtype.itemsize
         enc = encoded_size(arr.size, int(np.count_nonzero(arr)), arr.dtype.itemsize)
-        if enc > (1.0 - min_saving) * dense:
+        if enc + CHAIN_OVERHEAD > (1.0 - min_saving) * dense:
             keep.append(t)
             continue
         nodes, inits = _decode_nodes(t.name, arr)
@@ -136,8 +150,10 @@ def compress_initializers(
         return out, {"format": "bitmask", "encoded": [], "size_before": before.size,
                      "size_after": before.size, "size_ratio": 1.0, "gzip_before": before.gzip,
                      "gzip_after": before.gzip, "gzip_ratio": _ratio(before.gzip, before.gzip)}
+    present = {t.name for t in keep}
+    shared = [t for t in _shared_constants() if t.name not in present]
     del g.initializer[:]
-    g.initializer.extend(keep + new_inits)
+    g.initializer.extend(keep + shared + new_inits)
     old_nodes = list(g.node)
     del g.node[:]
     g.node.extend(new_nodes + old_nodes)
@@ -186,7 +202,11 @@ def expand_sparse_storage(model: ModelProto) -> ModelProto:
     kept_nodes = [n for n in g.node if n.name not in drop_nodes]
     del g.node[:]
     g.node.extend(kept_nodes)
-    kept_inits = [t for t in g.initializer if t.name not in drop_inits]
+    still_encoded = any(nd.name.endswith(SUFFIX + "/reshape") for nd in kept_nodes)
+    kept_inits = [
+        t for t in g.initializer
+        if t.name not in drop_inits and (still_encoded or not t.name.startswith(SHARED))
+    ]
     del g.initializer[:]
     g.initializer.extend(kept_inits + dense)
     return out
