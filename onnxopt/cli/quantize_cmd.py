@@ -1,0 +1,186 @@
+"""`onnxopt quantize`: int8 quantization with onnxruntime (dynamic, static, or auto: measure and pick)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxopt.cli._options import echo_json, human_bytes, json_option, model_argument, output_option
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
+    if not value:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError as e:
+        raise click.BadParameter(f"{what}: expected comma-separated numbers, got {value!r}") from e
+
+
+@click.command("quantize")
+@model_argument
+@output_option(required=True)
+@click.option("--mode", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True,
+              help="auto: build candidates, measure them here, keep the best for --objective.")
+@click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
+              help="auto: fastest model within the budget, or smallest model within the budget.")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="Calibration inputs: an .npz, a folder of .npy/.npz files, or a folder of images.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--calib-samples", type=int, default=200, show_default=True, help="Calibration samples to use.")
+@click.option("--data", "val_data", type=click.Path(path_type=Path), default=None,
+              help="Validation .npz (inputs + optional 'labels') for fidelity and --max-accuracy-drop.")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Budget in percentage points (needs labels in --data).")
+@click.option("--min-cosine", type=float, default=None, help="Budget: minimum output cosine similarity (no labels).")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
+              help="static: QDQ or QOperator (QLinear*) format.")
+@click.option("--per-channel", is_flag=True, help="Per-channel weight scales.")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights (avoids saturation on AVX2 without VNNI).")
+@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option("--activation-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option("--op-types", default=None, help="Only quantize these op types, e.g. MatMul,Gemm.")
+@click.option("--exclude-nodes", default=None, help="Keep these nodes in float (comma-separated names).")
+@click.option("--image-size", default=None, help="Image calibration: H,W (default: the model's input size).")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+@click.option("--mean", default=None, help="Image calibration: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")
+@click.option("--std", default=None, help="Image calibration: per-channel std, e.g. 0.229,0.224,0.225.")
+@click.option("--scale", type=float, default=1 / 255, show_default=True, help="Image calibration: pixel scale.")
+@click.option("--grid", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
+              help="auto: a CPU-ordered shortlist of candidates; full: onnxruntime's whole quantizer grid.")
+@click.option("--threads", type=int, default=0, help="Benchmark intra-op threads (0: physical cores).")
+@click.option("--runs", type=int, default=30, show_default=True, help="Timed rounds for the finalists.")
+@click.option("--no-bench", is_flag=True, help="dynamic/static: skip the latency measurement.")
+@click.option("--force", is_flag=True, help="Quantize even if the model already holds quantized ops.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the JSON report to this file.")
+@json_option
+def command(model: Path, output: Path, mode: str, objective: str, calib_data: Path | None, calib_method: str,
+            calib_samples: int, val_data: Path | None, max_accuracy_drop: float | None, min_cosine: float | None,
+            fmt: str, per_channel: bool, reduce_range: bool, weight_type: str, activation_type: str,
+            op_types: str | None, exclude_nodes: str | None, image_size: str | None, layout: str,
+            mean: str | None, std: str | None, scale: float, grid: str, threads: int, runs: int, no_bench: bool,
+            force: bool, report_path: Path | None, as_json: bool) -> None:
+    """Quantize MODEL to int8 with onnxruntime and write OUTPUT.
+
+    \b
+    Examples:
+      onnxopt quantize model.onnx -o model.int8.onnx --calib-data calib.npz
+      onnxopt quantize model.onnx -o small.onnx --objective size --min-cosine 0.99
+      onnxopt quantize model.onnx -o q.onnx --mode static --per-channel --calib-data images/ \\
+          --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
+      onnxopt quantize model.onnx -o q.onnx --mode dynamic --data val.npz --max-accuracy-drop 0.5
+
+    Exit codes: 0 ok, 1 bad input, 3 the accuracy budget was not met (the closest model is still written).
+    """
+    from onnxopt.benchmark import BenchConfig
+    from onnxopt.calibration import ImageSpec, open_calibration
+    from onnxopt.errors import GateFailedError, InvalidInputError
+    from onnxopt.fidelity import load_eval_data
+    from onnxopt.model import load_model, same_file, save_model
+    from onnxopt.quantize import QuantizeConfig, quantize
+    from onnxopt.runtime import SessionConfig, physical_cores
+
+    if same_file(output, model):
+        raise InvalidInputError(f"{output}: refusing to overwrite the input model; choose another output path")
+    proto = load_model(model)
+    config = QuantizeConfig(
+        mode=mode, format=fmt, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
+        activation_type=activation_type, calib_method=calib_method, calib_samples=calib_samples,
+        op_types=_csv(op_types), exclude_nodes=_csv(exclude_nodes), objective=objective,
+        max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, force=force, grid=grid, final_runs=runs,
+    )
+    calib = None
+    if calib_data is not None:
+        size = None
+        if image_size:
+            dims = _floats(image_size, "--image-size") or ()
+            if len(dims) != 2:
+                raise InvalidInputError(f"--image-size {image_size!r}: give H,W e.g. 224,224")
+            size = (int(dims[0]), int(dims[1]))
+        spec = ImageSpec(size=size, layout=layout, mean=_floats(mean, "--mean") or (0.0,),
+                         std=_floats(std, "--std") or (1.0,), scale=scale)
+        calib = open_calibration(proto, calib_data, samples=calib_samples, image=spec)
+    val = load_eval_data(proto, val_data) if val_data is not None else None
+    bench = None
+    if mode == "auto" or not no_bench:
+        bench = BenchConfig(session=SessionConfig(intra_op_threads=threads or physical_cores(), allow_spinning=False),
+                            runs=max(2, runs))
+    result = quantize(proto, config, calib=calib, val=val, bench=bench)
+    save_model(result.model, output, input_path=model)
+    report: dict[str, Any] = dict(result.report)
+    report["output"] = str(output)
+    if report_path is not None:
+        import json
+
+        from onnxopt.cli._options import _json_default
+
+        report_path.write_text(json.dumps(report, indent=2, default=_json_default))
+    if as_json:
+        echo_json(report)
+    else:
+        _print_report(report, output)
+    if not result.meets_budget:
+        raise GateFailedError(
+            f"no configuration met the accuracy budget ({report['budget']}); the closest one was written to {output}"
+        )
+
+
+def _fmt_ratio(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return f"{d['ratio']:.3f} [{d['low']:.3f},{d['high']:.3f}]"
+
+
+def _print_report(report: dict[str, Any], output: Path) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    t = Table(title=f"quantize ({report['mode']}, objective {report['objective']}) on {escape(report['cpu']['summary'])}")
+    for col in ("candidate", "status", "size", "min cosine", "acc drop", "ratio (brief)", "ratio (final)"):
+        t.add_column(col, justify="left" if col in ("candidate", "status") else "right")
+    for c in report.get("candidates", []):
+        fid = c.get("fidelity") or {}
+        drop = fid.get("accuracy_drop")
+        status = c["status"]
+        if status == "ok" and c.get("meets_budget") is False:
+            status = "over budget"
+        t.add_row(
+            escape(c["name"] + (" *" if c["name"] == report.get("winner") else "")),
+            escape(status if status != "failed" else "failed: " + c.get("reason", "")[:80]),
+            human_bytes(c["size"]) if c.get("size") else "-",
+            f"{fid['min_cosine']:.5f}" if "min_cosine" in fid else "-",
+            f"{drop:.2f}" if drop is not None else "-",
+            _fmt_ratio(c.get("quick")),
+            _fmt_ratio(c.get("final")),
+        )
+    if report.get("candidates"):
+        console.print(t)
+    console.print(f"winner: [bold]{escape(str(report.get('winner')))}[/bold] - {escape(report.get('why', ''))}")
+    fid = report.get("fidelity") or {}
+    lat = report.get("latency") or {}
+    console.print(
+        f"size {human_bytes(report['size_before'])} -> {human_bytes(report['size_after'])} "
+        f"({report['size_ratio']:.2f}x); min cosine {fid.get('min_cosine', float('nan')):.5f}"
+        + (f"; accuracy drop {fid['accuracy_drop']:.2f} pt" if fid.get("accuracy_drop") is not None else "")
+        + (f"; latency {lat['describe']}" if lat.get("describe") else "")
+    )
+    nodes = report.get("nodes") or {}
+    if nodes.get("float"):
+        console.print(f"{len(nodes['float'])} node(s) left in float:")
+        for n in nodes["float"][:20]:
+            console.print(f"  {escape(n['node'])} ({n['op']}): {escape(n['reason'])}")
+    for note in report.get("notes", []):
+        console.print(f"note: {escape(note)}")
+    console.print(f"wrote {escape(str(output))} in {report['seconds']:.1f} s")
