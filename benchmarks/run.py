@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 import traceback
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = 10 if args.quick else args.runs
     ctx = Context(out_dir=args.out, runs=runs, warmup=2 if args.quick else 3, quick=args.quick)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    ctx.extras["load_average"] = load
     ctx.log(f"{len(sections)} section(s): {', '.join(n for n, _ in sections)}; {runs} rounds per measurement; "
             f"interleaved, spinning off, default {ctx.threads} intra-op threads")
     all_rows: list[Row] = []
@@ -98,11 +101,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(markdown_table(all_rows))
     spread = ctx.extras.get("harness_spread_pct")
-    if spread is not None:
-        p50s = ctx.extras.get("harness_p50s_ms", [])
-        print(f"\nharness stability: median latencies of 3 repeated measurements "
-              f"{' / '.join(f'{p:.2f}' for p in p50s)} ms, spread {spread:.2f}% (target < 3%)")
+    if spread:
+        p50s = ctx.extras.get("harness_p50s_ms", {})
+        print()
+        for kind, pct in spread.items():
+            print(f"harness stability ({kind}): medians of 3 repeated measurements of the same model "
+                  f"{' / '.join(f'{p:.2f}' for p in p50s.get(kind, []))} ms, spread {pct:.2f}% (target < 3%)")
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cores = os.cpu_count() or 1
+    print(f"\nload average: {load:.1f} at start, {end_load:.1f} at end, on {cores} logical cores"
+          + ("  -- the machine is busy: expect noisy numbers" if max(load, end_load) > cores else ""))
     js, md = save_rows(all_rows, ctx.out_dir, {"harness_spread_pct": spread, "skipped": skipped,
+                                               "load_average": [load, end_load],
                                                "failed": failed, "runs": runs, "threads": ctx.threads})
     print(f"\nsaved {js.relative_to(HERE.parent) if js.is_relative_to(HERE.parent) else js} and {md.name}; "
           f"total {time.perf_counter() - start:.0f} s")
