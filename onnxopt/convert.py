@@ -710,6 +710,7 @@ def convert_source(
     weights: str | None = None,
     output: str | Path | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    input_dtypes: Mapping[str, str] | None = None,
     opset: int = 17,
     exporter: str = "auto",
     dynamic_batch: bool = True,
@@ -732,6 +733,7 @@ def convert_source(
     )
     if output is not None and os.path.exists(source) and Path(output).resolve() == Path(source).resolve():
         raise InvalidInputError(f"{output}: refusing to overwrite the source model; choose another output path")
+    feed = dict(data) if data is not None else None
     src = load_source(source, framework=framework, weights=weights, input_shapes=input_shapes,
-                      input_names=opts.input_names)
-    return convert(src, opts, data=dict(data) if data is not None else None, output=output)
+                      input_dtypes=input_dtypes, input_names=opts.input_names, data=feed)
+    return convert(src, opts, data=feed, output=output)
