@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, numpy_helper
 
-from onnxopt.channel_graph import GraphIndex, Group, build_groups, subgraph_names
+from onnxopt.channel_graph import GraphIndex, Group, subgraph_names
+from onnxopt.channel_groups import build_groups
 from onnxopt.errors import InvalidInputError, OnnxoptError
 from onnxopt.model import copy_model, initializer_stats
 from onnxopt.prune_result import PruneResult
