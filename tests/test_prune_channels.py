@@ -237,3 +237,65 @@ def test_keep_counts_min_channels_and_round_to() -> None:
     assert channels_to_keep(10, ChannelConfig(ratio=0.0)) == 10
     with pytest.raises(InvalidInputError):
         ChannelConfig(min_channels=0)
+
+
+def test_bias_shared_through_identity_is_copied_per_layer() -> None:
+    # exporters deduplicate equal biases and share them through Identity nodes (as in ResNet exports)
+    inits = {"wa": _t(8, 3, 3, 3), "wb": _t(8, 8, 3, 3), "bias": _t(8), "wc": _t(4, 8, 1, 1)}
+    nodes = [
+        helper.make_node("Identity", ["bias"], ["bias_a"], name="id_a"),
+        helper.make_node("Identity", ["bias"], ["bias_b"], name="id_b"),
+        helper.make_node("Conv", ["x", "wa", "bias_a"], ["a"], name="conva", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"], name="relua"),
+        helper.make_node("Conv", ["ar", "wb", "bias_b"], ["b"], name="convb", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b"], ["br"], name="relub"),
+        helper.make_node("Conv", ["br", "wc"], ["y"], name="convc"),
+    ]
+    m = _model(nodes, inits, [3, 5, 5], out_shape=["N", 4, 5, 5])
+    r = prune_channels(m, ChannelConfig(ratio=0.5, importance="l2"))
+    ga, gb = _group(r.report, "conva")["removed"], _group(r.report, "convb")["removed"]
+    oracle = _zeroed(m, {
+        "wb": lambda a: a.__setitem__((slice(None), ga), 0),
+        "wc": lambda a: a.__setitem__((slice(None), gb), 0),
+    })
+    _check(m, r.model, oracle, (2, 3, 5, 5))
+    assert not any(n.op_type == "Identity" for n in r.model.graph.node)
+
+
+def test_matmul_on_3d_tokens() -> None:
+    inits = {"w1": _t(16, 32), "b1": _t(32), "w2": _t(32, 16)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="ffn1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="ffn1_bias"),
+        helper.make_node("Gelu", ["hb"], ["g"], name="gelu", domain=""),
+        helper.make_node("MatMul", ["g", "w2"], ["y"], name="ffn2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "ffn", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 5, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5, 16])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    m.ir_version = 9
+    r = prune_channels(m, ChannelConfig(ratio=0.25))
+    gone = _group(r.report, "ffn1")["removed"]
+    assert len(gone) == 8
+    oracle = _zeroed(m, {"w2": lambda a: a.__setitem__((gone, slice(None)), 0)})
+    _check(m, r.model, oracle, (2, 5, 16))
+
+
+def test_concat_feeding_a_residual_is_left_alone() -> None:
+    inits = {"wa": _t(4, 3, 1, 1), "wb": _t(4, 3, 1, 1), "wc": _t(8, 3, 1, 1), "wd": _t(2, 8, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="conva"),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="convb"),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="convc"),
+        helper.make_node("Add", ["cat", "c"], ["s"], name="add"),
+        helper.make_node("Conv", ["s", "wd"], ["y"], name="convd"),
+    ]
+    m = _model(nodes, inits, [3, 4, 4], out_shape=["N", 2, 4, 4])
+    r = prune_channels(m, ChannelConfig(ratio=0.5))
+    alone = {layer for g in r.report["left_alone"] for layer in g["layers"]}
+    assert {"conva", "convb", "convc"} <= alone
+    assert not r.modified
