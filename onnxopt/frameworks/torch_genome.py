@@ -1,0 +1,128 @@
+"""Build a PyTorch CNN from a search genome (the digits-CNN family of examples/search_space.toml).
+
+The network is ``depth`` stages of [conv (optionally depthwise-separable) -> BatchNorm ->
+activation -> optional 2x2 max-pool], then ``flatten`` or global average pooling, an optional
+hidden fully-connected layer, and a linear classifier. Genes and defaults:
+
+  depth (required), width_<i> or width, kernel_<i> or kernel (3), pool_<i> (after the last two
+  stages), separable (false), activation (relu), batchnorm (true), head (flatten), hidden (0),
+  dropout (0.0).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from onnxopt.errors import InvalidInputError
+from onnxopt.frameworks import require_torch
+
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "hardswish", "silu", "gelu", "tanh")
+HEADS = ("flatten", "gap")
+_FIXED = {"depth", "width", "kernel", "separable", "activation", "batchnorm", "head", "hidden", "dropout"}
+_PER_STAGE = re.compile(r"^(width|kernel|pool)_(\d+)$")
+
+
+def check_genes(names: Iterable[str]) -> None:
+    """Raise InvalidInputError naming genes this builder does not understand (typos, other families)."""
+    names = list(names)
+    unknown = [n for n in names if n not in _FIXED and not _PER_STAGE.match(n)]
+    if unknown:
+        raise InvalidInputError(
+            f"the PyTorch CNN builder does not know gene(s) {', '.join(unknown)}; "
+            "known: depth, width_<i>/width, kernel_<i>/kernel, pool_<i>, separable, activation, "
+            "batchnorm, head, hidden, dropout"
+        )
+    if "depth" not in names:
+        raise InvalidInputError("the search space needs a 'depth' gene (number of conv stages)")
+
+
+def _stage_value(genome: Mapping[str, Any], name: str, i: int, default: Any) -> Any:
+    v = genome.get(f"{name}_{i}")
+    if v is None:
+        v = genome.get(name)
+    return default if v is None else v
+
+
+def _activation(name: str) -> Any:
+    nn = require_torch().nn
+    table = {
+        "relu": nn.ReLU, "relu6": nn.ReLU6, "leaky_relu": lambda: nn.LeakyReLU(0.1),
+        "hardswish": nn.Hardswish, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh,
+    }
+    if name not in table:
+        raise InvalidInputError(f"activation {name!r} unknown; choose one of {', '.join(ACTIVATIONS)}")
+    return table[name]()
+
+
+def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, seed: int = 0) -> Any:
+    """A seeded nn.Module for genome; input_shape is (channels, height, width)."""
+    torch = require_torch()
+    nn = torch.nn
+    if len(input_shape) != 3:
+        raise InvalidInputError(f"the CNN builder needs images (C, H, W); got input shape {tuple(input_shape)}")
+    depth = int(genome.get("depth") or 0)
+    if depth < 1:
+        raise InvalidInputError(f"depth must be >= 1, got {genome.get('depth')!r}")
+    act = str(genome.get("activation", "relu"))
+    bn = bool(genome.get("batchnorm", True))
+    separable = bool(genome.get("separable", False))
+    head = str(genome.get("head", "flatten"))
+    if head not in HEADS:
+        raise InvalidInputError(f"head {head!r} unknown; choose one of {', '.join(HEADS)}")
+    hidden = int(genome.get("hidden", 0) or 0)
+    dropout = float(genome.get("dropout", 0.0) or 0.0)
+    torch.manual_seed(seed)
+    c, h, w = (int(d) for d in input_shape)
+    layers: list[Any] = []
+    for i in range(1, depth + 1):
+        width = _stage_value(genome, "width", i, None)
+        if width is None:
+            raise InvalidInputError(f"genome has no width for stage {i}: add gene width_{i} or width")
+        width = int(width)
+        k = int(_stage_value(genome, "kernel", i, 3))
+        if k < 1 or k % 2 == 0:
+            raise InvalidInputError(f"kernel_{i} must be odd and >= 1, got {k}")
+        if separable and k > 1 and c > 1:
+            layers += [nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False),
+                       nn.Conv2d(c, width, 1, bias=not bn)]
+        else:
+            layers.append(nn.Conv2d(c, width, k, padding=k // 2, bias=not bn))
+        if bn:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(_activation(act))
+        pool = genome.get(f"pool_{i}")
+        if pool is None:
+            pool = i > depth - 2
+        if bool(pool) and min(h, w) >= 2:
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        c = width
+    if head == "gap":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        features = c
+    else:
+        layers.append(nn.Flatten())
+        features = c * h * w
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    if hidden > 0:
+        layers += [nn.Linear(features, hidden), _activation(act), nn.Linear(hidden, num_classes)]
+    else:
+        layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def param_count(module: Any) -> int:
+    """Number of parameters of a torch module."""
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+# The hand-written baseline of the family: models/digits_cnn.py expressed as a genome.
+DIGITS_BASELINE: dict[str, Any] = {
+    "depth": 3, "width_1": 16, "width_2": 32, "width_3": 64,
+    "kernel_1": 3, "kernel_2": 3, "kernel_3": 3,
+    "pool_1": False, "pool_2": True, "pool_3": True,
+    "separable": False, "activation": "relu", "batchnorm": True, "head": "flatten", "hidden": 128,
+}
