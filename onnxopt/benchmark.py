@@ -291,6 +291,13 @@ def _resolve_models(
 def model_feed(model: ModelProto, config: BenchConfig, feed: Feed | None = None) -> Feed:
     """The feed one model is benchmarked with: the given feed (checked) or a synthesized one."""
     if feed is None:
+        for spec in graph_inputs(model):
+            lead = spec.shape[0] if spec.shape else None
+            if config.batch > 1 and isinstance(lead, int) and lead > 0 and lead != config.batch:
+                raise InvalidInputError(
+                    f"batch {config.batch}: input {spec.name!r} has a fixed batch of {lead}; "
+                    "re-export the model with a dynamic batch or use --batch " + str(lead)
+                )
         return synthesize_feed(model, batch=config.batch, overrides=config.shape_overrides, seed=config.seed)
     wanted = {s.name for s in graph_inputs(model)}
     sub = {k: v for k, v in feed.items() if k in wanted}

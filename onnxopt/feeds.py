@@ -169,3 +169,22 @@ def batches(feed: Feed, batch_size: int) -> Iterator[Feed]:
 def first_batch(feed: Feed, batch_size: int) -> Feed:
     """The first batch_size samples of a feed."""
     return {k: v[:batch_size] for k, v in feed.items()}
+
+
+def with_free_batch(model: ModelProto) -> ModelProto:
+    """An inputs-only view of a model whose fixed leading (batch) dims are made symbolic.
+
+    Lets a dataset of many samples be checked against a model exported with a fixed batch
+    (which is then run in chunks of that batch).
+    """
+    view = ModelProto()
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        new = view.graph.input.add()
+        new.CopyFrom(vi)
+        dims = new.type.tensor_type.shape.dim
+        if new.type.tensor_type.HasField("shape") and len(dims) and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+    return view

@@ -12,7 +12,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.errors import InvalidInputError
-from onnxopt.feeds import Feed, batches, check_feed, load_npz, model_feed_from_npz
+from onnxopt.feeds import Feed, batches, check_feed, load_npz, model_feed_from_npz, with_free_batch
 from onnxopt.model import TensorSpec, graph_inputs, graph_outputs, load_model
 from onnxopt.runtime import SessionConfig, create_session
 
@@ -46,7 +46,7 @@ def run_batched(
     proto = _proto(model)
     wanted = {s.name for s in graph_inputs(proto)}
     sub = {k: v for k, v in feed.items() if k in wanted}
-    check_feed(proto, sub, "the feed")
+    check_feed(with_free_batch(proto), sub, "the feed")
     fixed = _fixed_batch(proto)
     bs = fixed if fixed is not None else batch_size
     from onnxopt.benchmark import lean_session
@@ -257,7 +257,7 @@ def load_eval_data(
     """The model's inputs and (if present under labels_key) the labels from an .npz file."""
     data = load_npz(path)
     labels = data.pop(labels_key, None)
-    feed = model_feed_from_npz(model, data, source=str(path))
+    feed = model_feed_from_npz(with_free_batch(model), data, source=str(path))
     if labels is not None:
         n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
         if labels.shape[0] != n:

@@ -110,3 +110,12 @@ def test_load_eval_data_mismatch_one_line_per_problem(tmp_path: Path, digits_cnn
         load_eval_data(load_model(digits_cnn), q)
     feed, labels = load_eval_data(load_model(digits_cnn), q, labels_key="nope")
     assert labels is None and feed["input"].shape == (5, 1, 8, 8)
+
+
+def test_fixed_batch_model_runs_over_a_dataset(digits_cnn: Path, digits_val: Path) -> None:
+    fixed = load_model(digits_cnn)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    feed, labels = load_eval_data(fixed, digits_val)
+    assert feed["input"].shape[0] == 360
+    rep = compare_models(fixed, digits_cnn, feed, labels)
+    assert rep.samples == 360 and rep.outputs[0].max_abs < 1e-5 and rep.accuracy_drop == 0.0

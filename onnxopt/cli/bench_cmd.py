@@ -108,15 +108,23 @@ def make_config(
 def load_data_feed(model: ModelProto, data: Path, batch: int, labels_key: str = "labels") -> Feed:
     """The first `batch` samples of an .npz for the model's inputs (checked; one line per mismatch)."""
     from onnxopt.errors import InvalidInputError
-    from onnxopt.feeds import first_batch, load_npz, model_feed_from_npz
+    from onnxopt.feeds import (
+        check_feed,
+        first_batch,
+        load_npz,
+        model_feed_from_npz,
+        with_free_batch,
+    )
 
     arrays = load_npz(data)
     arrays.pop(labels_key, None)
-    feed = model_feed_from_npz(model, arrays, source=str(data))
+    feed = model_feed_from_npz(with_free_batch(model), arrays, source=str(data))
     n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
     if n < batch:
         raise InvalidInputError(f"{data}: has {n} samples, fewer than --batch {batch}")
-    return first_batch(feed, batch)
+    out = first_batch(feed, batch)
+    check_feed(model, out, f"{data} (first {batch} samples; --batch)")
+    return out
 
 
 @contextmanager
