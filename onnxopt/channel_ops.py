@@ -49,10 +49,19 @@ def _rank(t: Flood, name: str) -> int:
     return len(s)
 
 
+def _extra_outputs_unused(t: Flood, i: int) -> None:
+    """Second outputs (MaxPool indices, Dropout mask, BatchNorm training stats) must be unused."""
+    n = t.ix.nodes[i]
+    for o in n.output[1:]:
+        if o and (o in t.ix.consumers or o in t.ix.outputs):
+            raise Unsafe(f"{t.ix.label(i)}: its extra output {o} is used")
+
+
 def _fw_unary(t: Flood, grp: Group, i: int, j: int, axis: int, pos: np.ndarray) -> None:
     n = t.ix.nodes[i]
     if j != 0:
         raise Unsafe(f"{t.ix.label(i)}: channels enter {n.op_type} through input {j}")
+    _extra_outputs_unused(t, i)
     if n.op_type in POOLS and axis != 1:
         raise Unsafe(f"{t.ix.label(i)}: pooling over the channel axis")
     t.push(n.output[0], axis, pos)
@@ -62,6 +71,7 @@ def _fw_norm(t: Flood, grp: Group, i: int, j: int, axis: int, pos: np.ndarray) -
     n = t.ix.nodes[i]
     if j != 0 or axis != 1:
         raise Unsafe(f"{t.ix.label(i)}: {n.op_type} not on the channel axis")
+    _extra_outputs_unused(t, i)
     for k in NORMS[n.op_type]:
         if t.ix.const(n.input[k]) is None:
             raise Unsafe(f"{t.ix.label(i)}: parameter {n.input[k]} is not constant")
@@ -127,12 +137,15 @@ def _bw_binary(t: Flood, grp: Group, p: int, axis: int, pos: np.ndarray) -> None
 
 def _bw_unary(t: Flood, grp: Group, p: int, axis: int, pos: np.ndarray) -> None:
     n = t.ix.nodes[p]
+    _extra_outputs_unused(t, p)
     if n.op_type in POOLS and axis != 1:
         raise Unsafe(f"{t.ix.label(p)}: pooling over the channel axis")
     if n.op_type in NORMS:
         if axis != 1:
             raise Unsafe(f"{t.ix.label(p)}: {n.op_type} not on the channel axis")
         for k in NORMS[n.op_type]:
+            if t.ix.const(n.input[k]) is None:
+                raise Unsafe(f"{t.ix.label(p)}: parameter {n.input[k]} is not constant")
             grp.cuts.append(ParamCut(p, k, 0, pos))
             grp.visited_edges.add((p, k))
     t.push(n.input[0], axis, pos)
@@ -319,6 +332,39 @@ def _bw_transpose(t: Flood, grp: Group, p: int, axis: int, pos: np.ndarray) -> N
     t.push(n.input[0], list(perm)[axis], pos)
 
 
+def _reduce_axes(t: Flood, i: int, axis: int) -> tuple[list[int], bool]:
+    n = t.ix.nodes[i]
+    rank = _rank(t, n.input[0])
+    axes = _axes(t, i)
+    if axes is None or not axes:
+        raise Unsafe(f"{t.ix.label(i)}: {n.op_type} over all axes")
+    axes = [a + rank if a < 0 else a for a in axes]
+    if axis in axes:
+        raise Unsafe(f"{t.ix.label(i)}: {n.op_type} over the channel axis")
+    return axes, bool(t.ix.attr(n, "keepdims", 1))
+
+
+def _fw_reduce(t: Flood, grp: Group, i: int, j: int, axis: int, pos: np.ndarray) -> None:
+    n = t.ix.nodes[i]
+    if j != 0:
+        raise Unsafe(f"{t.ix.label(i)}: channels enter {n.op_type} through its axes")
+    axes, keep = _reduce_axes(t, i, axis)
+    t.push(n.output[0], axis if keep else axis - sum(a < axis for a in axes), pos)
+
+
+def _bw_reduce(t: Flood, grp: Group, p: int, axis: int, pos: np.ndarray) -> None:
+    n = t.ix.nodes[p]
+    in_rank = _rank(t, n.input[0])
+    axes = _axes(t, p)
+    if axes is None or not t.ix.attr(n, "keepdims", 1):
+        raise Unsafe(f"{t.ix.label(p)}: {n.op_type} without keepdims cannot be followed back")
+    if axis in [a + in_rank if a < 0 else a for a in axes]:
+        raise Unsafe(f"{t.ix.label(p)}: {n.op_type} over the channel axis")
+    t.push(n.input[0], axis, pos)
+
+
+REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceLogSumExp"}
+
 FORWARD: dict[str, Forward] = {
     **{op: _fw_unary for op in UNARY | POOLS},
     **{op: _fw_norm for op in NORMS},
@@ -332,6 +378,7 @@ FORWARD: dict[str, Forward] = {
     "Squeeze": _fw_squeeze,
     "Unsqueeze": _fw_squeeze,
     "Transpose": _fw_transpose,
+    **{op: _fw_reduce for op in REDUCE},
 }
 
 BACKWARD: dict[str, Backward] = {
@@ -340,4 +387,5 @@ BACKWARD: dict[str, Backward] = {
     "Conv": _bw_conv,
     "Concat": _bw_concat,
     "Transpose": _bw_transpose,
+    **{op: _bw_reduce for op in REDUCE},
 }

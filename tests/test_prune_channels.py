@@ -299,3 +299,48 @@ def test_concat_feeding_a_residual_is_left_alone() -> None:
     alone = {layer for g in r.report["left_alone"] for layer in g["layers"]}
     assert {"conva", "convb", "convc"} <= alone
     assert not r.modified
+
+
+def test_squeeze_excitation_block() -> None:
+    inits = {"w1": _t(8, 3, 3, 3), "wr": _t(2, 8, 1, 1), "br": _t(2), "we": _t(8, 2, 1, 1), "be": _t(8),
+             "axes": np.array([2, 3], np.int64), "wo": _t(4, 8, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu1"),
+        helper.make_node("ReduceMean", ["r", "axes"], ["m"], name="squeeze", keepdims=1),
+        helper.make_node("Conv", ["m", "wr", "br"], ["q"], name="se_reduce"),
+        helper.make_node("Relu", ["q"], ["qr"], name="se_relu"),
+        helper.make_node("Conv", ["qr", "we", "be"], ["e"], name="se_expand"),
+        helper.make_node("Sigmoid", ["e"], ["s"], name="se_gate"),
+        helper.make_node("Mul", ["r", "s"], ["g"], name="excite"),
+        helper.make_node("Conv", ["g", "wo"], ["y"], name="conv_out"),
+    ]
+    graph = helper.make_graph(
+        nodes, "se", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    r = prune_channels(m, ChannelConfig(ratio=0.5))
+    g = _group(r.report, "conv1")
+    assert set(g["layers"]) == {"conv1", "se_expand"}
+    gone, gone_r = g["removed"], _group(r.report, "se_reduce")["removed"]
+    oracle = _zeroed(m, {
+        "wr": lambda a: a.__setitem__((slice(None), gone), 0),
+        "wo": lambda a: a.__setitem__((slice(None), gone), 0),
+        "we": lambda a: a.__setitem__((slice(None), gone_r), 0),
+    })
+    _check(m, r.model, oracle, (2, 3, 6, 6))
+
+
+def test_used_pool_indices_are_unsafe() -> None:
+    inits = {"w1": _t(4, 3, 3, 3)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["a"], ["p", "idx"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Cast", ["idx"], ["y"], name="cast", to=onnx.TensorProto.FLOAT),
+    ]
+    m = _model(nodes, inits, [3, 4, 4], out_shape=["N", 4, 2, 2])
+    r = prune_channels(m, ChannelConfig(ratio=0.5))
+    assert not r.modified and "extra output idx is used" in r.report["left_alone"][0]["reason"]
