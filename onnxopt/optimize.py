@@ -96,9 +96,13 @@ class OptimizeConfig:
     warmup: int = 5
     gates: Gates = field(default_factory=Gates)
     eval_batch: int = 256
-    synthetic_samples: int = 64  # inputs synthesized for fidelity when no --data is given
+    synthetic_samples: int = 16  # inputs synthesized for fidelity when no --data is given
     verify: bool = True
     benchmark: bool = True
+    # Return the input model rather than one measured slower (CI upper end > 1.02x the input's
+    # latency). None: on for the default recipe with objective latency, off for explicit recipes
+    # (whose output bytes then never depend on timing).
+    never_slower: bool | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -302,6 +306,10 @@ def optimize(
 
     stages, decide_warnings = _decide(stages, result.stages, cfg)
     warnings.extend(decide_warnings)
+    guard = cfg.never_slower if cfg.never_slower is not None else (recipe is None and cfg.objective == "latency")
+    if guard:
+        stages, guard_warnings = _never_slower(stages)
+        warnings.extend(guard_warnings)
     final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
     final_model = _with_recipe(final_stage.model, rec)
     gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize())
@@ -419,6 +427,34 @@ def _decide(
         out.append(s)
         kept_prev = s
     return out, warnings
+
+
+def _never_slower(stages: list[Stage]) -> tuple[list[Stage], list[str]]:
+    """Fall back to the latest kept stage (or the input) not measured slower than the input."""
+    kept = [i for i, s in enumerate(stages) if i > 0 and s.kept and s.modified]
+    bad: list[int] = []
+    for i in reversed(kept):
+        r = stages[i].ratio
+        if r is None or r.high <= KEEP_MAX_RATIO_HIGH:
+            break
+        bad.append(i)
+    if not bad:
+        return stages, []
+    out = list(stages)
+    for i in bad:
+        r = stages[i].ratio
+        out[i] = replace(
+            stages[i],
+            kept=False,
+            note=f"rejected: not measurably faster than the input ({r.ratio:.2f}x its latency, 95% CI high {r.high:.2f} > {KEEP_MAX_RATIO_HIGH})",
+        )
+    final = next((out[i] for i in reversed(kept) if i not in bad), stages[0])
+    worst = stages[bad[0]]
+    msg = (
+        f"{worst.name} is not measurably faster than the input on this CPU "
+        f"({worst.ratio.ratio:.2f}x its latency, 95% CI up to {worst.ratio.high:.2f}x): kept the {final.name} model instead"
+    )
+    return out, [msg]
 
 
 def _reject_reason(s: Stage, prev: Stage, cfg: OptimizeConfig) -> str:

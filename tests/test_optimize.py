@@ -21,6 +21,7 @@ from onnxopt.optimize import (
     OptimizeConfig,
     Stage,
     _decide,
+    _never_slower,
     check_gates,
     default_output,
     default_recipe,
@@ -164,6 +165,23 @@ def test_slower_measured_candidate_is_rejected_with_a_warning() -> None:
     out, warnings = _decide(faster, (), cfg())
     assert all(s.kept for s in out) and warnings == []
     assert out[2].ratio is not None and out[2].ratio.speedup == pytest.approx(2.0, rel=0.01)
+
+
+def test_never_slower_guard_falls_back_to_the_input() -> None:
+    rng = np.random.default_rng(1)
+    base = list(1.0 + 0.01 * rng.standard_normal(200))
+    stages = [
+        _stage("original", base, pass_name=None),
+        _stage("channel-pruned", [x * 1.2 for x in base], pass_name="prune_channels"),
+    ]
+    decided, _ = _decide(stages, (), cfg())
+    assert decided[1].kept  # an explicit pass is kept by _decide ...
+    out, warnings = _never_slower(decided)
+    assert not out[1].kept and "not measurably faster" in out[1].note  # ... but not past the guard
+    assert warnings and warnings[0].endswith("kept the original model instead")
+    fine = [stages[0], _stage("channel-pruned", [x * 0.7 for x in base], pass_name="prune_channels")]
+    out, warnings = _never_slower(_decide(fine, (), cfg())[0])
+    assert out[1].kept and warnings == []
 
 
 def test_default_output_is_beside_the_input() -> None:
