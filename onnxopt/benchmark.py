@@ -134,6 +134,7 @@ class BenchResult:
     isolation: str = "interleaved"
     batch: int = 1
     block_sizes: tuple[int, ...] = ()  # subprocess mode: samples per process, in order
+    allow_spinning: bool = False
 
     @property
     def label(self) -> str:
@@ -361,6 +362,7 @@ def benchmark(
                 isolation=cfg.isolation,
                 batch=cfg.batch,
                 block_sizes=tuple(bl),
+                allow_spinning=e.session.allow_spinning,
             )
         )
     return results

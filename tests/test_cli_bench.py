@@ -163,3 +163,13 @@ def test_compare_different_inputs_clear_error(digits_cnn: Path, tmp_path: Path) 
 def test_compare_accuracy_gate_needs_labels(digits_cnn: Path) -> None:
     r = run_cli("compare", str(digits_cnn), str(digits_cnn), "--max-accuracy-drop", "1")
     assert r.returncode == 1 and "needs labels" in r.stderr
+
+
+def test_spin_honoured_only_for_a_lone_session(digits_cnn: Path) -> None:
+    code, out = invoke("bench", str(digits_cnn), "--runs", "3", "--spin", "--json")
+    assert code == 0 and json.loads(out)["results"][0]["allow_spinning"] is True
+    code, out = invoke("bench", str(digits_cnn), str(digits_cnn), "--runs", "3", "--spin", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["settings"]["allow_spinning"] is False
+    assert not any(r["allow_spinning"] for r in doc["results"])

@@ -42,6 +42,13 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by bench and compare: measurement settings and inputs."""
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthesized inputs.")(f)
     f = click.option(
+        "--spin/--no-spin",
+        default=False,
+        show_default=True,
+        help="Let idle intra-op threads spin (onnxruntime's default). Honoured for a single session "
+        "or --isolation subprocess; interleaved runs of several sessions always turn it off.",
+    )(f)
+    f = click.option(
         "--memory", is_flag=True, help="Also measure peak RSS of each session (fresh subprocess; slower)."
     )(f)
     f = click.option(
@@ -79,6 +86,7 @@ def make_config(
     isolation: str,
     memory: bool,
     seed: int,
+    spin: bool = False,
 ) -> BenchConfig:
     """A BenchConfig from the CLI options (the first thread count is the session's)."""
     from onnxopt.benchmark import BenchConfig
@@ -90,7 +98,7 @@ def make_config(
         intra_op_threads=threads[0] if threads else physical_cores(),
         inter_op_threads=inter_threads,
         opt_level=opt_level,
-        allow_spinning=False,
+        allow_spinning=spin,
     )
     return BenchConfig(
         session=session,
@@ -207,8 +215,11 @@ def print_results(results: Sequence[BenchResult], config: BenchConfig, title: st
         table.add_row(*row)
     console.print(table)
     first = results[0]
+    mode = MODE_TEXT[config.isolation]
+    if config.isolation == "interleaved" and first.allow_spinning:
+        mode = "one session in one process (spinning on)"
     console.print(
-        f"mode: {MODE_TEXT[config.isolation]}; provider {first.provider}; batch {config.batch}; "
+        f"mode: {mode}; provider {first.provider}; batch {config.batch}; "
         f"{first.stats.n} timed runs per model after {config.warmup} warm-up"
         + ("; peak RSS measured in a fresh subprocess" if config.measure_memory else "")
     )
@@ -248,7 +259,7 @@ def results_json(
             "provider": config.session.provider,
             "inter_op_threads": config.session.inter_op_threads,
             "opt_level": config.session.opt_level,
-            "allow_spinning": config.session.allow_spinning,
+            "allow_spinning": results[0].allow_spinning if results else config.session.allow_spinning,
             "batch": config.batch,
             "warmup": config.warmup,
             "runs": config.runs,
@@ -288,6 +299,7 @@ def command(
     isolation: str,
     memory: bool,
     seed: int,
+    spin: bool,
     data: Path | None,
     show_compare: bool,
     plot: Path | None,
@@ -318,7 +330,7 @@ def command(
 
     thread_list = parse_threads(threads)
     config = make_config(thread_list, provider, inter_threads, opt_level, batch, shapes, runs, duration,
-                         warmup, isolation, memory, seed)
+                         warmup, isolation, memory, seed, spin)
     protos = [load_model(m) for m in models]
     feed = load_data_feed(protos[0], data, batch) if data is not None else None
     if plot is not None:

@@ -96,6 +96,7 @@ def command(
     isolation: str,
     memory: bool,
     seed: int,
+    spin: bool,
     as_json: bool,
 ) -> None:
     """Compare CANDIDATE to REFERENCE: outputs on the same inputs, accuracy, then latency.
@@ -132,7 +133,7 @@ def command(
     if thread_list and len(thread_list) > 1:
         raise InvalidInputError("compare takes one --threads value; use `onnxopt bench --threads 1,2` to sweep")
     config = make_config(thread_list, provider, inter_threads, opt_level, batch, shapes, runs, duration,
-                         warmup, isolation, memory, seed)
+                         warmup, isolation, memory, seed, spin)
     ref = load_model(reference)
     cand = load_model(candidate)
     check_same_inputs(ref, cand)
