@@ -73,20 +73,62 @@ def train_digits_cnn(splits: dict[str, tuple[np.ndarray, np.ndarray]], epochs: i
     return model, acc
 
 
-def export_torch(model: object, example: np.ndarray, path: Path) -> None:
-    """Export with the TorchScript exporter, dynamic batch, opset 17."""
-    import torch
+def export_torch(model: object, example: np.ndarray, path: Path, data: dict[str, np.ndarray] | None = None) -> None:
+    """Export with onnxopt's converter (TorchScript exporter: deterministic), dynamic batch, opset 17, parity-checked."""
+    from onnxopt.convert import from_torch
 
-    torch.onnx.export(
+    r = from_torch(
         model,
-        (torch.from_numpy(example),),
-        str(path),
+        (example,),
+        output=path,
+        exporter="torchscript",
         input_names=["input"],
         output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
+        opset=17,
+        data=data,
     )
+    print(f"{path.name}: parity max abs diff {r.parity.max_abs:.2e} on {r.parity.samples} samples")
+
+
+def train_digits_keras(splits: dict[str, tuple[np.ndarray, np.ndarray]], epochs: int = 30) -> tuple[object, float]:
+    """Train the Keras digits model (models/digits_keras.py) with a seeded schedule; return (model, val accuracy)."""
+    from onnxopt.frameworks import require_keras
+
+    keras = require_keras()
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+    model = _load_factory(MODELS / "digits_keras.py").build()
+    x_train, y_train = splits["train"]
+    x_val, y_val = splits["val"]
+    steps = epochs * int(np.ceil(len(x_train) / 64))
+    schedule = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=steps)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x_train, y_train, batch_size=64, epochs=epochs, shuffle=True, verbose=0)
+    logits = model.predict(x_val, batch_size=256, verbose=0)
+    acc = float((logits.argmax(1) == y_val).mean())
+    return model, acc
+
+
+def build_keras(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """Train and save models/digits_keras.keras, check that it converts; return val accuracy."""
+    from onnxopt.convert import from_keras
+
+    trained, acc = train_digits_keras(splits)
+    # Save a fresh, uncompiled copy: no optimizer state in the file (a quarter of the size).
+    model = _load_factory(MODELS / "digits_keras.py").build()
+    model.set_weights(trained.get_weights())  # type: ignore[attr-defined]
+    model.save(MODELS / "digits_keras.keras")  # type: ignore[attr-defined]
+    x_val, _ = splits["val"]
+    r = from_keras(model, output_names=["logits"], data={"input": x_val})
+    print(f"digits_keras.keras -> ONNX: parity max abs diff {r.parity.max_abs:.2e} on {r.parity.samples} samples")
+    print(f"digits_keras: validation accuracy {acc * 100:.2f}%")
+    return acc
 
 
 def build_large(path: Path) -> None:
@@ -106,18 +148,29 @@ def main() -> None:
     """Build every sample model and data file."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--skip-large", action="store_true", help="do not build models/large/")
+    ap.add_argument("--only-keras", action="store_true", help="only (re)build the Keras digits model")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))  # the onnxopt package of this checkout
+    splits = digits_splits()
+    info_path = MODELS / "accuracy.json"
+    if args.only_keras:
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        acc = build_keras(splits)
+        info["digits_keras"] = {"val_accuracy": round(acc * 100, 2), "val_samples": int(len(splits["val"][1]))}
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        return
     import torch
 
-    splits = digits_splits()
     for name, (x, y) in splits.items():
         np.savez_compressed(MODELS / f"digits_{name}.npz", input=x, labels=y)
     model, acc = train_digits_cnn(splits)
     torch.save(model.state_dict(), MODELS / "digits_cnn.pt")
-    export_torch(model, splits["val"][0][:1], MODELS / "digits_cnn.onnx")
+    export_torch(model, splits["val"][0][:1], MODELS / "digits_cnn.onnx", data={"input": splits["val"][0]})
     info = {"digits_cnn": {"val_accuracy": round(acc * 100, 2), "val_samples": int(len(splits["val"][1]))}}
-    (MODELS / "accuracy.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"digits_cnn: validation accuracy {acc * 100:.2f}%")
+    acc_k = build_keras(splits)
+    info["digits_keras"] = {"val_accuracy": round(acc_k * 100, 2), "val_samples": int(len(splits["val"][1]))}
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
     if not args.skip_large:
         build_large(MODELS / "large" / "resnet18.onnx")
         print("large/resnet18.onnx built")
