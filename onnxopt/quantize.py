@@ -29,6 +29,7 @@ from onnxopt.quantize_engine import (
     node_changes,
     prepare,
     quant_ops_in,
+    require_min_opset,
 )
 from onnxopt.quantize_eval import Budget, Evaluator
 from onnxopt.quantize_fallback import Built, fallback
@@ -144,12 +145,13 @@ class Session:
         ev = evaluator or self.evaluator
         reasons: list[str] = []
         for prep in self.variants:
+            cand_p = _map_excluded(cand, prep.model)
             try:
                 t0 = time.perf_counter()
-                q = build(prep, cand, self.workdir, self.source)
+                q = build(prep, cand_p, self.workdir, self.source)
                 log.debug("built %s on %s in %.2f s", cand.name, prep.variant, time.perf_counter() - t0)
                 check_runs(q, ev.feed)
-                quantized, left = node_changes(prep.model, q, cand)
+                quantized, left = node_changes(prep.model, q, cand_p)
                 if quant_ops_in(q) == self._hist_before or not quantized:
                     raise CandidateFailed(_nothing_quantized_reason(prep.model, cand, left))
                 fid = ev.score(q)
@@ -163,6 +165,24 @@ class Session:
         if len({r.split(": ", 1)[-1] for r in reasons}) == 1:
             raise CandidateFailed(reasons[0].split(": ", 1)[-1])
         raise CandidateFailed("; ".join(reasons))
+
+
+def _map_excluded(cand: Candidate, model: ModelProto) -> Candidate:
+    """Also exclude nodes onnxruntime's optimizer derived from an excluded node (named '<node>/<Fusion>')."""
+    if not cand.exclude_nodes:
+        return cand
+    extra = [n.name for n in model.graph.node for e in cand.exclude_nodes if n.name.startswith(e + "/")]
+    return cand.with_excluded(extra) if extra else cand
+
+
+def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
+    known = {n.name for n in model.graph.node}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidInputError(
+            f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model; "
+            "list node names with `onnxopt inspect --json` or Netron"
+        )
 
 
 def _nothing_quantized_reason(model: ModelProto, cand: Candidate, left: list[dict[str, str]]) -> str:
@@ -228,6 +248,8 @@ def quantize(
         )
     if cfg.mode == "static" and calib is None:
         raise InvalidInputError("--mode static needs calibration data: pass --calib-data (an .npz or a folder)")
+    _check_node_names(model, cfg.exclude_nodes)
+    require_min_opset(model)
     notes: list[str] = []
     cpu = detect_cpu()
     original = copy_model(model)

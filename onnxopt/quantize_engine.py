@@ -99,14 +99,20 @@ def quant_ops_in(model: ModelProto) -> dict[str, int]:
     return {k: v for k, v in hist.items() if k.split(".")[-1] in QUANT_OPS}
 
 
-def check_opset(model: ModelProto, *, needs_per_channel_qdq: bool) -> ModelProto:
-    """Return a model at an opset the quantizer can use (upgrading 10-12 to 13) or raise InvalidInputError."""
+def require_min_opset(model: ModelProto) -> None:
+    """Raise InvalidInputError when the model's opset predates QuantizeLinear (10)."""
     opset = default_opset(model)
     if opset < MIN_OPSET:
         raise InvalidInputError(
             f"quantization needs opset >= {MIN_OPSET} (QuantizeLinear), 13 recommended; the model has opset {opset}: "
             "re-export it with --opset 13"
         )
+
+
+def check_opset(model: ModelProto, *, needs_per_channel_qdq: bool) -> ModelProto:
+    """Return a model at an opset the quantizer can use (upgrading 10-12 to 13) or raise InvalidInputError."""
+    require_min_opset(model)
+    opset = default_opset(model)
     if opset >= PER_CHANNEL_QDQ_OPSET:
         return model
     try:
@@ -140,7 +146,19 @@ def fold_constants(model: ModelProto, out: Path) -> ModelProto:
         raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {_short(e)}") from e
     finally:
         src.unlink(missing_ok=True)
-    return onnx.load(str(out))
+    folded = prune_opset_imports(onnx.load(str(out)))
+    onnx.save(folded, str(out))
+    return folded
+
+
+def prune_opset_imports(model: ModelProto) -> ModelProto:
+    """Drop the opset imports no node uses (onnxruntime's optimizer writes a dozen unused ones)."""
+    used = {n.domain or "" for g in _graphs(model.graph) for n in g.node} | {""}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    return model
 
 
 def _skip_torch_import() -> None:
@@ -246,7 +264,7 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
                     calibration_cache_path=str(cache),
                     **common,
                 )
-        return onnx.load(str(out))
+        return prune_opset_imports(onnx.load(str(out)))
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's quantizer failed: {_short(e)}") from e
     finally:
