@@ -208,21 +208,22 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         "sparsity_before": tot_before / tot_n,
         "sparsity_after": tot_after / tot_n,
     }
+    encoded: list[dict] = []
     if config.sparse_storage:
-        out, storage = compress_initializers(out, list(flats), gzip=config.measure_gzip)
-        report["storage"] = storage
-        modified = modified or bool(storage["encoded"])
-    else:
-        before, after = model_sizes(model, config.measure_gzip), model_sizes(out, config.measure_gzip)
-        report["storage"] = {
-            "format": "dense",
-            "size_before": before.size,
-            "size_after": after.size,
-            "size_ratio": after.size / before.size,
-            "gzip_before": before.gzip,
-            "gzip_after": after.gzip,
-            "gzip_ratio": after.gzip / before.gzip if after.gzip is not None and before.gzip else None,
-        }
+        out, storage = compress_initializers(out, list(flats), gzip=False)
+        encoded = storage["encoded"]
+        modified = modified or bool(encoded)
+    before, after = model_sizes(model, config.measure_gzip), model_sizes(out, config.measure_gzip)
+    report["storage"] = {
+        "format": "bitmask" if encoded else "dense",
+        "encoded": encoded,
+        "size_before": before.size,
+        "size_after": after.size,
+        "size_ratio": after.size / before.size,
+        "gzip_before": before.gzip,
+        "gzip_after": after.gzip,
+        "gzip_ratio": after.gzip / before.gzip if after.gzip is not None and before.gzip else None,
+    }
     log.info("magnitude pruning: %d tensors, sparsity %.3f -> %.3f", len(flats),
              tot_before / tot_n, tot_after / tot_n)
     return PruneResult(out, modified, report)
