@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, TensorProto, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
 
 from onnxopt.channel_prune import ChannelConfig, prune_channels
 from onnxopt.errors import InvalidInputError
@@ -71,23 +71,23 @@ class MagnitudeConfig:
         return "global" if self.global_ else "per_layer"
 
 
-def _resolve(name: str, producers: dict[str, object], inits: dict[str, TensorProto]) -> str | None:
+def _resolve(name: str, producers: dict[str, NodeProto], inits: dict[str, TensorProto]) -> str | None:
     """The initializer a tensor name comes from, following Identity nodes; None if not constant."""
-    seen = 0
-    while name not in inits:
+    for _ in range(32):
+        if name in inits:
+            return name
         node = producers.get(name)
-        if node is None or getattr(node, "op_type", "") != "Identity" or seen > 32:
+        if node is None or node.op_type != "Identity":
             return None
-        name = node.input[0]  # type: ignore[attr-defined]
-        seen += 1
-    return name
+        name = node.input[0]
+    return None
 
 
 def _candidates(model: ModelProto, config: MagnitudeConfig) -> tuple[dict[str, list[str]], list[dict]]:
     """Initializer name -> consuming node names, and the list of skipped tensors with reasons."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    producers: dict[str, object] = {o: n for n in g.node for o in n.output}
+    producers = {o: n for n in g.node for o in n.output}
     node_names = {n.name for n in g.node}
     unknown = [s for s in config.skip if s not in inits and s not in node_names]
     if unknown:
