@@ -344,3 +344,28 @@ def test_used_pool_indices_are_unsafe() -> None:
     m = _model(nodes, inits, [3, 4, 4], out_shape=["N", 4, 2, 2])
     r = prune_channels(m, ChannelConfig(ratio=0.5))
     assert not r.modified and "extra output idx is used" in r.report["left_alone"][0]["reason"]
+
+
+def test_exported_digits_cnn_matches_zeroed_sources(digits_cnn: object) -> None:
+    # No BatchNorm (folded at export) and ReLU/MaxPool map 0 to 0: zeroing a source's removed output
+    # channels (weights and bias) in the original is the same as removing them.
+    from onnxopt.model import load_model
+
+    m = load_model(digits_cnn)  # type: ignore[arg-type]
+    r = prune_channels(m, ChannelConfig(ratio=0.4))
+    nodes = {n.name: n for n in m.graph.node}
+    edits: dict[str, Callable[[np.ndarray], None]] = {}
+    for g in r.report["groups"]:
+        (layer,) = g["layers"]
+        n = nodes[layer]
+        axis = 0 if n.op_type == "Conv" or helper.get_attribute_value(
+            next(a for a in n.attribute if a.name == "transB")) else 1
+        idx = (slice(None),) * axis + (g["removed"],)
+        edits[n.input[1]] = lambda a, idx=idx: a.__setitem__(idx, 0)
+        edits[n.input[2]] = lambda a, gone=g["removed"]: a.__setitem__(gone, 0)
+    oracle = _zeroed(m, edits)
+    x = RNG.random((16, 1, 8, 8)).astype(np.float32)
+    got = create_session(r.model, custom_ops=False).run(None, {"input": x})[0]
+    want = create_session(oracle, custom_ops=False).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert r.report["params_after"] < 0.5 * r.report["params_before"]
