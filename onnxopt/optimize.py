@@ -264,9 +264,16 @@ def optimize(
         )
     rec = recipe or default_recipe(model, cfg.objective)
     feed, labels, data_desc = _eval_feed(model, val, cfg)
-    if calib is None and val is not None and _needs_calibration(rec, model):
-        calib = val[0]
-        warnings.append("no --calib-data: calibrating static quantization on the --data inputs")
+    if calib is None and _needs_calibration(rec, model):
+        if val is None:
+            if _needs_calibration(rec, model, explicit_only=True):
+                raise InvalidInputError(
+                    "the recipe quantizes with mode static, which needs calibration data: "
+                    "pass --calib-data calib.npz (or --data val.npz)"
+                )
+        else:
+            calib = val[0]
+            warnings.append("no --calib-data: calibrating static quantization on the --data inputs")
     context = PassContext(
         calib=calib,
         val=val[0] if val is not None else None,
@@ -332,12 +339,16 @@ def optimize(
     )
 
 
-def _needs_calibration(recipe: Recipe, model: ModelProto) -> bool:
+def _needs_calibration(recipe: Recipe, model: ModelProto, *, explicit_only: bool = False) -> bool:
+    """Whether a quantize pass of the recipe would run static (explicit_only: mode = "static")."""
     from onnxopt.pass_adapters import QuantizePass
 
     ctx = PassContext(calib={})
     for p in recipe.pipeline(check=False).passes:
-        if isinstance(p, QuantizePass) and p.concrete_mode(model, ctx) == "static":
+        if not isinstance(p, QuantizePass):
+            continue
+        mode = p.mode if explicit_only else p.concrete_mode(model, ctx)
+        if mode == "static":
             return True
     return False
 
@@ -417,12 +428,11 @@ def _decide(
             out.append(replace(s, kept=False, note=f"dropped: built on the rejected stage {rejected_before!r}"))
             continue
         if s.report.get("keep_if_faster"):
-            reason = _reject_reason(s, kept_prev, cfg)
-            if reason:
+            note, warning = _reject_reason(s, kept_prev, cfg)
+            if note:
                 rejected_before = s.name
-                msg = f"{s.name} {reason}: kept the {kept_prev.name} model instead"
-                warnings.append(msg)
-                out.append(replace(s, kept=False, note=f"rejected: {reason}"))
+                warnings.append(warning)
+                out.append(replace(s, kept=False, note=note))
                 continue
         out.append(s)
         kept_prev = s
@@ -443,11 +453,7 @@ def _never_slower(stages: list[Stage]) -> tuple[list[Stage], list[str]]:
     out = list(stages)
     for i in bad:
         r = stages[i].ratio
-        out[i] = replace(
-            stages[i],
-            kept=False,
-            note=f"rejected: not measurably faster than the input ({r.ratio:.2f}x its latency, 95% CI high {r.high:.2f} > {KEEP_MAX_RATIO_HIGH})",
-        )
+        out[i] = replace(stages[i], kept=False, note=f"rejected: not measurably faster than the input ({r.ratio:.2f}x)")
     final = next((out[i] for i in reversed(kept) if i not in bad), stages[0])
     worst = stages[bad[0]]
     msg = (
@@ -457,23 +463,35 @@ def _never_slower(stages: list[Stage]) -> tuple[list[Stage], list[str]]:
     return out, [msg]
 
 
-def _reject_reason(s: Stage, prev: Stage, cfg: OptimizeConfig) -> str:
-    """Why a measured candidate should not be kept ('' to keep it)."""
+def _reject_reason(s: Stage, prev: Stage, cfg: OptimizeConfig) -> tuple[str, str]:
+    """(short note, warning line) saying why a measured candidate is not kept; ('', '') to keep it."""
     from onnxopt.benchmark import latency_ratio
 
+    kind = "int8" if s.pass_name == "quantize" else s.name
+    fallback = f"kept the float model ({prev.name})" if s.pass_name == "quantize" else f"kept the {prev.name} model"
     if s.bench is not None and prev.bench is not None:
         r = latency_ratio(s.bench, prev.bench, seed=cfg.seed)
         if r.ratio >= 1.0 or r.high > KEEP_MAX_RATIO_HIGH:
-            slower = f"{r.ratio:.2f}x the latency of {prev.name} [95% CI {r.low:.2f}-{r.high:.2f}]"
-            return f"is not faster on this CPU ({slower})"
+            verdict = "is slower" if r.low > 1.0 else "is not measurably faster"
+            return (
+                f"rejected: {r.ratio:.2f}x the latency of {prev.name}",
+                f"{kind} {verdict} on this CPU: {s.name} takes {r.ratio:.2f}x the latency of {prev.name} "
+                f"(95% CI {r.low:.2f}-{r.high:.2f}); {fallback}",
+            )
     g = cfg.gates
     f = s.fidelity
     if f is not None:
         if g.max_accuracy_drop is not None and f.accuracy_drop is not None and f.accuracy_drop > g.max_accuracy_drop:
-            return f"loses {f.accuracy_drop:.2f} accuracy points (> --max-accuracy-drop {g.max_accuracy_drop:g})"
+            return (
+                f"rejected: -{f.accuracy_drop:.2f} accuracy points",
+                f"{s.name} loses {f.accuracy_drop:.2f} accuracy points (> --max-accuracy-drop {g.max_accuracy_drop:g}); {fallback}",
+            )
         if g.min_cosine is not None and f.min_cosine < g.min_cosine:
-            return f"has cosine {f.min_cosine:.4f} (< --min-cosine {g.min_cosine:g})"
-    return ""
+            return (
+                f"rejected: cosine {f.min_cosine:.4f}",
+                f"{s.name} has output cosine {f.min_cosine:.4f} (< --min-cosine {g.min_cosine:g}); {fallback}",
+            )
+    return "", ""
 
 
 def _with_recipe(model: ModelProto, recipe: Recipe) -> ModelProto:

@@ -27,7 +27,7 @@ def result() -> OptimizeResult:
         bench_runs=5, bench_seconds=0.1, warmup=1, gates=Gates(min_cosine=0.99, min_speedup=1000.0)
     )
     r = optimize(make_convnet(), RECIPE, cfg)
-    return dataclasses.replace(r, warnings=("quantized (int8 static) is not faster on this CPU: kept the float model",))
+    return dataclasses.replace(r, warnings=("int8 is slower on this CPU: quantized (int8 static) takes 1.20x; kept the float model (original)",))
 
 
 def test_json_parses_and_has_every_stage(result: OptimizeResult, tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_markdown_has_the_table_gates_and_warning(result: OptimizeResult) -> Non
     assert [r.split("|")[1].strip() for r in rows] == ["original", "constants-folded", "graph-optimized"]
     assert all(r.count("|") == len(report.COLUMNS) + 1 for r in rows)
     assert "❌ min_speedup" in md and "✅ min_cosine" in md
-    assert "> **Warning:** quantized (int8 static) is not faster" in md
+    assert "> **Warning:** int8 is slower on this CPU" in md
 
 
 def test_html_is_self_contained_with_png_plots(result: OptimizeResult, tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_html_is_self_contained_with_png_plots(result: OptimizeResult, tmp_path:
     assert len(images) == 2
     for img in images:
         assert base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "<table>" in html and "graph-optimized" in html and "not faster on this CPU" in html
+    assert "<table>" in html and "graph-optimized" in html and "int8 is slower on this CPU" in html
     assert "http://" not in html and "https://" not in html  # nothing fetched from the network
 
 
@@ -71,7 +71,7 @@ def test_html_without_matplotlib_names_the_extra(result: OptimizeResult, monkeyp
 
 def test_headline_lists_warnings_and_failed_gates(result: OptimizeResult) -> None:
     lines = report.headline(result)
-    assert lines[0].startswith("WARNING: quantized")
+    assert lines[0].startswith("WARNING: int8 is slower")
     assert any(line.startswith("GATE FAILED: min_speedup") for line in lines)
     rows = report.stage_rows(result)
     assert rows[0]["speedup [95% CI]"] == "1.00x" and rows[-1]["kept"] == "final"

@@ -75,7 +75,7 @@ def command(
       onnxopt optimize model.onnx --recipe recipe.toml --data val.npz \\
           --max-accuracy-drop 0.5 --min-speedup 1.2 --report-md summary.md
     """
-    from onnxopt.errors import GateFailedError
+    from onnxopt.errors import GateFailedError, InvalidInputError
     from onnxopt.model import load_model, same_file
     from onnxopt.optimize import (
         Gates,
@@ -92,11 +92,14 @@ def command(
             "--max-accuracy-drop needs labelled data: pass --data val.npz with a 'labels' array"
         )
     quiet = bool((ctx.obj or {}).get("quiet"))
-    gates = Gates(max_accuracy_drop, min_cosine, min_speedup, max_size_mb, max_latency_ms)
-    config = OptimizeConfig(
-        objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
-        bench_seconds=bench_seconds, gates=gates,
-    )
+    try:
+        gates = Gates(max_accuracy_drop, min_cosine, min_speedup, max_size_mb, max_latency_ms)
+        config = OptimizeConfig(
+            objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
+            bench_seconds=bench_seconds, gates=gates,
+        )
+    except InvalidInputError as e:
+        raise click.UsageError(str(e)) from e
     proto = load_model(model)
     rec = load_recipe(recipe) if recipe is not None else default_recipe(proto, objective)
     if show_recipe:
