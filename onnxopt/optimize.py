@@ -32,6 +32,7 @@ STAGE_LABELS = {
     "prune_magnitude": "magnitude-pruned",
     "prune_channels": "channel-pruned",
     "quantize": "quantized",
+    "add_postprocessing": "post-processed",
 }
 
 
@@ -298,7 +299,7 @@ def optimize(
     t0 = time.perf_counter()
     if cfg.verify:
         say("verifying every stage against the input model")
-        fids = _verify(model, [s.model for s in measured[1:]], feed, labels, cfg.eval_batch)
+        fids = _verify(model, measured[1:], feed, labels, cfg.eval_batch)
         by_name = dict(zip([s.name for s in measured[1:]], fids))
         stages = [replace(s, fidelity=by_name[s.name]) if s.name in by_name else s for s in stages]
     verify_s = time.perf_counter() - t0
@@ -366,24 +367,31 @@ def _stage_from(sr: StageResult, seen: set[str]) -> Stage:
         model=r.model,
         size_bytes=r.model.ByteSize(),
         wall_s=sr.wall_s,
-        report={**r.report, "keep_if_faster": r.keep_if_faster},
+        report={**r.report, "keep_if_faster": r.keep_if_faster, "changes_outputs": r.changes_outputs},
         note=note,
     )
 
 
 def _verify(
-    reference: ModelProto, candidates: list[ModelProto], feed: Feed, labels: np.ndarray | None, batch: int
+    reference: ModelProto, stages: list[Stage], feed: Feed, labels: np.ndarray | None, batch: int
 ) -> list[Any]:
-    """FidelityReports of each candidate vs the reference (reference run once)."""
+    """FidelityReports of each stage vs the reference (run once; re-derived after a pass that
+    changes the outputs by design, by applying that pass to the reference too)."""
     from onnxopt.fidelity import FidelityReport, accuracy_of, output_fidelity, run_batched
     from onnxopt.model import graph_outputs
+    from onnxopt.passes import make_pass
 
-    ref_out = run_batched(reference, feed, batch)
-    specs = graph_outputs(reference)
+    ref = reference
+    ref_out = run_batched(ref, feed, batch)
     acc_ref = accuracy_of(ref_out[0], labels) if labels is not None else None
     reports = []
-    for cand in candidates:
-        out = run_batched(cand, feed, batch)
+    for stage in stages:
+        if stage.report.get("changes_outputs") and stage.pass_name is not None:
+            ref = make_pass(stage.pass_name, stage.options)(ref, PassContext()).model
+            ref_out = run_batched(ref, feed, batch)
+            acc_ref = accuracy_of(ref_out[0], labels) if labels is not None else None
+        specs = graph_outputs(ref)
+        out = run_batched(stage.model, feed, batch)
         fids = tuple(output_fidelity(s.name, r, c, s) for s, r, c in zip(specs, ref_out, out))
         acc = accuracy_of(out[0], labels) if labels is not None else None
         reports.append(FidelityReport(fids, int(ref_out[0].shape[0]) if ref_out[0].ndim else 1, acc_ref, acc))

@@ -53,12 +53,15 @@ class PassResult:
 
     keep_if_faster: the pass produced a candidate that the caller should keep only when it is
     measured to be faster (used by auto-mode quantization; optimize() decides after benchmarking).
+    changes_outputs: the outputs differ by design (post-processing); verification then compares
+    against the input model with the same pass applied.
     """
 
     model: ModelProto
     modified: bool
     report: dict[str, Any] = field(default_factory=dict)
     keep_if_faster: bool = False
+    changes_outputs: bool = False
 
 
 @runtime_checkable
@@ -174,6 +177,7 @@ def _load_builtin_passes() -> None:
     # graph_opt and the adapters register themselves on import; they import heavy code lazily.
     import onnxopt.graph_opt  # noqa: F401
     import onnxopt.pass_adapters  # noqa: F401
+    import onnxopt.postprocess  # noqa: F401
 
 
 def available_passes() -> dict[str, type]:

@@ -86,7 +86,8 @@ def summary_line(result: OptimizeResult) -> str:
     final, original = result.final_stage, result.stages[0]
     parts = [f"final: {final.name}"]
     if final is not original and final.ratio is not None:
-        parts.append(f"{final.ratio.speedup:.2f}x faster (p50)")
+        sp = final.ratio.speedup
+        parts.append(f"{sp:.2f}x faster (p50)" if sp >= 1 else f"{1 / sp:.2f}x slower (p50)")
     parts.append(f"{final.size_bytes / max(original.size_bytes, 1):.2f}x the size")
     parts.append(f"optimize took {result.timings.get('total', 0.0):.1f} s")
     return ", ".join(parts)

@@ -207,3 +207,17 @@ def test_config_validation(kw: dict, needle: str | None) -> None:
         return
     with pytest.raises(InvalidInputError, match=needle):
         OptimizeConfig(**kw)
+
+
+def test_postprocessed_stages_are_verified_against_postprocessed_input(digits: tuple) -> None:
+    model, val, _ = digits
+    recipe = parse_recipe(
+        '[[passes]]\nname = "add_postprocessing"\nsteps = ["softmax", "argmax"]\n'
+        '[[passes]]\nname = "prune_magnitude"\nsparsity = 0.5\nmin_elements = 16\n'
+    )
+    r = optimize(model, recipe, cfg(), val=val)
+    post, pruned = r.stages[1], r.stages[2]
+    assert post.name == "post-processed" and post.fidelity.max_abs == 0.0
+    assert post.fidelity.accuracy_drop == 0.0 and post.fidelity.accuracy_candidate > 95
+    assert pruned.fidelity.accuracy_reference == post.fidelity.accuracy_reference
+    assert r.model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.INT64

@@ -186,3 +186,28 @@ def test_fold_constants_respects_max_bytes() -> None:
 def test_fold_constants_option_validation() -> None:
     with pytest.raises(InvalidInputError, match="max_bytes"):
         make_pass("fold_constants", {"max_bytes": 0})
+
+
+def test_add_postprocessing_appends_softmax_and_argmax(mlp_model: ModelProto) -> None:
+    before = mlp_model.SerializeToString()
+    p = make_pass("add_postprocessing", {"steps": ["softmax", "argmax"]})
+    r = p(mlp_model, PassContext())
+    assert r.modified and r.changes_outputs
+    assert mlp_model.SerializeToString() == before
+    out = r.model.graph.output[0]
+    assert out.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    x = np.random.default_rng(0).standard_normal((6, 16)).astype(np.float32)
+    logits = run(mlp_model, {"input": x})[0]
+    np.testing.assert_array_equal(run(r.model, {"input": x})[0], logits.argmax(axis=1))
+    probs = make_pass("add_postprocessing", {})(mlp_model, PassContext()).model
+    p_out = run(probs, {"input": x})[0]
+    np.testing.assert_allclose(p_out.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(p_out.argmax(axis=1), logits.argmax(axis=1))
+
+
+@pytest.mark.parametrize(
+    ("steps", "needle"), [(["sigmoid"], "unknown step 'sigmoid'"), (["argmax", "softmax"], "argmax must be the last")]
+)
+def test_add_postprocessing_rejects_bad_steps(steps: list[str], needle: str) -> None:
+    with pytest.raises(InvalidInputError, match=needle):
+        make_pass("add_postprocessing", {"steps": steps})
