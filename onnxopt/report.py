@@ -176,7 +176,8 @@ def plots(result: OptimizeResult) -> dict[str, str]:
         except TypeError:  # matplotlib < 3.10
             ax.boxplot(data, vert=False, showfliers=True)
         ax.set_yticks(range(1, len(measured) + 1), [s.name for s in measured])
-        ax.set_xlabel("latency per inference (ms), interleaved runs")
+        ax.set_xscale("log")  # outliers from a busy machine would squash the boxes otherwise
+        ax.set_xlabel("latency per inference (ms, log scale), interleaved runs")
         ax.set_title("Latency distribution per stage")
         ax.invert_yaxis()
         out["latency_distribution"] = _png(fig)
