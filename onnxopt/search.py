@@ -90,10 +90,8 @@ class SearchConfig:
                 f"population ({self.population}) must be larger than the elite count ({self.elite}); "
                 f"raise --population or lower --elite"
             )
-        if not 1 <= self.tournament <= self.population:
-            raise InvalidInputError(
-                f"tournament size must be between 1 and the population ({self.population}), got {self.tournament}"
-            )
+        if self.tournament < 1:  # a tournament larger than the population uses all of it
+            raise InvalidInputError(f"tournament size must be >= 1, got {self.tournament}")
         if not 0.0 <= self.crossover_rate <= 1.0:
             raise InvalidInputError(f"crossover_rate must be in [0, 1], got {self.crossover_rate}")
         if self.mutation_rate is not None and not 0.0 < self.mutation_rate <= 1.0:

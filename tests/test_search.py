@@ -236,13 +236,24 @@ def test_process_pool_workers() -> None:
     ]
 
 
+def test_dask_local_cluster_executor() -> None:
+    distributed = pytest.importorskip("distributed")
+    cfg = SearchConfig(population=6, generations=3, seed=2)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        res = search(make_space(), sphere, cfg, executor=client.get_executor())
+    inline = search(make_space(), sphere, cfg)
+    assert [r.key for r in res.records] == [r.key for r in inline.records]
+    assert res.best is not None and inline.best is not None and res.best.key == inline.best.key
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"population": 4, "elite": 4}, "larger than the elite count"),
         ({"population": 1}, "population must be >= 2"),
         ({"generations": 0}, "generations must be >= 1"),
-        ({"tournament": 0}, "tournament size"),
+        ({"tournament": 0}, "tournament size must be >= 1"),
         ({"pareto": True}, "at least two objectives"),
         ({"limits": {"latency_ms": -1.0}}, "positive number"),
         ({"crossover_rate": 1.5}, "crossover_rate"),

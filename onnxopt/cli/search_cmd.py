@@ -43,6 +43,8 @@ def _front_path(output: Path, i: int) -> Path:
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="ONNX model to compare the result with (accuracy on --val, latency re-measured together).")
 @click.option("--epochs", type=int, default=None, help="Training epochs per candidate (default: [train] or 15).")
+@click.option("--remeasure-runs", type=int, default=300, show_default=True,
+              help="Timed runs per model when the result is re-measured against the baseline.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search and of training.")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where candidates and the checkpoint live (default: <output>.search/).")
@@ -67,6 +69,7 @@ def command(
     plot_path: Path | None,
     baseline: Path | None,
     epochs: int | None,
+    remeasure_runs: int,
     seed: int,
     workdir: Path | None,
     as_json: bool,
@@ -101,6 +104,8 @@ def command(
         raise InvalidInputError("--max-latency-ms and --pareto exclude each other; choose one objective")
     if max_latency_ms is not None and max_latency_ms <= 0:
         raise InvalidInputError(f"--max-latency-ms must be > 0, got {max_latency_ms}")
+    if remeasure_runs < 5:
+        raise InvalidInputError(f"--remeasure-runs must be >= 5, got {remeasure_runs}")
     if output.suffix != ".onnx":
         raise InvalidInputError(f"{output}: the output must be an .onnx file")
     space = load_space(space_path)
@@ -185,6 +190,7 @@ def command(
     if baseline is not None:
         paths["baseline"] = str(baseline)
     lat = remeasure(paths, latency_threads=eval_cfg.latency_threads, batch=eval_cfg.batch, seed=seed,
+                    runs=remeasure_runs,
                     reference="baseline" if baseline is not None else None)
 
     rows = []
