@@ -169,42 +169,67 @@ def ratio_text(row: Row) -> tuple[str, str, str]:
     return f"{ratio.ratio:.3f}", f"[{ratio.low:.3f}, {ratio.high:.3f}]", verdict
 
 
+def _groups(rows: Sequence[Row]) -> list[list[Row]]:
+    """Runs of rows that belong in one table: a reference row, or metrics sharing no column
+    with the run so far, start a new one (a sparse union table is hard to read)."""
+    groups: list[list[Row]] = []
+    keys: set[str] = set()
+    for r in rows:
+        if groups and not r.is_reference and keys & set(r.metrics):
+            groups[-1].append(r)
+            keys |= set(r.metrics)
+        else:
+            groups.append([r])
+            keys = set(r.metrics)
+    return groups
+
+
 def print_section(title: str, rows: Sequence[Row]) -> None:
-    """Print one section's rows as a table (union of the rows' metric columns)."""
+    """Print one section's rows: a table per run of rows sharing the same metric columns."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    keys = list(dict.fromkeys(k for r in rows for k in r.metrics))
-    table = Table(title=title, title_justify="left")
-    table.add_column("name")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for c in ("ratio", "95% CI", "vs", "verdict", "note"):
-        table.add_column(c, justify="right" if c in ("ratio", "95% CI") else "left")
-    for r in rows:
-        ratio, ci, verdict = ratio_text(r)
-        table.add_row(
-            escape(r.name),
-            *(_fmt(r.metrics[k]) if k in r.metrics else "" for k in keys),
-            ratio, ci, escape(r.reference or ""), verdict, escape(r.note),
-        )
     console = Console()
     if not console.is_terminal:
-        console = Console(width=220)
-    console.print(table)
+        console = Console(width=400)  # tables are only as wide as their content
+    console.print(f"[bold]{escape(title)}[/bold]")
+    for group in _groups(rows):
+        keys = list(dict.fromkeys(k for r in group for k in r.metrics))
+        show_ratio = any(r.ratio is not None or r.is_reference for r in group)
+        table = Table()
+        table.add_column("name", min_width=24)
+        for k in keys:
+            table.add_column(k, justify="right")
+        extra = ("ratio", "95% CI", "vs", "verdict") if show_ratio else ()
+        for c in (*extra, "note"):
+            table.add_column(c, justify="right" if c in ("ratio", "95% CI") else "left")
+        for r in group:
+            ratio, ci, verdict = ratio_text(r)
+            cells = [ratio, ci, escape(r.reference or ""), verdict] if show_ratio else []
+            table.add_row(
+                escape(r.name),
+                *(_fmt(r.metrics[k]) if k in r.metrics else "" for k in keys),
+                *cells,
+                escape(r.note),
+            )
+        console.print(table)
+
+
+_LATENCY_KEYS = ("p50 ms", "p90 ms", "cv %", "threads", "size MiB")
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """All rows as one Markdown table (for issue notes and the README)."""
     lines = [
-        "| section | model | p50 ms | ratio | vs | 95% CI | verdict | note |",
-        "|---|---|---:|---:|---|---|---|---|",
+        "| section | model | p50 ms | ratio | vs | 95% CI | verdict | other metrics | note |",
+        "|---|---|---:|---:|---|---|---|---|---|",
     ]
     for r in rows:
         ratio, ci, verdict = ratio_text(r)
         p50 = r.metrics.get("p50 ms", "")
-        cells = [r.section, r.name, _fmt(p50), ratio, r.reference or "", ci, verdict, r.note]
+        other = ", ".join(f"{k} {_fmt(v)}" for k, v in r.metrics.items() if k not in _LATENCY_KEYS)
+        cells = [r.section, r.name, _fmt(p50), ratio, r.reference or "", ci, verdict, other, r.note]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
