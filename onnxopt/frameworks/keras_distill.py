@@ -1,0 +1,356 @@
+"""Hinton distillation of a Keras 3 student from a Keras or ONNX teacher (logits cached once)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxopt.distill_core import (
+    Data,
+    DistillConfig,
+    DistillHistory,
+    EarlyStopping,
+    EpochLog,
+    ProgressFn,
+    check_classes,
+    check_data,
+    lr_at,
+    pool_features,
+)
+from onnxopt.errors import InvalidInputError
+from onnxopt.frameworks import require_keras
+from onnxopt.teacher import looks_like_probabilities, teacher_outputs
+
+log = logging.getLogger(__name__)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _is_softmax(fn: Any) -> bool:
+    return getattr(fn, "__name__", "") == "softmax"
+
+
+class _Tap:
+    """A view of a Keras model that returns (logits, hint features), bypassing a final softmax."""
+
+    def __init__(self, model: Any, hint_layer: str | None, who: str) -> None:
+        keras = require_keras()
+        self.model = model
+        self.softmax_handling = "none"
+        self._restore: Any = None
+        layers = getattr(model, "layers", [])
+        last = layers[-1] if layers else None
+        logits_tensor = None
+        if last is not None and _is_softmax(getattr(last, "activation", None)) and not isinstance(
+            last, keras.layers.Activation
+        ):
+            # A Dense(..., activation="softmax"): train on its pre-activation output.
+            self._restore = (last, last.activation)
+            last.activation = keras.activations.linear
+            self.softmax_handling = "pre-softmax logits"
+        elif last is not None and (
+            isinstance(last, keras.layers.Softmax)
+            or (isinstance(last, keras.layers.Activation) and _is_softmax(last.activation))
+        ):
+            logits_tensor = last.input
+            self.softmax_handling = "pre-softmax logits"
+        if self.softmax_handling != "none":
+            log.info("%s ends in softmax: training on the pre-softmax logits", who)
+        hint_tensor = None
+        if hint_layer:
+            try:
+                hint_tensor = model.get_layer(hint_layer).output
+            except (ValueError, AttributeError) as e:
+                names = [layer.name for layer in layers][:30]
+                raise InvalidInputError(
+                    f"{who} has no layer {hint_layer!r}; choose among: {', '.join(names)}"
+                ) from e
+        self.hint = hint_tensor is not None
+        if logits_tensor is None and not self.hint:
+            self.view = model
+            self.multi = False
+        else:
+            try:
+                outs = [logits_tensor if logits_tensor is not None else model.outputs[0]]
+                if hint_tensor is not None:
+                    outs.append(hint_tensor)
+                self.view = keras.Model(model.inputs, outs)
+            except Exception as e:
+                self.close()
+                raise InvalidInputError(
+                    f"{who}: cannot tap its layers ({_short(e)}); use a functional or Sequential Keras model"
+                ) from e
+            self.multi = True
+
+    def __call__(self, x: Any, training: bool) -> tuple[Any, Any]:
+        out = self.view(x, training=training)
+        if self.multi:
+            return out[0], (out[1] if self.hint else None)
+        return out, None
+
+    def close(self) -> None:
+        """Give a Dense layer its softmax back."""
+        if self._restore is not None:
+            layer, act = self._restore
+            layer.activation = act
+            self._restore = None
+
+
+def _seed(seed: int) -> None:
+    keras = require_keras()
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception as e:  # pragma: no cover - older TF
+        log.debug("op determinism unavailable: %s", e)
+
+
+def teacher_cache(
+    teacher: Any, x: np.ndarray, hint: str | None, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Teacher logits (and hint features) for every sample, computed once in inference mode."""
+    if isinstance(teacher, (ModelProto, str, os.PathLike)):
+        res = teacher_outputs(teacher, x, hint=hint, batch_size=batch_size)
+        return res.logits, res.features, res.softmax_handling
+    tap = _Tap(teacher, hint, "teacher")
+    logits, feats = [], []
+    try:
+        for start in range(0, len(x), batch_size):
+            lg, ft = tap(x[start : start + batch_size], training=False)
+            logits.append(np.asarray(lg, np.float32))
+            if hint:
+                feats.append(np.asarray(ft, np.float32))
+    except InvalidInputError:
+        raise
+    except Exception as e:
+        raise InvalidInputError(f"data of shape {tuple(x.shape)} does not fit the teacher: {_short(e)}") from e
+    finally:
+        tap.close()
+    out = np.concatenate(logits)
+    handling = tap.softmax_handling
+    if handling == "none" and looks_like_probabilities(out):
+        out = np.log(np.clip(out, 1e-12, None)).astype(np.float32)
+        handling = "log of probabilities"
+        log.info("teacher outputs probabilities: using their log as logits")
+    if out.ndim != 2:
+        raise InvalidInputError(f"teacher output must be [batch, classes] logits; got shape {out.shape}")
+    return out, (np.concatenate(feats) if hint else None), handling
+
+
+def distill(
+    teacher: Any,
+    student: Any,
+    train_data: Data,
+    val_data: Data,
+    config: DistillConfig | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    teacher_logits: np.ndarray | None = None,
+) -> tuple[Any, DistillHistory]:
+    """Train a Keras student in place with the Hinton loss and return (student, history).
+
+    teacher: a keras.Model, an .onnx path / ModelProto (logits computed once in onnxruntime),
+    or None for the labels-only baseline. The best validation weights are restored.
+    """
+    config = config or DistillConfig()
+    check_data(train_data, val_data)
+    x_tr, y_tr = (np.asarray(a) for a in train_data)
+    x_val, y_val = (np.asarray(a) for a in val_data)
+    x_tr = x_tr.astype(np.float32, copy=False)
+    x_val = x_val.astype(np.float32, copy=False)
+    labels_only = (teacher is None and teacher_logits is None) or (
+        config.alpha == 0 and config.hint is None
+    )
+    mode = "labels-only" if labels_only else "distill"
+    _seed(config.seed)
+    t_logits: np.ndarray | None = None
+    t_feats: np.ndarray | None = None
+    handling = "none"
+    t_hint = config.hint[0] if config.hint and not labels_only else None
+    if not labels_only:
+        if teacher_logits is not None and t_hint is None:
+            t_logits = np.asarray(teacher_logits, np.float32)
+        else:
+            t_logits, t_feats, handling = teacher_cache(teacher, x_tr, t_hint)
+        if len(t_logits) != len(x_tr):
+            raise InvalidInputError(f"{len(t_logits)} teacher logits for {len(x_tr)} training samples")
+    tap = _Tap(student, config.hint[1] if t_hint and config.hint else None, "student")
+    try:
+        return _train(student, tap, x_tr, y_tr, x_val, y_val, t_logits, t_feats, handling,
+                      config, mode, progress)
+    finally:
+        tap.close()
+
+
+def _train(
+    student: Any,
+    tap: _Tap,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    t_logits: np.ndarray | None,
+    t_feats: np.ndarray | None,
+    handling: str,
+    config: DistillConfig,
+    mode: str,
+    progress: ProgressFn | None,
+) -> tuple[Any, DistillHistory]:
+    keras = require_keras()
+    import tensorflow as tf
+
+    try:
+        s_out, s_feat = tap(x_tr[:2], training=False)
+    except Exception as e:
+        raise InvalidInputError(f"data of shape {tuple(x_tr.shape)} does not fit the student: {_short(e)}") from e
+    if len(s_out.shape) != 2:
+        raise InvalidInputError(f"student output must be [batch, classes] logits; got shape {tuple(s_out.shape)}")
+    check_classes(None if t_logits is None else int(t_logits.shape[1]), int(s_out.shape[1]),
+                  np.concatenate([y_tr, y_val]))
+    s_softmax = tap.softmax_handling
+    regressor = None
+    feats = None
+    if t_feats is not None:
+        if s_feat is None:
+            raise InvalidInputError("hint: the student layer produced no output")
+        s_shape = tuple(int(d) for d in s_feat.shape)
+        feats = pool_features(t_feats, s_shape[1:-1], channels_last=True) if len(s_shape) == 4 else t_feats
+        if len(s_shape) != feats.ndim or s_shape[1:-1] != feats.shape[1:-1]:
+            raise InvalidInputError(
+                f"hint: student feature {s_shape[1:]} and teacher feature {feats.shape[1:]} do not line up "
+                "(Keras features are channels-last; pick layers with matching spatial sizes)"
+            )
+        if s_shape[-1] != feats.shape[-1]:
+            regressor = keras.layers.Dense(int(feats.shape[-1]), name="hint_regressor")
+            regressor.build(s_shape)
+        feats = feats.astype(np.float32)
+    variables = list(tap.view.trainable_variables) + (list(regressor.trainable_variables) if regressor else [])
+    opt = keras.optimizers.AdamW(learning_rate=config.lr, weight_decay=config.weight_decay)
+    opt.build(variables)
+    T, a, hw = float(config.temperature), float(config.alpha), float(config.hint_weight)
+    use_kd = t_logits is not None
+    use_hint = feats is not None
+
+    tb_dim = int(t_logits.shape[1]) if t_logits is not None else 1
+    fb_shape = tuple(feats.shape[1:]) if feats is not None else (1,)
+    signature = [
+        tf.TensorSpec((None, *x_tr.shape[1:]), tf.float32),
+        tf.TensorSpec((None,), tf.int32),
+        tf.TensorSpec((None, tb_dim), tf.float32),
+        tf.TensorSpec((None, *fb_shape), tf.float32),
+    ]
+
+    # One trace for every batch size; autograph off: the step has no tensor-dependent branches.
+    @tf.function(input_signature=signature, autograph=False)
+    def train_step(xb: Any, yb: Any, tb: Any, fb: Any) -> Any:
+        with tf.GradientTape() as tape:
+            s, f = tap(xb, training=True)
+            ce = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=s)
+            )
+            loss = ce
+            if use_kd:
+                log_ps = tf.nn.log_softmax(s / T, axis=1)
+                log_pt = tf.nn.log_softmax(tb / T, axis=1)
+                kd = tf.reduce_mean(tf.reduce_sum(tf.exp(log_pt) * (log_pt - log_ps), axis=1)) * (T * T)
+                loss = a * kd + (1.0 - a) * ce
+            if use_hint:
+                pred = regressor(f) if regressor is not None else f
+                loss = loss + hw * tf.reduce_mean(tf.square(pred - fb))
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients(zip(grads, variables))
+        return loss
+
+    n = len(x_tr)
+    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    warm = steps_per_epoch * config.warmup_epochs
+    rng = np.random.default_rng(config.seed)
+    stopper = EarlyStopping(config.patience)
+    best = student.get_weights()
+    losses: list[float] = []
+    accs: list[float] = []
+    vlosses: list[float] = []
+    y_tr32 = y_tr.astype(np.int32)
+    dummy_t = np.zeros((n, 1), np.float32)
+    step = 0
+    stopped = False
+    lr = config.lr
+    for epoch in range(config.epochs):
+        perm = rng.permutation(n)
+        total_loss = 0.0
+        for i in range(0, n, config.batch_size):
+            idx = perm[i : i + config.batch_size]
+            lr = lr_at(step, total, warm, config.lr)
+            opt.learning_rate.assign(lr)
+            tb = t_logits[idx] if t_logits is not None else dummy_t[idx]
+            fb = feats[idx] if feats is not None else dummy_t[idx]
+            loss = train_step(x_tr[idx], y_tr32[idx], tb, fb)
+            total_loss += float(loss) * len(idx)
+            step += 1
+        acc, vloss = _evaluate(tap, x_val, y_val)
+        losses.append(total_loss / n)
+        accs.append(acc)
+        vlosses.append(vloss)
+        if stopper.update(epoch, acc, vloss):
+            best = student.get_weights()
+        if progress is not None:
+            progress(EpochLog(epoch + 1, config.epochs, losses[-1], acc, vloss, lr, mode))
+        if stopper.should_stop:
+            stopped = epoch + 1 < config.epochs
+            log.info("early stop after epoch %d (best %d)", epoch + 1, stopper.best_epoch + 1)
+            break
+    student.set_weights(best)
+    parts = []
+    if handling != "none":
+        parts.append(f"teacher: {handling}")
+    if s_softmax != "none":
+        parts.append(f"student: {s_softmax} (the exported student keeps its softmax)")
+    hist = DistillHistory(
+        train_loss=tuple(losses),
+        val_accuracy=tuple(accs),
+        best_epoch=stopper.best_epoch,
+        stopped_early=stopped,
+        val_loss=tuple(vlosses),
+        softmax_handling="; ".join(parts) or "none",
+        mode=mode,
+    )
+    return student, hist
+
+
+def _evaluate(tap: _Tap, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy percent, mean cross-entropy) on a split."""
+    outs = [np.asarray(tap(x[i : i + batch_size], training=False)[0], np.float64) for i in range(0, len(x), batch_size)]
+    s = np.concatenate(outs)
+    m = s.max(axis=1, keepdims=True)
+    logz = m[:, 0] + np.log(np.exp(s - m).sum(axis=1))
+    ce = float(np.mean(logz - s[np.arange(len(y)), y]))
+    return 100.0 * float(np.mean(s.argmax(1) == y)), ce
+
+
+def param_count(model: Any) -> int:
+    """Number of weights of a Keras model (trainable and not)."""
+    return int(model.count_params())
+
+
+def fresh_copy(model: Any) -> Any:
+    """A clone with the same initial weights (for the labels-only baseline)."""
+    keras = require_keras()
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def predict(model: Any, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Outputs of a Keras model on x in inference mode, as numpy."""
+    outs = [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs)
