@@ -443,7 +443,7 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
             model = _normalize(model, in_names, out_names, options.dynamic_batch)
         except OnnxoptError as e:
             attempt.update(ok=False, error=str(e), export_s=round(time.perf_counter() - t, 3))
-            log.warning("exporter %s failed: %s", name, e)
+            log.info("exporter %s failed: %s", name, e)
             continue
         attempt["export_s"] = round(time.perf_counter() - t, 3)
         feeds = [dict(zip(in_names, arrays)) for arrays in feeds_arrays]
@@ -452,7 +452,7 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
             parity = check_parity(reference, model, feeds, atol=options.atol, rtol=options.rtol)
         except OnnxoptError as e:
             attempt.update(ok=False, error=str(e))
-            log.warning("exporter %s: %s", name, e)
+            log.info("exporter %s: %s", name, e)
             continue
         attempt["parity_export"] = parity.to_dict()
         if options.simplify and parity.passed:
@@ -475,14 +475,14 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
         attempt.update(ok=parity.passed, parity=parity.to_dict(), nodes=len(model.graph.node))
         if not parity.passed:
             attempt["error"] = _parity_message(parity)
-            log.warning("exporter %s: %s", name, attempt["error"])
+            log.info("exporter %s: %s", name, attempt["error"])
             continue
         try:
             if options.dynamic_batch:
                 check_dynamic_batch(model, feeds[0])
         except OnnxoptError as e:
             attempt.update(ok=False, error=str(e))
-            log.warning("exporter %s: %s", name, e)
+            log.info("exporter %s: %s", name, e)
             continue
         candidates.append((name, model, parity))
 
@@ -492,6 +492,9 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
     if len(exporters) > 1:
         log.info("exporter %s chosen: %s", chosen[0], reason)
     name, model, parity = chosen
+    for a in attempts:
+        if not a.get("ok"):
+            log.warning("exporter %s failed (%s); using %s", a["exporter"], a.get("error", "failed"), name)
     from onnxopt import __version__
 
     props = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxopt.errors import InvalidInputError, OnnxoptError
+from onnxopt.errors import InvalidInputError, MissingExtraError, OnnxoptError
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def _import_target(target: str) -> Any:
             spec.loader.exec_module(module)
         except Exception as e:
             sys.modules.pop(name, None)
+            _raise_missing_extra(e)
             raise InvalidInputError(f"importing {target} failed: {type(e).__name__}: {_first_line(e)}") from e
         finally:
             sys.path.remove(str(p.resolve().parent))
@@ -138,9 +139,22 @@ def _import_target(target: str) -> Any:
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as e:
+        _raise_missing_extra(e)
         raise InvalidInputError(f"{target}: no such file or importable module ({_first_line(e)})") from e
     except Exception as e:
+        _raise_missing_extra(e)
         raise InvalidInputError(f"importing {target} failed: {type(e).__name__}: {_first_line(e)}") from e
+
+
+_EXTRAS = {"torch": "torch", "onnxscript": "torch", "tensorflow": "keras", "keras": "keras", "tf2onnx": "keras"}
+
+
+def _raise_missing_extra(e: BaseException) -> None:
+    """A factory module that fails to import a framework: name the extra to install."""
+    if isinstance(e, ImportError) and e.name:
+        root = e.name.split(".")[0]
+        if root in _EXTRAS:
+            raise MissingExtraError(root, _EXTRAS[root]) from e
 
 
 def _module_examples(module: Any) -> list[np.ndarray] | None:
