@@ -221,7 +221,7 @@ def default_recipe(model: ModelProto, objective: str = "latency") -> Recipe:
 def stage_label(pass_name: str, report: dict[str, Any]) -> str:
     """A human name for the stage a pass produced, e.g. 'quantized (int8 static)'."""
     label = STAGE_LABELS.get(pass_name, pass_name)
-    if pass_name == "quantize" and report.get("mode"):
+    if pass_name == "quantize" and report.get("mode") and report["mode"] != "skipped":
         label += f" (int8 {report['mode']})"
     return label
 
@@ -295,6 +295,9 @@ def optimize(
     for sr in result.stages:
         stages.append(_stage_from(sr, seen))
 
+    for s in stages:
+        if s.pass_name == "quantize" and not s.modified and s.report.get("reason"):
+            warnings.append(f"int8 quantization skipped: {s.report['reason']}")
     measured = [s for s in stages if s.modified or s.pass_name is None]
     t0 = time.perf_counter()
     if cfg.verify:

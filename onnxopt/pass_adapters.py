@@ -90,13 +90,19 @@ class QuantizePass:
 
     def __call__(self, model: ModelProto, context: PassContext) -> PassResult:
         """Quantize; in auto mode the result is a candidate kept only if measured faster."""
-        from onnxopt.quantize import quantize
-
         mode = self.concrete_mode(model, context)
+        if self.mode == "auto" and context.objective == "latency" and model_family(model) == "conv" and context.calib is None:
+            reason = (
+                "conv net without calibration data: pass --calib-data for static int8 "
+                "(dynamic int8 convolutions, ConvInteger, are slower than float on CPUs)"
+            )
+            return PassResult(model, False, {"mode": "skipped", "requested_mode": self.mode, "reason": reason})
         if mode == "static" and context.calib is None:
             raise InvalidInputError(
                 "static quantization needs calibration data: pass --calib-data calib.npz"
             )
+        from onnxopt.quantize import quantize
+
         config = self._quant_config(mode, context.objective, context.seed)
         val = (context.val, context.labels) if context.val is not None else None
         result = quantize(model, config, calib=context.calib if mode == "static" else None, val=val, bench=None)

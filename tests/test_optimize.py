@@ -221,3 +221,11 @@ def test_postprocessed_stages_are_verified_against_postprocessed_input(digits: t
     assert post.fidelity.accuracy_drop == 0.0 and post.fidelity.accuracy_candidate > 95
     assert pruned.fidelity.accuracy_reference == post.fidelity.accuracy_reference
     assert r.model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+
+
+def test_conv_net_without_calibration_skips_int8_with_a_warning(convnet_model: ModelProto) -> None:
+    r = optimize(convnet_model, None, cfg())
+    q = next(s for s in r.stages if s.pass_name == "quantize")
+    assert not q.modified and "calib" in q.note
+    assert any(w.startswith("int8 quantization skipped") for w in r.warnings)
+    assert r.final in ("graph-optimized", "original")
