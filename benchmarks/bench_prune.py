@@ -105,6 +105,75 @@ def digits_rows(ctx: Context) -> list[Row]:
     return rows
 
 
+def _torch_chain(model: onnx.ModelProto) -> object:
+    """An nn.Sequential equal to a plain Conv/Relu/MaxPool/Flatten/Gemm chain ONNX model, weights copied."""
+    from onnx import helper, numpy_helper
+
+    from onnxopt.frameworks import require_torch
+
+    torch = require_torch()
+    nn = torch.nn
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    layers: list = []
+    for n in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Conv":
+            w, b = inits[n.input[1]], inits[n.input[2]]
+            conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), padding=tuple(attrs["pads"][:2]))
+            conv.weight.data, conv.bias.data = torch.tensor(w), torch.tensor(b)
+            layers.append(conv)
+        elif n.op_type == "Gemm":
+            w, b = inits[n.input[1]], inits[n.input[2]]
+            lin = nn.Linear(w.shape[1], w.shape[0])
+            lin.weight.data, lin.bias.data = torch.tensor(w), torch.tensor(b)
+            layers.append(lin)
+        elif n.op_type == "Relu":
+            layers.append(nn.ReLU())
+        elif n.op_type == "MaxPool":
+            layers.append(nn.MaxPool2d(tuple(attrs["kernel_shape"]), tuple(attrs["strides"])))
+        elif n.op_type == "Flatten":
+            layers.append(nn.Flatten())
+        else:
+            raise ValueError(f"unexpected op {n.op_type}")
+    return nn.Sequential(*layers)
+
+
+def recovery_rows(ctx: Context) -> list[Row]:
+    """digits channels 30%, then distilled from the original ONNX model in PyTorch (weights kept)."""
+    import numpy as np
+
+    from onnxopt.distill_core import DistillConfig
+    from onnxopt.feeds import load_npz
+
+    try:
+        from onnxopt.frameworks.torch_distill import distill, predict
+    except Exception as e:  # noqa: BLE001 - torch extra missing: no row
+        ctx.log(f"skipping fine-tune row: {e}")
+        return []
+    model = load_model(ctx.digits_model)
+    pruned = prune_channels(model, ChannelConfig(ratio=0.3)).model
+    student = _torch_chain(pruned)
+    train, val = load_npz(ctx.digits_train), load_npz(ctx.digits_val)
+    x, y = train["input"].astype(np.float32), train["labels"]
+    order = np.random.default_rng(0).permutation(len(y))
+    hold, fit = order[: len(y) // 5], order[len(y) // 5 :]
+    feed, labels = load_eval_data(model, ctx.digits_val)
+    assert labels is not None
+    before = accuracy(pruned, feed, labels)
+    from onnxopt.fidelity import run_batched
+
+    same = np.abs(predict(student, feed["input"]) - run_batched(pruned, feed)[0]).max()
+    if same > 1e-3:
+        raise RuntimeError(f"PyTorch copy of the pruned model differs from it by {same}")
+    student, hist = distill(model, student, (x[fit], y[fit]), (x[hold], y[hold]),
+                            DistillConfig(epochs=10, lr=1e-3, patience=5, seed=0, threads=1))
+    after = float((predict(student, val["input"].astype(np.float32)).argmax(1) == val["labels"]).mean() * 100)
+    base = accuracy(model, feed, labels)
+    return [Row(section=SECTION, name="digits channels 30% + distillation (10 epochs)",
+                metrics={"accuracy %": after, "drop pp": base - after},
+                note=f"{before:.1f}% before fine-tuning; early stopping on a train split, epoch {hist.best_epoch}")]
+
+
 def run(ctx: Context) -> list[Row]:
     """All pruning measurements of `make bench`."""
-    return channel_rows(ctx) + size_rows(ctx) + digits_rows(ctx)
+    return channel_rows(ctx) + size_rows(ctx) + digits_rows(ctx) + recovery_rows(ctx)
