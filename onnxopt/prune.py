@@ -154,12 +154,13 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         "skipped": skipped,
         "note": ZEROS_NOTE,
     }
+    out = copy_model(model)
     if not chosen:
-        report["message"] = "no prunable tensors (Conv/Gemm/MatMul weight initializers) found"
+        report["message"] = "no prunable tensors (floating-point Conv/Gemm/MatMul weight initializers) found"
         report["total"] = {"elements": 0, "zeros_before": 0, "zeros_after": 0,
                            "sparsity_before": 0.0, "sparsity_after": 0.0}
-        return PruneResult(copy_model(model), False, report)
-    out = copy_model(model)
+        if not config.sparse_storage:
+            return PruneResult(out, False, report)
     inits = {t.name: t for t in out.graph.initializer}
     arrays = {name: numpy_helper.to_array(inits[name]) for name in chosen}
     flats = {name: a.reshape(-1).copy() for name, a in arrays.items()}
@@ -167,7 +168,7 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
     if config.threshold is not None:
         for f in flats.values():
             f[np.abs(f) < config.threshold] = 0
-    elif config.global_:
+    elif config.global_ and flats:
         assert config.sparsity is not None
         names = list(flats)
         sizes = np.array([flats[nm].size for nm in names])
@@ -183,7 +184,7 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
             f[_smallest(np.abs(f), int(round(config.sparsity * f.size)))] = 0
     modified = False
     tot_n = tot_before = tot_after = 0
-    for name, f in flats.items():
+    for name, f in flats.items():  # empty when only sparse storage is asked for
         zeros_after = int(np.count_nonzero(f == 0))
         n = f.size
         if zeros_after != zeros_before[name]:
@@ -201,16 +202,18 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
             "sparsity_before": zeros_before[name] / n,
             "sparsity_after": zeros_after / n,
         })
-    report["total"] = {
-        "elements": tot_n,
-        "zeros_before": tot_before,
-        "zeros_after": tot_after,
-        "sparsity_before": tot_before / tot_n,
-        "sparsity_after": tot_after / tot_n,
-    }
+    if tot_n:
+        report["total"] = {
+            "elements": tot_n,
+            "zeros_before": tot_before,
+            "zeros_after": tot_after,
+            "sparsity_before": tot_before / tot_n,
+            "sparsity_after": tot_after / tot_n,
+        }
     encoded: list[dict] = []
     if config.sparse_storage:
-        out, storage = compress_initializers(out, list(flats), gzip=False)
+        # every mostly-zero initializer, so an int8 model quantized after pruning shrinks too
+        out, storage = compress_initializers(out, None, gzip=False)
         encoded = storage["encoded"]
         modified = modified or bool(encoded)
     before, after = model_sizes(model, config.measure_gzip), model_sizes(out, config.measure_gzip)
@@ -224,6 +227,5 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         "gzip_after": after.gzip,
         "gzip_ratio": after.gzip / before.gzip if after.gzip is not None and before.gzip else None,
     }
-    log.info("magnitude pruning: %d tensors, sparsity %.3f -> %.3f", len(flats),
-             tot_before / tot_n, tot_after / tot_n)
+    log.info("magnitude pruning: %d tensors, %d zeros -> %d", len(flats), tot_before, tot_after)
     return PruneResult(out, modified, report)

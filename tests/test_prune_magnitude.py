@@ -159,9 +159,13 @@ def test_sparse_storage_of_int8_quantized_weights() -> None:
     assert any(e["dtype"] == "int8" for e in report["encoded"])
     assert report["size_after"] < 0.8 * report["size_before"]
     x = np.random.default_rng(2).standard_normal((3, 256)).astype(np.float32)
-    np.testing.assert_array_equal(
-        create_session(packed, custom_ops=False).run(None, {"input": x})[0], create_session(q, custom_ops=False).run(None, {"input": x})[0]
-    )
+    want = create_session(q, custom_ops=False).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(create_session(packed, custom_ops=False).run(None, {"input": x})[0], want)
+    # the CLI route: `onnxopt prune q.onnx -o out.onnx --sparsity 0 --sparse-storage`
+    r = prune_magnitude(q, MagnitudeConfig(sparsity=0.0, sparse_storage=True))
+    assert r.modified and "no prunable tensors" in r.report["message"]
+    assert {e["name"] for e in r.report["storage"]["encoded"]} == {e["name"] for e in report["encoded"]}
+    np.testing.assert_array_equal(create_session(r.model, custom_ops=False).run(None, {"input": x})[0], want)
 
 
 def test_sparse_storage_needs_opset_11() -> None:
