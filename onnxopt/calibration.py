@@ -77,6 +77,11 @@ class CalibrationSource:
             remaining -= n
             yield b
 
+    def limited(self, samples: int) -> CalibrationSource:
+        """The same source capped at `samples` samples."""
+        return CalibrationSource(self._model, self._factory, description=self.description,
+                                 samples=min(self.samples, samples), batch_size=self.batch_size)
+
     def head(self, n: int) -> Feed:
         """The first n samples concatenated into one feed (for fidelity checks)."""
         parts: list[Feed] = []

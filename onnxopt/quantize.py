@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import ModelProto
 
 from onnxopt.benchmark import BenchConfig, benchmark, latency_ratio
@@ -72,7 +73,7 @@ class QuantizeConfig:
     grid: str = "auto"  # auto: a CPU-ordered shortlist | full: onnxruntime's whole quantizer grid
     quick_runs: int = 10  # auto: timed rounds per candidate in the first, brief benchmark
     final_runs: int = 30  # auto: timed rounds for the finalists
-    finalists: int = 2  # auto: int8 candidates benchmarked longer (plus the float model)
+    finalists: int = 3  # auto: int8 candidates benchmarked longer (plus the float model)
 
     def __post_init__(self) -> None:
         _choice("--mode", self.mode, MODES)
@@ -126,7 +127,7 @@ class QuantizeResult:
     report: dict[str, Any]  # JSON-serializable
 
 
-class Session:
+class QuantSession:
     """Shared state of one quantize() call: prepared models, evaluator, work directory, notes."""
 
     def __init__(self, original: ModelProto, variants: list[Prepared], source: CalibrationSource | None,
@@ -138,7 +139,6 @@ class Session:
         self.workdir = workdir
         self.notes = notes
         self._hist_before = quant_ops_in(original)
-        self._failed_variants: set[tuple[str, Candidate]] = set()
 
     def build(self, cand: Candidate, evaluator: Evaluator | None = None) -> Built:
         """Quantize, load, run and score one candidate, falling back to the folded model on failure."""
@@ -212,8 +212,7 @@ def _as_source(model: ModelProto, calib: Feed | CalibrationSource | None, config
     if calib is None:
         return None
     if isinstance(calib, CalibrationSource):
-        calib.samples = min(calib.samples, config.calib_samples)
-        return calib
+        return calib.limited(config.calib_samples)
     src = from_feed(model, calib, samples=config.calib_samples, description="calibration data")
     for k, v in calib.items():
         if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
@@ -263,7 +262,7 @@ def quantize(
         if start is not original:
             notes.append("upgraded the model to opset 13 (per-channel QDQ needs it)")
         variants = prepare(start, wd, notes)
-        sess = Session(original, variants, source, evaluator, wd, notes)
+        sess = QuantSession(original, variants, source, evaluator, wd, notes)
         if cfg.mode == "auto":
             from onnxopt.quantize_auto import run_auto
 
@@ -288,10 +287,19 @@ def quantize(
         "size_before": model_size(original),
         "size_after": model_size(result_model),
         "size_ratio": model_size(result_model) / max(1, model_size(original)),
+        "int8_floor": int8_floor(original),
         "notes": notes + report.get("notes", []),
         "seconds": round(time.perf_counter() - t0, 2),
     })
     return QuantizeResult(result_model, quantized, meets, report)
+
+
+def int8_floor(model: ModelProto) -> int:
+    """Bytes of the model with every float32 initializer at a quarter of its size, the rest as it was."""
+    f32 = sum(
+        int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+    )
+    return int(model_size(model) - 0.75 * f32)
 
 
 def _config_dict(cfg: QuantizeConfig) -> dict[str, Any]:
@@ -316,7 +324,7 @@ def built_entry(b: Built) -> dict[str, Any]:
     }
 
 
-def _run_single(sess: Session, cfg: QuantizeConfig, budget: Budget, bench: BenchConfig | None
+def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: BenchConfig | None
                 ) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
     cand = cfg.candidate()
     try:

@@ -17,7 +17,7 @@ from onnxopt.quantize_eval import Budget
 from onnxopt.quantize_fallback import Built, fallback
 
 if TYPE_CHECKING:
-    from onnxopt.quantize import QuantizeConfig, Session
+    from onnxopt.quantize import QuantizeConfig, QuantSession
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _bench(models: list[ModelProto], names: list[str], cfg: BenchConfig, feed: A
     return benchmark(models, cfg, feed=feed, names=names)
 
 
-def run_auto(sess: Session, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, bench: BenchConfig
+def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, bench: BenchConfig
              ) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
     """Measure the candidates and return (model, quantized, meets_budget, report)."""
     from onnxopt.quantize import built_entry
@@ -124,7 +124,7 @@ def run_auto(sess: Session, config: QuantizeConfig, budget: Budget, cpu: CpuFeat
     return _pick_latency(sess, config, budget, cpu, float_model, built, passing, quick, rows, notes, bench, feed)
 
 
-def _op_type_partials(b: Built, sess: Session) -> list[Candidate]:
+def _op_type_partials(b: Built, sess: QuantSession) -> list[Candidate]:
     """Variants quantizing one op type only, when the candidate quantized several op types."""
     if b.cand.op_types:
         return []
@@ -147,7 +147,7 @@ def _finish(rows: dict[str, dict[str, Any]], winner: str, why: str, notes: list[
     return report
 
 
-def _pick_latency(sess: Session, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, float_model: ModelProto,
+def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, float_model: ModelProto,
                   built: dict[str, Built], passing: list[Built], quick: dict[str, RatioCI], rows: dict[str, dict[str, Any]],
                   notes: list[str], bench: BenchConfig, feed: Any) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
     # Fallback results were not in the quick round: they go to the final round regardless.
@@ -197,7 +197,7 @@ def _pick_latency(sess: Session, config: QuantizeConfig, budget: Budget, cpu: Cp
     return b.model, True, True, rep
 
 
-def _pick_size(sess: Session, config: QuantizeConfig, budget: Budget, float_model: ModelProto,
+def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float_model: ModelProto,
                built: dict[str, Built], passing: list[Built], rows: dict[str, dict[str, Any]],
                notes: list[str], bench: BenchConfig, feed: Any) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
     meets = True

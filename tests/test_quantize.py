@@ -251,3 +251,43 @@ def test_auto_size_objective_picks_the_smallest_within_budget(digits_cnn: Path, 
     assert rep["fidelity"]["accuracy_drop"] <= 0.5
     assert "ratio" in rep["latency"]
     assert any("static candidates skipped" in n for n in rep["notes"])
+
+
+def test_candidate_refused_by_onnxruntime_is_retried_on_the_folded_model(tmp_path: Path, mlp_model: onnx.ModelProto) -> None:
+    from onnxopt.quantize import QuantSession
+    from onnxopt.quantize_engine import Candidate, Prepared, prepare
+    from onnxopt.quantize_eval import Evaluator
+
+    notes: list[str] = []
+    good = prepare(mlp_model, tmp_path, notes)[-1]
+    broken = onnx.ModelProto()
+    broken.CopyFrom(good.model)
+    relu = next(n for n in broken.graph.node if n.op_type == "Relu")
+    relu.attribute.append(helper.make_attribute("not_an_attribute", 1))  # onnxruntime: INVALID_GRAPH
+    bad_path = tmp_path / "broken.onnx"
+    onnx.save(broken, str(bad_path))
+    feed = _feed(mlp_model, 16)
+    ev = Evaluator(mlp_model, feed, None, "test")
+    sess = QuantSession(mlp_model, [Prepared("preprocessed", bad_path, broken), good], None, ev, tmp_path, notes)
+    built = sess.build(Candidate("dynamic"))
+    assert built.variant == "folded"
+    assert any("retried on the folded model" in n for n in built.notes)
+    assert built.fidelity.min_cosine > 0.99
+
+
+def test_unknown_op_is_left_in_float_with_a_reason() -> None:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.3).astype(np.float32), "w")
+    e = numpy_helper.from_array((rng.standard_normal((16, 8)) * 0.3).astype(np.float32), "e")
+    nodes = [
+        helper.make_node("MatMul", ["input", "w"], ["h"], name="fc"),
+        helper.make_node("Einsum", ["h", "e"], ["logits"], name="einsum", equation="bi,ij->bj"),
+    ]
+    g = helper.make_graph(nodes, "einsum", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])], [w, e])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    r = quantize(m, QuantizeConfig(mode="dynamic"), calib={"input": rng.standard_normal((8, 16)).astype(np.float32)})
+    assert r.report["nodes"]["quantized"] == ["fc"]
+    (left,) = r.report["nodes"]["float"]
+    assert left["node"] == "einsum" and "does not support Einsum" in left["reason"]
