@@ -153,7 +153,7 @@ class BenchResult:
 
 @dataclass(frozen=True)
 class RatioCI:
-    """Candidate latency / reference latency (ratio of medians), 95% bootstrap CI over rounds."""
+    """Candidate latency / reference latency (ratio of medians by default), 95% bootstrap CI over rounds."""
 
     ratio: float
     low: float
@@ -161,6 +161,7 @@ class RatioCI:
     significant: bool  # the CI excludes 1.0
     paired: bool = True
     n: int = 0
+    quantile: float = 0.5  # the latency statistic compared: 0.5 = medians
 
     @property
     def speedup(self) -> float:
@@ -192,6 +193,7 @@ def latency_ratio(
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    quantile: float = 0.5,
 ) -> RatioCI:
     """Ratio of median latencies (candidate / reference) with a 95% bootstrap CI.
 
@@ -199,28 +201,33 @@ def latency_ratio(
     indices for both), which cancels drift; samples of different lengths are resampled apart.
     Results measured in several processes (subprocess mode) are resampled hierarchically:
     processes first, then runs within them, so the CI includes process-to-process variation.
+    quantile: the latency statistic compared (0.5: medians). On a busy machine where many runs
+    are preempted (bimodal samples), a lower quantile such as 0.25 is steadier.
     """
+    if not 0.0 <= quantile <= 1.0:
+        raise InvalidInputError(f"quantile must be within [0, 1], got {quantile}")
+    q = 100.0 * quantile
     c = np.asarray(candidate.samples_ms if isinstance(candidate, BenchResult) else candidate, dtype=np.float64)
     r = np.asarray(reference.samples_ms if isinstance(reference, BenchResult) else reference, dtype=np.float64)
     if c.size < 2 or r.size < 2:
         raise InvalidInputError("a latency ratio needs at least 2 samples per model")
     rng = np.random.default_rng(seed)
-    ratio = float(np.median(c) / np.median(r))
+    ratio = float(np.percentile(c, q) / np.percentile(r, q))
     cb = candidate.block_sizes if isinstance(candidate, BenchResult) else ()
     rb = reference.block_sizes if isinstance(reference, BenchResult) else ()
     if len(cb) > 1 and len(rb) > 1:
-        boot = _block_bootstrap(c, cb, r, rb, n_boot, rng)
+        boot = _block_bootstrap(c, cb, r, rb, n_boot, rng, q)
         low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
         return RatioCI(ratio, low, high, not (low <= 1.0 <= high), paired=len(cb) == len(rb),
-                       n=int(min(c.size, r.size)))
+                       n=int(min(c.size, r.size)), quantile=quantile)
     paired = c.size == r.size
     if paired:
         idx = rng.integers(0, c.size, size=(n_boot, c.size))
-        boot = np.median(c[idx], axis=1) / np.median(r[idx], axis=1)
+        boot = np.percentile(c[idx], q, axis=1) / np.percentile(r[idx], q, axis=1)
     else:
         ic = rng.integers(0, c.size, size=(n_boot, c.size))
         ir = rng.integers(0, r.size, size=(n_boot, r.size))
-        boot = np.median(c[ic], axis=1) / np.median(r[ir], axis=1)
+        boot = np.percentile(c[ic], q, axis=1) / np.percentile(r[ir], q, axis=1)
     low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     return RatioCI(
         ratio=ratio,
@@ -229,6 +236,7 @@ def latency_ratio(
         significant=not (low <= 1.0 <= high),
         paired=paired,
         n=int(min(c.size, r.size)),
+        quantile=quantile,
     )
 
 
@@ -237,9 +245,15 @@ def _split(a: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
 
 
 def _block_bootstrap(
-    c: np.ndarray, cb: Sequence[int], r: np.ndarray, rb: Sequence[int], n_boot: int, rng: np.random.Generator
+    c: np.ndarray,
+    cb: Sequence[int],
+    r: np.ndarray,
+    rb: Sequence[int],
+    n_boot: int,
+    rng: np.random.Generator,
+    q: float = 50.0,
 ) -> np.ndarray:
-    """Ratio of medians resampling blocks (the same block indices for both when paired), then runs."""
+    """Ratio of quantiles resampling blocks (the same block indices for both when paired), then runs."""
     cs, rs = _split(c, cb), _split(r, rb)
     paired = len(cs) == len(rs)
     out = np.empty(n_boot)
@@ -248,7 +262,7 @@ def _block_bootstrap(
         ir = ic if paired else rng.integers(0, len(rs), len(rs))
         cc = np.concatenate([b[rng.integers(0, b.size, b.size)] for b in (cs[i] for i in ic)])
         rr = np.concatenate([b[rng.integers(0, b.size, b.size)] for b in (rs[i] for i in ir)])
-        out[k] = np.median(cc) / np.median(rr)
+        out[k] = np.percentile(cc, q) / np.percentile(rr, q)
     return out
 
 

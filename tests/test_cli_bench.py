@@ -173,3 +173,11 @@ def test_spin_honoured_only_for_a_lone_session(digits_cnn: Path) -> None:
     doc = json.loads(out)
     assert doc["settings"]["allow_spinning"] is False
     assert not any(r["allow_spinning"] for r in doc["results"])
+
+
+def test_ratio_quantile_reported(digits_cnn: Path) -> None:
+    code, out = invoke("bench", str(digits_cnn), str(digits_cnn), "--runs", "6", "--compare",
+                       "--ratio-quantile", "0.25", "--json")
+    assert code == 0, out
+    (c,) = json.loads(out)["comparisons"]
+    assert c["quantile"] == 0.25 and c["low"] <= c["ratio"] <= c["high"]

@@ -42,6 +42,13 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by bench and compare: measurement settings and inputs."""
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthesized inputs.")(f)
     f = click.option(
+        "--ratio-quantile",
+        type=click.FloatRange(0.0, 1.0),
+        default=0.5,
+        show_default=True,
+        help="Latency quantile ratios compare (0.5: medians; 0.25 is steadier on a busy machine).",
+    )(f)
+    f = click.option(
         "--spin/--no-spin",
         default=False,
         show_default=True,
@@ -164,7 +171,9 @@ def progress_bar(enabled: bool, description: str) -> Iterator[Callable[[int, int
         yield update
 
 
-def comparisons(results: Sequence[BenchResult]) -> list[tuple[BenchResult, BenchResult, RatioCI]]:
+def comparisons(
+    results: Sequence[BenchResult], quantile: float = 0.5
+) -> list[tuple[BenchResult, BenchResult, RatioCI]]:
     """(candidate, reference, ratio) for each row vs the first model at the same threads
     (a single model's thread sweep: vs its first setting)."""
     from onnxopt.benchmark import latency_ratio
@@ -178,7 +187,7 @@ def comparisons(results: Sequence[BenchResult]) -> list[tuple[BenchResult, Bench
             ref = results[0]
         if ref is r:
             continue
-        out.append((r, ref, latency_ratio(r, ref)))
+        out.append((r, ref, latency_ratio(r, ref, quantile=quantile)))
     return out
 
 
@@ -230,7 +239,9 @@ def print_comparisons(comps: Sequence[tuple[BenchResult, BenchResult, RatioCI]])
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="ratio to reference (p50 latency, 95% bootstrap CI over rounds)")
+    q = comps[0][2].quantile if comps else 0.5
+    stat = "p50" if q == 0.5 else f"p{100 * q:g}"
+    table = Table(title=f"ratio to reference ({stat} latency, 95% bootstrap CI over rounds)")
     for c in ("model", "reference", "ratio", "95% CI", "speedup", "verdict"):
         table.add_column(c, justify="left" if c in ("model", "reference", "verdict") else "right")
     for cand, ref, ci in comps:
@@ -299,6 +310,7 @@ def command(
     isolation: str,
     memory: bool,
     seed: int,
+    ratio_quantile: float,
     spin: bool,
     data: Path | None,
     show_compare: bool,
@@ -345,7 +357,7 @@ def command(
             [str(m) for m in models], config, feed=feed, names=names, progress=cb,
             threads=thread_list if thread_list and len(thread_list) > 1 else None,
         )
-    comps = comparisons(results) if show_compare and len(results) > 1 else []
+    comps = comparisons(results, ratio_quantile) if show_compare and len(results) > 1 else []
     if plot is not None:
         from onnxopt.plots import latency_plot
 

@@ -68,7 +68,7 @@ def print_fidelity(report: FidelityReport, feed_source: str) -> None:
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="PP",
               help="Exit 3 if accuracy drops by more than PP percentage points (needs labels).")
 @click.option("--min-speedup", type=float, default=None, metavar="X",
-              help="Exit 3 if the candidate's p50 speedup over the reference is below X.")
+              help="Exit 3 if the candidate's measured speedup (at --ratio-quantile) is below X.")
 @click.option("--min-cosine", type=float, default=None, metavar="C",
               help="Exit 3 if any output's mean cosine similarity is below C.")
 @click.option("--no-latency", is_flag=True, help="Only fidelity; skip the latency comparison.")
@@ -96,6 +96,7 @@ def command(
     isolation: str,
     memory: bool,
     seed: int,
+    ratio_quantile: float,
     spin: bool,
     as_json: bool,
 ) -> None:
@@ -159,7 +160,7 @@ def command(
         with progress_bar(not as_json, "benchmarking") as cb:
             results = benchmark([ref, cand], config, feed=bench_feed,
                                 names=[reference.name, candidate.name], progress=cb)
-        ratio = latency_ratio(results[1], results[0])
+        ratio = latency_ratio(results[1], results[0], quantile=ratio_quantile)
     failed = check_gates(fid, ratio.speedup if ratio else None, max_accuracy_drop, min_speedup, min_cosine)
 
     if as_json:
