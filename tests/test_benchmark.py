@@ -123,8 +123,9 @@ def test_two_copies_of_one_model_ratio_near_one() -> None:
     r = latency_ratio(b, a)
     assert r.paired and r.n == 60
     # Wide tolerance: the machine is shared and noisy; the CI must still cover 1.0 or be close.
-    assert 0.8 < r.ratio < 1.25
     assert r.low < 1.1 and r.high > 0.9
+    # Preempted runs can make the samples bimodal; the lower quartile stays steady.
+    assert 0.8 < latency_ratio(b, a, quantile=0.25).ratio < 1.25
 
 
 def test_a_slower_model_is_detected() -> None:
