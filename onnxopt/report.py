@@ -146,6 +146,14 @@ def to_markdown(result: OptimizeResult, title: str = "onnxopt optimize") -> str:
     return "\n".join(lines)
 
 
+def check_html_available() -> None:
+    """Raise MissingExtraError now (before any work) when HTML reports cannot be drawn."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingExtraError("matplotlib", "report")
+
+
 def _require_matplotlib() -> Any:
     try:
         import matplotlib

@@ -105,6 +105,10 @@ def command(
     if show_recipe:
         click.echo(rec.to_toml(), nl=False)
         return
+    if report_html is not None:
+        from onnxopt.report import check_html_available
+
+        check_html_available()
     out = output or default_output(model)
     if same_file(out, model):
         raise click.UsageError(f"-o {out}: that is the input model; choose another output path")
