@@ -3,7 +3,7 @@
 All models take the bundled digits input: float32 [batch, 1, 8, 8] (NCHW, pixels / 16) and
 return 10 logits. The teacher is VGG-style: blocks of padding-preserving 3x3 convs and
 max-pools with doubled widths (64-128-256), then a two-layer classifier (~1.2 M parameters).
-The student is a small conv net with ~1/85 of the teacher's parameters.
+The student is a small conv net with ~1/34 of the teacher's parameters.
 
     onnxopt distill --teacher teacher.onnx --student examples/distill_models.py:torch_student \\
         --data models/digits_train.npz --val models/digits_val.npz -o student.onnx
@@ -37,7 +37,7 @@ def torch_teacher(classes: int = 10, blocks: tuple[tuple[int, ...], ...] = VGG_B
     )
 
 
-def torch_student(classes: int = 10, width: int = 16) -> Any:
+def torch_student(classes: int = 10, width: int = 32) -> Any:
     """A small PyTorch CNN: two conv-ReLU-max-pool stages and a two-layer classifier."""
     from torch import nn
 
@@ -77,7 +77,7 @@ def keras_teacher(classes: int = 10, blocks: tuple[tuple[int, ...], ...] = VGG_B
     return keras.Model(inp, out, name="vgg_teacher")
 
 
-def keras_student(classes: int = 10, width: int = 16) -> Any:
+def keras_student(classes: int = 10, width: int = 32) -> Any:
     """The small student in Keras (NCHW input, permuted to NHWC inside)."""
     from onnxopt.frameworks import require_keras
 

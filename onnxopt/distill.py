@@ -164,14 +164,24 @@ def _backend(framework: str) -> Any:
 
 def export_student(model: Any, framework: str, x: np.ndarray, *, input_name: str = "input",
                    output_name: str = "logits", output: str | Path | None = None) -> Any:
-    """Export a trained student with the conversion path (parity-checked on real samples)."""
+    """Export a trained model with the conversion path (parity-checked on real samples).
+
+    PyTorch models try the TorchScript exporter first (measured: 0.2 s vs 13 s for dynamo on
+    the digits student, same parity), then the convert default.
+    """
     from onnxopt.convert import from_keras, from_torch
+    from onnxopt.errors import UnsupportedModelError
 
     example = np.ascontiguousarray(x[:1])
     data = {input_name: np.ascontiguousarray(x[:256])}
     if framework == "torch":
-        return from_torch(model, (example,), input_names=[input_name], output_names=[output_name],
-                          data=data, output=output)
+        try:
+            return from_torch(model, (example,), input_names=[input_name], output_names=[output_name],
+                              data=data, output=output, exporter="torchscript")
+        except UnsupportedModelError as e:
+            log.info("TorchScript export failed (%s); trying the default exporter", e)
+            return from_torch(model, (example,), input_names=[input_name], output_names=[output_name],
+                              data=data, output=output)
     return from_keras(model, example_inputs=(example,), input_names=[input_name],
                       output_names=[output_name], data=data, output=output)
 
@@ -203,13 +213,17 @@ def distill_model(
     progress: ProgressFn | None = None,
     stage: StageFn | None = None,
     input_path: str | Path | None = None,
+    test: Data | None = None,
+    teacher_onnx: ModelProto | None = None,
 ) -> DistillResult:
     """Distill student from teacher, train the same student on labels alone, export both, compare.
 
     teacher: torch.nn.Module, keras.Model, or .onnx path / ModelProto (logits computed once in
     onnxruntime; works for any student framework). A teacher of the other framework is
     exported to ONNX first. student: torch.nn.Module or keras.Model, trained in place.
-    Accuracy is measured in onnxruntime on val (also the early-stopping split).
+    Accuracy is measured in onnxruntime on test if given, else on val (which is also the
+    early-stopping split, so its accuracies are slightly optimistic). teacher_onnx: the
+    teacher's ONNX export when already at hand (skips exporting a native teacher again).
     """
     say = stage or (lambda _msg: None)
     config = config or DistillConfig()
@@ -228,6 +242,10 @@ def distill_model(
         teacher_onnx = teacher if isinstance(teacher, ModelProto) else load_model(teacher)
         _check_teacher_onnx(teacher_onnx, x_tr)
         train_teacher: Any = teacher_onnx
+    elif teacher_onnx is not None:
+        train_teacher = teacher if tfw == fw else teacher_onnx
+        if tfw != fw:
+            notes.append(f"{tfw} teacher used through its ONNX export for the {fw} student")
     else:
         say("exporting the teacher to ONNX")
         try:
@@ -257,7 +275,8 @@ def distill_model(
     models = [("teacher", teacher_onnx), ("student", conv.model)]
     if base_model is not None:
         models.append(("labels-only", base_model))
-    rows = _measure(models, x_val, y_val, bench if benchmark_latency else False)
+    x_eval, y_eval = test if test is not None else val
+    rows = _measure(models, np.asarray(x_eval, np.float32), np.asarray(y_eval), bench if benchmark_latency else False)
     if output is not None:
         save_model(conv.model, output, input_path=input_path)
     if baseline_output is not None and base_model is not None:

@@ -81,7 +81,10 @@ def teacher_outputs(
     spec = specs[0]
     _check_shape(spec.shape, x.shape, "teacher")
     m, _, handling = logits_model(proto, hint)
-    sess = create_session(m)
+    from onnxopt.benchmark import needs_custom_ops
+
+    # Registering onnxruntime-extensions costs seconds: only when the teacher needs it.
+    sess = create_session(m, custom_ops=needs_custom_ops(m))
     x = x.astype(spec.numpy_dtype, copy=False)
     chunks: list[list[np.ndarray]] = [[], []]
     try:
