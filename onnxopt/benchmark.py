@@ -574,7 +574,28 @@ def _rss_mb() -> float:
         return 0.0
 
 
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_rss_mb() -> float:
+    """Peak RSS of this process image in MB.
+
+    Linux: VmHWM from /proc (ru_maxrss is unusable here: it survives execve, so a fresh worker
+    would inherit the peak of the process that started it).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -591,6 +612,8 @@ def _worker(spec_path: str) -> dict[str, Any]:
     model_bytes = Path(spec["model"]).read_bytes()
     session_options(session)  # load libraries before the baseline and the timed creation
     base = _rss_mb()
+    if spec["memory"]:
+        _reset_peak_rss()
     t0 = time.perf_counter_ns()
     sess = create_session(model_bytes, session)
     create_ms = (time.perf_counter_ns() - t0) / 1e6

@@ -185,3 +185,14 @@ def test_needs_custom_ops(mlp_model: onnx.ModelProto) -> None:
     m.CopyFrom(mlp_model)
     m.opset_import.append(helper.make_opsetid("ai.onnx.contrib", 1))
     assert needs_custom_ops(m)
+
+
+def test_peak_rss_is_the_workers_own(mlp_model: onnx.ModelProto) -> None:
+    # ru_maxrss survives execve: a worker must not report the peak of the process that started it.
+    from onnxopt.benchmark import measure_peak_rss
+
+    big = np.ones(40_000_000)  # ~320 MB touched in this process
+    assert big[-1] == 1.0
+    del big
+    mb = measure_peak_rss(mlp_model, {"input": np.ones((1, 16), np.float32)})
+    assert 0 <= mb < 100
