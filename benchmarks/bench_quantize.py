@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def _auto_rows(section: str, label: str, r: Any, seconds: float) -> list[Row]:
     ratio = (RatioCI(lat["ratio"], lat["low"], lat["high"], lat["significant"])
              if "low" in lat else None)
     rows = [Row(section=section, name=f"{label}: auto -> {rep['winner']}",
-                metrics={"size x": rep["size_ratio"], "min cos": rep["fidelity"]["min_cosine"], "seconds": seconds},
+                metrics={"size x": rep["size_ratio"], "min cos": f"{rep['fidelity']['min_cosine']:.5f}", "seconds": seconds},
                 ratio=ratio, reference=f"{label} fp32", note=rep["why"][:160])]
     return rows
 
@@ -165,7 +166,7 @@ def _candidate_rows(section: str, label: str, rep: dict[str, Any]) -> list[Row]:
         ratio = RatioCI(r["ratio"], r["low"], r["high"], r["significant"])
         rows.append(Row(section=section, name=f"{label}: {c['name']}",
                         metrics={"size x": c["size"] / rep["size_before"],
-                                 "min cos": c["fidelity"]["min_cosine"]},
+                                 "min cos": f"{c['fidelity']['min_cosine']:.5f}"},
                         ratio=ratio, reference=f"{label} fp32",
                         note=("final" if c.get("final") else "brief") + (" (winner)" if c["name"] == rep["winner"] else "")))
     return rows
@@ -206,7 +207,7 @@ def run(ctx: Context) -> list[Row]:
     calib_img = _images(32, 1)
     auto, secs = _quantize(ctx, small, calib_img)
     rows += _auto_rows("quantize", "convnet 5MB", auto, secs)
-    rows[-1] = Row(**{**rows[-1].__dict__, "note": f"{secs:.0f} s (target < 120 s); " + rows[-1].note})
+    rows[-1] = replace(rows[-1], note=f"{secs:.0f} s (target < 120 s); " + rows[-1].note)
     grid, gsecs = _quantize(ctx, small, calib_img, grid="full")
     rows += _candidate_rows("quantize grid", "convnet 5MB", grid.report)
     ctx.log(f"grid on the 5 MB conv net took {gsecs:.0f} s; winner {grid.report['winner']}")
@@ -229,7 +230,7 @@ def run(ctx: Context) -> list[Row]:
     from onnxopt.benchmark import RatioCI
 
     rows.append(Row(section="quantize", name="BERT-style encoder: dynamic int8",
-                    metrics={"size x": dyn.report["size_ratio"], "min cos": dyn.report["fidelity"]["min_cosine"]},
+                    metrics={"size x": dyn.report["size_ratio"], "min cos": f"{dyn.report['fidelity']['min_cosine']:.5f}"},
                     ratio=RatioCI(lat["ratio"], lat["low"], lat["high"], lat["significant"]),
                     reference="encoder fp32", note="target cosine >= 0.99"))
     auto_b, secs_b = _quantize(ctx, bert, ids_calib, (ids_val, None))
@@ -249,7 +250,8 @@ def _size_row(label: str, r: Any) -> Row:
     rep = r.report
     lat = rep["latency"]
     return Row(section="quantize", name=f"{label}: --objective size -> {rep['winner']}",
-               metrics={"size x": rep["size_ratio"], "min cos": rep["fidelity"]["min_cosine"]},
+               metrics={"size x": rep["size_ratio"], "int8 floor x": rep["int8_floor"] / rep["size_before"],
+                        "min cos": f"{rep['fidelity']['min_cosine']:.5f}"},
                ratio=RatioCI(lat["ratio"], lat["low"], lat["high"], lat["significant"]),
                reference=f"{label} fp32", note="target size <= 0.27x where weights dominate")
 
@@ -264,9 +266,9 @@ def _head_to_head(ctx: Context, model: onnx.ModelProto, auto: Any, grid: Any) ->
     r_vs = latency_ratio(res[1], res[2])
     return [
         Row(section="quantize", name=f"convnet 5MB: auto ({auto.report['winner']})", ratio=r_auto,
-            reference="convnet 5MB fp32", metrics={"min cos": auto.report["fidelity"]["min_cosine"]}),
+            reference="convnet 5MB fp32", metrics={"min cos": f"{auto.report['fidelity']['min_cosine']:.5f}"}),
         Row(section="quantize", name=f"convnet 5MB: grid best ({grid.report['winner']})", ratio=r_grid,
-            reference="convnet 5MB fp32", metrics={"min cos": grid.report["fidelity"]["min_cosine"]}),
+            reference="convnet 5MB fp32", metrics={"min cos": f"{grid.report['fidelity']['min_cosine']:.5f}"}),
         Row(section="quantize", name="convnet 5MB: auto vs grid best", ratio=r_vs, reference="grid best",
             note="target: not slower (CI upper end <= 1.02) with equal or better fidelity"),
     ]
