@@ -190,6 +190,9 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     b = built[best]
     why = (f"{best} is the fastest configuration that holds the budget ({budget.describe()}): "
            f"{final[best].describe()} vs the input, {extra['winner_vs_float']['describe']} vs float")
+    if "float" not in ok:
+        why += (f"; the float model itself was not shown to be as fast as the input "
+                f"(CI upper end {final['float'].high:.3f} > {NOT_SLOWER})")
     rep = _finish(rows, best, why, notes + b.notes, final, extra)
     rep["fidelity"] = b.fidelity.to_dict()
     rep["latency"] = _ratio_dict(final[best])
