@@ -41,7 +41,8 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
               help="Budget in percentage points (needs labels in --data).")
 @click.option("--min-cosine", type=float, default=None, help="Budget: minimum output cosine similarity (no labels).")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
-              help="static: QDQ or QOperator (QLinear*) format.")
+              help="static: QDQ or QOperator (QLinear*) format. Format, types, --per-channel and "
+              "--reduce-range apply to dynamic/static; auto tries them itself.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight scales.")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (avoids saturation on AVX2 without VNNI).")
 @click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
@@ -52,7 +53,7 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--mean", default=None, help="Image calibration: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")
 @click.option("--std", default=None, help="Image calibration: per-channel std, e.g. 0.229,0.224,0.225.")
-@click.option("--scale", type=float, default=1 / 255, show_default=True, help="Image calibration: pixel scale.")
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Image calibration: pixel scale.")
 @click.option("--grid", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
               help="auto: a CPU-ordered shortlist of candidates; full: onnxruntime's whole quantizer grid.")
 @click.option("--threads", type=int, default=0, help="Benchmark intra-op threads (0: physical cores).")
