@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -54,13 +55,19 @@ def available_cpu_providers() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _extensions_library() -> str | None:
+    # Importing onnxruntime_extensions takes seconds (it pulls in its converters); the
+    # custom-op library is a shared object inside the package, so locate it without importing.
     try:
-        from onnxruntime_extensions import get_library_path
-
-        return str(get_library_path())
+        spec = importlib.util.find_spec("onnxruntime_extensions")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        for folder in spec.submodule_search_locations:
+            for lib in sorted(Path(folder).glob("_extensions_pydll*")):
+                if lib.suffix in (".so", ".pyd", ".dylib"):
+                    return str(lib)
     except Exception as e:  # the extension package is optional at run time
         log.debug("onnxruntime-extensions unavailable: %s", e)
-        return None
+    return None
 
 
 @dataclass(frozen=True)

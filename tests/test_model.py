@@ -117,3 +117,23 @@ def test_save_failure_leaves_no_file(
     with pytest.raises(OSError):
         save_model(mlp_model, tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_custom_ops_from_onnxruntime_extensions_load() -> None:
+    """A model using an onnxruntime-extensions op validates and runs (the library is registered)."""
+    node = helper.make_node("StringUpper", ["x"], ["y"], domain="ai.onnx.contrib")
+    graph = helper.make_graph(
+        [node],
+        "strings",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [None])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.STRING, [None])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
+    )
+    model.ir_version = 8
+    validate_model(model)
+    out = create_session(model).run(None, {"x": np.array(["abc"], dtype=object)})[0]
+    assert out.tolist() == ["ABC"]
+    with pytest.raises(InvalidModelError, match="not a registered"):
+        create_session(model, custom_ops=False)
