@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import helper
 
 from onnxopt.errors import InvalidModelError, OnnxoptError
 from onnxopt.model import describe, load_model, save_model, validate_model
