@@ -13,16 +13,25 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from onnxopt.cli import cli
+from onnxopt.cli import cli, main
 from tests.conftest import make_convnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a fresh process (one test keeps this end to end)."""
     return subprocess.run(
         [sys.executable, "-m", "onnxopt", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """onnxopt.cli.main in this process (exit code, stdout, stderr), faster than a subprocess."""
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), int(e.value.code or 0), out, err)
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -70,7 +79,7 @@ def test_bench_json_compare_threads(digits_cnn: Path) -> None:
 
 
 def test_bench_data_and_memory_subprocess(digits_cnn: Path, digits_val: Path) -> None:
-    code, out = invoke("bench", str(digits_cnn), "--data", str(digits_val), "--batch", "4", "--runs", "4",
+    code, out = invoke("bench", str(digits_cnn), "--data", str(digits_val), "--batch", "4", "--runs", "2",
                        "--isolation", "subprocess", "--memory", "--json")
     assert code == 0, out
     r = json.loads(out)["results"][0]
@@ -98,17 +107,17 @@ def test_bad_provider_lists_available(digits_cnn: Path) -> None:
     assert len(lines) == 1 and "CPUExecutionProvider" in lines[0] and "Traceback" not in r.stderr
 
 
-def test_bad_npz_one_line_per_mismatch(tmp_path: Path, digits_cnn: Path) -> None:
+def test_bad_npz_one_line_per_mismatch(tmp_path: Path, digits_cnn: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, input=np.zeros((4, 1, 7, 8), np.float16), labels=np.zeros(4))
-    r = run_cli("bench", str(digits_cnn), "--data", str(bad), "--runs", "2")
+    r = run_main(capsys, "bench", str(digits_cnn), "--data", str(bad), "--runs", "2")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     msg = r.stderr.strip()
     assert "input 'input': expected dtype float32, got float16" in msg
     assert "input 'input': expected shape (batch, 1, 8, 8), got (4, 1, 7, 8)" in msg
 
 
-def test_compare_digits_with_labels_and_gates(digits_cnn: Path, digits_val: Path, perturbed_digits: Path) -> None:
+def test_compare_digits_with_labels_and_gates(digits_cnn: Path, digits_val: Path, perturbed_digits: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = invoke("compare", str(digits_cnn), str(perturbed_digits), "--data", str(digits_val),
                        "--runs", "6", "--json")
     assert code == 0, out
@@ -122,13 +131,13 @@ def test_compare_digits_with_labels_and_gates(digits_cnn: Path, digits_val: Path
     assert doc["gates_failed"] == []
 
     # A cosine gate that cannot pass: exit 3 and a one-line message naming the gate.
-    r = run_cli("compare", str(digits_cnn), str(perturbed_digits), "--data", str(digits_val),
+    r = run_main(capsys, "compare", str(digits_cnn), str(perturbed_digits), "--data", str(digits_val),
                 "--no-latency", "--min-cosine", "0.9999999")
     assert r.returncode == 3, r.stderr
     assert "--min-cosine" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_compare_accuracy_gate_exit_3(digits_cnn: Path, digits_val: Path, tmp_path: Path) -> None:
+def test_compare_accuracy_gate_exit_3(digits_cnn: Path, digits_val: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A broken candidate: every weight matrix zeroed, so it predicts one class for everything.
     m = onnx.load(str(digits_cnn))
     for t in m.graph.initializer:
@@ -137,7 +146,7 @@ def test_compare_accuracy_gate_exit_3(digits_cnn: Path, digits_val: Path, tmp_pa
             t.CopyFrom(numpy_helper.from_array(np.zeros_like(a), t.name))
     bad = tmp_path / "broken.onnx"
     onnx.save(m, str(bad))
-    r = run_cli("compare", str(digits_cnn), str(bad), "--data", str(digits_val), "--no-latency",
+    r = run_main(capsys, "compare", str(digits_cnn), str(bad), "--data", str(digits_val), "--no-latency",
                 "--max-accuracy-drop", "1", "--json")
     assert r.returncode == 3, r.stderr
     assert r.stderr.strip().startswith("onnxopt: error: gate failed: accuracy drop")
@@ -146,22 +155,22 @@ def test_compare_accuracy_gate_exit_3(digits_cnn: Path, digits_val: Path, tmp_pa
     assert "accuracy drop" in doc["gates_failed"][0]
 
 
-def test_compare_min_speedup_gate_reads_the_measurement(digits_cnn: Path) -> None:
-    r = run_cli("compare", str(digits_cnn), str(digits_cnn), "--runs", "5", "--min-speedup", "100")
+def test_compare_min_speedup_gate_reads_the_measurement(digits_cnn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_main(capsys, "compare", str(digits_cnn), str(digits_cnn), "--runs", "5", "--min-speedup", "100")
     assert r.returncode == 3
     assert "speedup" in r.stderr and "--min-speedup 100" in r.stderr
 
 
-def test_compare_different_inputs_clear_error(digits_cnn: Path, tmp_path: Path) -> None:
+def test_compare_different_inputs_clear_error(digits_cnn: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "convnet.onnx"
     onnx.save(make_convnet(), str(other))
-    r = run_cli("compare", str(digits_cnn), str(other), "--no-latency")
+    r = run_main(capsys, "compare", str(digits_cnn), str(other), "--no-latency")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "different inputs" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_compare_accuracy_gate_needs_labels(digits_cnn: Path) -> None:
-    r = run_cli("compare", str(digits_cnn), str(digits_cnn), "--max-accuracy-drop", "1")
+def test_compare_accuracy_gate_needs_labels(digits_cnn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_main(capsys, "compare", str(digits_cnn), str(digits_cnn), "--max-accuracy-drop", "1")
     assert r.returncode == 1 and "needs labels" in r.stderr
 
 
