@@ -128,7 +128,8 @@ def command(
         calib = open_calibration(proto, calib_data)
 
     progress = None if (as_json or quiet) else (lambda msg: click.echo(f"... {msg}", err=True))
-    result = optimize(proto, rec, config, val=val, calib=calib, progress=progress)
+    # recipe None: the default recipe, which also gets the never-slower fallback
+    result = optimize(proto, rec if recipe is not None else None, config, val=val, calib=calib, progress=progress)
     written = save_result(result, out, input_path=model, write_on_gate_failure=not no_output_on_fail)
 
     from onnxopt import report
