@@ -14,7 +14,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.errors import InvalidInputError, MissingExtraError
-from onnxopt.feeds import Feed, check_feed, load_npz, model_feed_from_npz
+from onnxopt.feeds import Feed, check_feed, load_npz
 from onnxopt.model import TensorSpec, graph_inputs
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,50 @@ def _feed_len(feed: Feed) -> int:
     return min(int(v.shape[0]) for v in feed.values()) if feed else 0
 
 
+def fixed_batch(model: ModelProto) -> int | None:
+    """The batch size the model's inputs are fixed at, or None when the batch dimension is dynamic."""
+    sizes = {s.shape[0] for s in graph_inputs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    return int(sizes.pop()) if len(sizes) == 1 else None
+
+
+def check_samples(model: ModelProto, feed: Feed, source: str) -> None:
+    """check_feed that accepts any number of samples for models with a fixed batch size (run batch by batch)."""
+    fixed = fixed_batch(model)
+    if fixed is not None and feed and all(v.ndim >= 1 and v.shape[0] >= fixed for v in feed.values()):
+        check_feed(model, {k: v[:fixed] for k, v in feed.items()}, source)
+    else:
+        check_feed(model, feed, source)
+
+
+def fit_feed(model: ModelProto, data: dict[str, np.ndarray], source: str) -> Feed:
+    """The model's inputs taken from an npz mapping (one-input models may use any single key), checked."""
+    specs = graph_inputs(model)
+    feed = {s.name: data[s.name] for s in specs if s.name in data}
+    if len(specs) == 1 and specs[0].name not in data:
+        keys = [k for k in data if k not in ("labels", "y", "label", "targets")]
+        if len(keys) == 1:
+            feed = {specs[0].name: data[keys[0]]}
+        elif "x" in data or "inputs" in data:
+            feed = {specs[0].name: data["x" if "x" in data else "inputs"]}
+    for s in specs:
+        if s.name in feed and feed[s.name].dtype == np.float64 and s.numpy_dtype == np.float32:
+            feed[s.name] = feed[s.name].astype(np.float32)
+    check_samples(model, feed, source)
+    return feed
+
+
+def load_labelled(model: ModelProto, path: str | os.PathLike[str], labels_key: str = "labels"
+                  ) -> tuple[Feed, np.ndarray | None]:
+    """Inputs and (when present) labels from an .npz, for fidelity and accuracy checks."""
+    data = load_npz(path)
+    labels = data.pop(labels_key, None)
+    feed = fit_feed(model, _fix_ranks(model, data), str(path))
+    n = _feed_len(feed)
+    if labels is not None and labels.shape[0] != n:
+        raise InvalidInputError(f"{path}: {labels_key!r} has {labels.shape[0]} entries but the inputs have {n} samples")
+    return feed, labels
+
+
 def model_batch_size(model: ModelProto, default: int = DEFAULT_BATCH) -> int:
     """The batch size a model accepts: its fixed batch dimension, else `default`."""
     sizes = {s.shape[0] for s in graph_inputs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
@@ -112,7 +156,7 @@ def model_batch_size(model: ModelProto, default: int = DEFAULT_BATCH) -> int:
 def from_feed(model: ModelProto, feed: Feed, *, samples: int | None = None, batch_size: int | None = None,
               description: str = "calibration data") -> CalibrationSource:
     """A CalibrationSource over an in-memory feed (checked against the model's inputs)."""
-    check_feed(model, feed, description)
+    check_samples(model, feed, description)
     n = _feed_len(feed)
     if n == 0:
         raise InvalidInputError(f"{description}: contains 0 samples")
@@ -145,7 +189,7 @@ def open_calibration(
     bs = batch_size or model_batch_size(model)
     if p.is_file():
         data = load_npz(p)
-        feed = model_feed_from_npz(model, _fix_ranks(model, data), source=str(p))
+        feed = fit_feed(model, _fix_ranks(model, data), source=str(p))
         src = from_feed(model, feed, samples=samples, batch_size=bs, description=str(p))
         return src
     files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in ARRAY_SUFFIXES + IMAGE_SUFFIXES)
@@ -169,7 +213,7 @@ def open_calibration(
     first = next(src.batches(), None)
     if first is None:
         raise InvalidInputError(f"{p}: no calibration samples could be read")
-    check_feed(model, first, str(p))
+    check_samples(model, first, str(p))
     return src
 
 
@@ -196,7 +240,7 @@ def _array_folder_factory(model: ModelProto, files: Sequence[Path]) -> Callable[
                         + ", ".join(s.name for s in specs)
                     )
                 data = {specs[0].name: data[""]}
-            feed = model_feed_from_npz(model, data, source=str(f))
+            feed = fit_feed(model, data, source=str(f))
             n = _feed_len(feed)
             for i in range(n):
                 yield {k: v[i : i + 1] for k, v in feed.items()}

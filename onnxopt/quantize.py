@@ -14,10 +14,10 @@ import onnx
 from onnx import ModelProto
 
 from onnxopt.benchmark import BenchConfig, benchmark, latency_ratio
-from onnxopt.calibration import CalibrationSource, from_feed
+from onnxopt.calibration import CalibrationSource, check_samples, fixed_batch, from_feed
 from onnxopt.cpu import detect_cpu
 from onnxopt.errors import InvalidInputError, UnsupportedModelError
-from onnxopt.feeds import Feed, check_feed, synthesize_feed
+from onnxopt.feeds import Feed, synthesize_feed
 from onnxopt.model import copy_model, op_histogram
 from onnxopt.quantize_engine import (
     Candidate,
@@ -200,12 +200,12 @@ def _eval_data(model: ModelProto, source: CalibrationSource | None, val: tuple[F
                seed: int, notes: list[str]) -> tuple[Feed, np.ndarray | None, str]:
     if val is not None:
         feed, labels = val
-        check_feed(model, feed, "validation data")
+        check_samples(model, feed, "validation data")
         return feed, labels, "validation data"
     if source is not None:
         return source.head(EVAL_SAMPLES), None, "calibration data"
     notes.append("no calibration or validation data: fidelity measured on synthetic random inputs only")
-    return synthesize_feed(model, batch=8, seed=seed), None, "synthetic inputs"
+    return synthesize_feed(model, batch=fixed_batch(model) or 8, seed=seed), None, "synthetic inputs"
 
 
 def _as_source(model: ModelProto, calib: Feed | CalibrationSource | None, config: QuantizeConfig) -> CalibrationSource | None:

@@ -303,7 +303,10 @@ def check_runs(model: ModelProto, feed: Feed) -> None:
 
         cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
         sess = create_session(model, cfg)
-        sess.run(None, {k: v[:2] for k, v in feed.items()})
+        from onnxopt.calibration import fixed_batch
+
+        n = fixed_batch(model) or 2
+        sess.run(None, {k: v[:n] for k, v in feed.items()})
     except InvalidModelError as e:
         raise CandidateFailed(f"onnxruntime refused the quantized model: {e}") from e
     except Exception as e:

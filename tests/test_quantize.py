@@ -30,10 +30,10 @@ def _feed(model: onnx.ModelProto, n: int = 64, seed: int = 0) -> dict[str, np.nd
 
 
 def _sensitive_mlp() -> onnx.ModelProto:
-    """fc1's weights hold one huge outlier on an input feature that is always 0: per-tensor int8 wipes fc1."""
+    """fc1 has huge weights on an input feature that is always 0: int8 scales wipe out its other weights."""
     rng = np.random.default_rng(1)
     w1 = (rng.standard_normal((16, 32)) * 0.3).astype(np.float32)
-    w1[15, 0] = 1000.0
+    w1[15, :] = 1000.0  # every output channel: per-channel scales cannot dodge it either
     w2 = (rng.standard_normal((32, 10)) * 0.3).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["input", "w1"], ["h"], name="fc1"),
@@ -291,3 +291,23 @@ def test_unknown_op_is_left_in_float_with_a_reason() -> None:
     assert r.report["nodes"]["quantized"] == ["fc"]
     (left,) = r.report["nodes"]["float"]
     assert left["node"] == "einsum" and "does not support Einsum" in left["reason"]
+
+
+def test_fixed_batch_model_takes_many_samples(convnet_model: onnx.ModelProto) -> None:
+    m = onnx.ModelProto()
+    m.CopyFrom(convnet_model)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    feed = _feed(convnet_model, 12)
+    r = quantize(m, QuantizeConfig(mode="static"), calib=feed)
+    assert r.quantized and r.report["calibration"]["samples"] == 12
+    assert r.report["fidelity"]["samples"] == 12 and r.report["fidelity"]["min_cosine"] > 0.98
+
+
+def test_auto_size_runs_the_fallback_on_a_sensitive_model() -> None:
+    feed = _sensitive_feed()
+    cfg = QuantizeConfig(objective="size", min_cosine=0.99, **FAST_AUTO)
+    r = quantize(_sensitive_mlp(), cfg, calib=feed, bench=FAST_BENCH)
+    assert r.meets_budget and r.quantized
+    assert "fc1" in {n["node"] for n in r.report["nodes"]["float"]}
+    assert any("fallback" in c for c in r.report["candidates"])

@@ -82,9 +82,8 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     Exit codes: 0 ok, 1 bad input, 3 the accuracy budget was not met (the closest model is still written).
     """
     from onnxopt.benchmark import BenchConfig
-    from onnxopt.calibration import ImageSpec, open_calibration
+    from onnxopt.calibration import ImageSpec, load_labelled, open_calibration
     from onnxopt.errors import GateFailedError, InvalidInputError
-    from onnxopt.fidelity import load_eval_data
     from onnxopt.model import load_model, same_file, save_model
     from onnxopt.quantize import QuantizeConfig, quantize
     from onnxopt.runtime import SessionConfig, physical_cores
@@ -109,7 +108,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
         spec = ImageSpec(size=size, layout=layout, mean=_floats(mean, "--mean") or (0.0,),
                          std=_floats(std, "--std") or (1.0,), scale=scale)
         calib = open_calibration(proto, calib_data, samples=calib_samples, image=spec)
-    val = load_eval_data(proto, val_data) if val_data is not None else None
+    val = load_labelled(proto, val_data) if val_data is not None else None
     bench = None
     if mode == "auto" or not no_bench:
         bench = BenchConfig(session=SessionConfig(intra_op_threads=threads or physical_cores(), allow_spinning=False),
