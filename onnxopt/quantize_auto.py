@@ -163,8 +163,8 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     if not passing:
         notes.append(f"no int8 configuration met the budget ({budget.describe()})")
     if not ok:
-        why = ("neither the graph-optimized float model nor any int8 candidate was measurably not slower than "
-               f"the input (CI upper end <= {NOT_SLOWER}): returning the input unchanged")
+        why = ("neither the graph-optimized float model nor any int8 candidate was shown to be as fast as the "
+               f"input (upper end of the latency-ratio CI <= {NOT_SLOWER}): returning the input unchanged")
         rep = _finish(rows, "input", why, notes, final, extra)
         rep["fidelity"] = sess.evaluator.score(sess.original).to_dict()
         rep["latency"] = {"ratio": 1.0, "describe": "the input itself"}
