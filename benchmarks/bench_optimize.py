@@ -105,6 +105,7 @@ def run(ctx: Context) -> list[Row]:
     )
     side = rows_vs_reference("optimize", results, reference=results[0], label_threads=False)
     base = large.ByteSize()
+    rows.append(side[0])
     for row, res, opt in zip(side[1:], results[1:], (*pruned, size)):
         fid = opt.final_stage.fidelity
         metrics = {**result_metrics(res), "size ratio": opt.model.ByteSize() / base, "optimize s": opt.timings["total"]}
@@ -117,5 +118,4 @@ def run(ctx: Context) -> list[Row]:
             ok = opt.model.ByteSize() / base <= SIZE_TARGET
             note = f"target file <= {SIZE_TARGET}x: {'ok' if ok else 'MISSED'} ({opt.final})"
         rows.append(Row(row.section, row.name, metrics, row.ratio, row.reference, note))
-    rows.insert(2, side[0])
     return rows
