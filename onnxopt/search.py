@@ -589,6 +589,7 @@ def search(
     resume: bool = False,
     on_record: Callable[[Record], None] | None = None,
     progress: Callable[[GenerationStats], None] | None = None,
+    max_seconds: float | None = None,
 ) -> SearchResult:
     """Run the genetic search and return the best record (or the Pareto front).
 
@@ -598,7 +599,12 @@ def search(
     concurrent.futures.Executor, e.g. ``distributed.Client(...).get_executor()``; when None,
     ``workers`` > 1 starts a local process pool. checkpoint: JSON file written after each
     generation; with resume=True an existing checkpoint is continued (generations may be raised).
+    max_seconds: stop after the generation during which this wall-clock budget ran out (the
+    checkpoint lets the search be resumed later).
     """
+    if max_seconds is not None and not max_seconds > 0:
+        raise InvalidInputError(f"the time budget must be > 0 seconds, got {max_seconds}")
+    t0 = time.perf_counter()
     space.check_feasible(config.seed)
     engine = _Engine(space, fitness, config, None, on_record)
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -659,6 +665,11 @@ def search(
             )
             if progress is not None:
                 progress(stats)
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                if engine.generation < config.generations:
+                    log.warning("time budget of %.0f s used after %d generations; stopping",
+                                max_seconds, engine.generation)
+                break
     finally:
         if owned and pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -25,7 +25,7 @@ def _front_path(output: Path, i: int) -> Path:
               help="Validation split .npz: accuracy of each candidate, measured in onnxruntime.")
 @click.option("--teacher", type=click.Path(path_type=Path), default=None,
               help="ONNX teacher: train candidates by distillation from its logits.")
-@click.option("--generations", type=int, default=6, show_default=True, help="Generations (0 = random init).")
+@click.option("--generations", type=int, default=6, show_default=True, help="Generations; the first is random (at most population x generations evaluations).")
 @click.option("--population", type=int, default=8, show_default=True, help="Genomes per generation.")
 @click.option("--elite", type=int, default=2, show_default=True, help="Best genomes kept unchanged each generation.")
 @output_option(required=True)
@@ -43,6 +43,8 @@ def _front_path(output: Path, i: int) -> Path:
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="ONNX model to compare the result with (accuracy on --val, latency re-measured together).")
 @click.option("--epochs", type=int, default=None, help="Training epochs per candidate (default: [train] or 15).")
+@click.option("--max-minutes", type=float, default=None,
+              help="Wall-clock budget: stop after the generation that exceeds it (resumable).")
 @click.option("--remeasure-runs", type=int, default=300, show_default=True,
               help="Timed runs per model when the result is re-measured against the baseline.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search and of training.")
@@ -69,6 +71,7 @@ def command(
     plot_path: Path | None,
     baseline: Path | None,
     epochs: int | None,
+    max_minutes: float | None,
     remeasure_runs: int,
     seed: int,
     workdir: Path | None,
@@ -176,6 +179,7 @@ def command(
             result = search(
                 space, evaluator, cfg, executor=executor, workers=workers,
                 checkpoint=work / "checkpoint.json", resume=resume, on_record=on_record, progress=progress,
+                max_seconds=max_minutes * 60 if max_minutes is not None else None,
             )
         finally:
             if client is not None:
