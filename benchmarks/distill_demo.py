@@ -47,7 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--frameworks", default="torch,keras")
-    ap.add_argument("--teacher-epochs", type=int, default=5)
+    ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--temperature", type=float, default=4.0)

@@ -141,7 +141,7 @@ class _Progress:
 
     def stage(self, message: str) -> None:
         if not self.quiet:
-            self.bar.console.log(message)
+            self.bar.console.print(f"[dim]{message}…[/dim]")
 
     def epoch(self, e: Any) -> None:
         if self.task is None or e.mode != self.mode:
