@@ -334,3 +334,15 @@ def test_children_respect_domains_and_constraints(seed: int) -> None:
     assert seen
     for g in seen:
         assert space.is_valid(g), space.violations(g)
+
+
+def test_time_budget_stops_after_a_generation_and_resumes(tmp_path: Path) -> None:
+    cfg = SearchConfig(population=6, generations=5, seed=4)
+    ck = tmp_path / "c.json"
+    part = search(make_space(), sphere, cfg, checkpoint=ck, max_seconds=1e-9)
+    assert len(part.history) == 1 and part.evaluations == 6
+    rest = search(make_space(), sphere, cfg, checkpoint=ck, resume=True)
+    full = search(make_space(), sphere, cfg)
+    assert [r.key for r in rest.records] == [r.key for r in full.records]
+    with pytest.raises(InvalidInputError, match="time budget"):
+        search(make_space(), sphere, cfg, max_seconds=0)
