@@ -175,10 +175,11 @@ def _print_table(result: Any, written: Path | None, out: Path) -> None:
         style = "bold green" if row["kept"] == "final" else None
         table.add_row(*(escape(row[c]) for c in COLUMNS), style=style)
     console.print(table)
-    console.print(escape(f"verification data: {result.data}"))
+    console.print(escape(f"verification data: {result.data}"), soft_wrap=True)
     for line in headline(result):
-        console.print(f"[bold yellow]{escape(line)}[/]" if line.startswith("WARNING") else f"[bold red]{escape(line)}[/]")
-    console.print(escape(summary_line(result)))
+        style = "bold yellow" if line.startswith("WARNING") else "bold red"
+        console.print(f"[{style}]{escape(line)}[/]", soft_wrap=True)  # one line, never wrapped
+    console.print(escape(summary_line(result)), soft_wrap=True)
     if written is not None:
         console.print(f"wrote {escape(str(written))}")
     else:
