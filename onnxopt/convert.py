@@ -148,7 +148,7 @@ def as_numpy(x: Any) -> np.ndarray:
 
 def check_parity(
     reference: Sequence[Sequence[np.ndarray]],
-    model: ModelProto,
+    model: ModelProto | Any,
     feeds: Sequence[Feed],
     *,
     atol: float = 1e-4,
@@ -157,10 +157,11 @@ def check_parity(
     """Run model in onnxruntime on each feed and compare with the reference outputs of that feed.
 
     Passes when every element satisfies |onnx - ref| <= atol + rtol * |ref| (numpy.allclose).
+    model may also be an onnxruntime InferenceSession already created for the model.
     """
     from onnxopt.runtime import create_session
 
-    sess = create_session(model)
+    sess = create_session(model) if isinstance(model, ModelProto) else model
     names = [o.name for o in sess.get_outputs()]
     stats: dict[str, dict[str, float]] = {
         n: {"max_abs": 0.0, "max_ref": 0.0, "excess": 0.0} for n in names
@@ -171,7 +172,10 @@ def check_parity(
             raise ParityError(
                 f"the ONNX model has {len(names)} outputs but the source model returned {len(ref)}"
             )
-        got = sess.run(None, feed)
+        try:
+            got = sess.run(None, feed)
+        except Exception as e:
+            raise ParityError(f"onnxruntime cannot run the exported model: {_short(e)}") from e
         samples += int(next(iter(feed.values())).shape[0]) if feed else 1
         for name, r, g in zip(names, ref, got):
             r = np.asarray(r)
@@ -351,11 +355,13 @@ def set_metadata(model: ModelProto, props: Mapping[str, str]) -> ModelProto:
     return model
 
 
-def check_dynamic_batch(model: ModelProto, feed: Feed, batches: Sequence[int] = (1, 5)) -> None:
+def check_dynamic_batch(
+    model: ModelProto, feed: Feed, batches: Sequence[int] = (1, 5), *, session: Any = None
+) -> None:
     """Run the model at several batch sizes; raise OnnxoptError when it cannot."""
     from onnxopt.runtime import create_session
 
-    sess = create_session(model)
+    sess = session if session is not None else create_session(model)
     for b in batches:
         f = {k: np.concatenate([v] * (b // max(len(v), 1) + 1))[:b] for k, v in feed.items()}
         try:
@@ -446,44 +452,16 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
             log.info("exporter %s failed: %s", name, e)
             continue
         attempt["export_s"] = round(time.perf_counter() - t, 3)
-        feeds = [dict(zip(in_names, arrays)) for arrays in feeds_arrays]
-        feeds = [_only_model_inputs(model, f) for f in feeds]
         try:
-            parity = check_parity(reference, model, feeds, atol=options.atol, rtol=options.rtol)
+            feeds = [_only_model_inputs(model, dict(zip(in_names, arrays))) for arrays in feeds_arrays]
+            checked = _verify(name, model, reference, feeds, options, attempt)
         except OnnxoptError as e:
             attempt.update(ok=False, error=str(e))
             log.info("exporter %s: %s", name, e)
             continue
-        attempt["parity_export"] = parity.to_dict()
-        if options.simplify and parity.passed:
-            t = time.perf_counter()
-            try:
-                simple = simplify(model)
-                sparity = check_parity(reference, simple, feeds, atol=options.atol, rtol=options.rtol)
-            except Exception as e:  # a failed simplification must not lose a good export
-                log.warning("simplify failed after %s export, keeping the unsimplified model: %s", name, _short(e))
-                attempt["simplify"] = f"failed: {_short(e)}"
-            else:
-                attempt["simplify_s"] = round(time.perf_counter() - t, 3)
-                if sparity.passed:
-                    attempt["simplify"] = f"{len(model.graph.node)} -> {len(simple.graph.node)} nodes"
-                    model, parity = simple, sparity
-                else:
-                    log.warning("simplified %s model loses parity (max abs %.3g); keeping the unsimplified one",
-                                name, sparity.max_abs)
-                    attempt["simplify"] = f"rejected: parity max abs {sparity.max_abs:.3g}"
-        attempt.update(ok=parity.passed, parity=parity.to_dict(), nodes=len(model.graph.node))
-        if not parity.passed:
-            attempt["error"] = _parity_message(parity)
-            log.info("exporter %s: %s", name, attempt["error"])
+        if checked is None:
             continue
-        try:
-            if options.dynamic_batch:
-                check_dynamic_batch(model, feeds[0])
-        except OnnxoptError as e:
-            attempt.update(ok=False, error=str(e))
-            log.info("exporter %s: %s", name, e)
-            continue
+        model, parity = checked
         candidates.append((name, model, parity))
 
     if not candidates:
@@ -531,6 +509,63 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
         report["output"] = str(out)
     json.dumps(report)  # the report must stay JSON-serializable
     return ConvertResult(model=model, parity=parity, exporter=name, framework=source.framework, report=report)
+
+
+def _verify(
+    name: str,
+    model: ModelProto,
+    reference: Sequence[Sequence[np.ndarray]],
+    feeds: Sequence[Feed],
+    options: ConvertOptions,
+    attempt: dict[str, Any],
+) -> tuple[ModelProto, ParityReport] | None:
+    """Simplify (unless disabled), check parity and the dynamic batch; None (attempt['error'] set) on failure.
+
+    The simplified model is checked first; the raw export only when simplification fails or
+    loses parity, so the common case builds a single checking session.
+    """
+    from onnxopt.runtime import create_session
+
+    def check(m: ModelProto) -> tuple[Any, ParityReport]:
+        sess = create_session(m)
+        return sess, check_parity(reference, sess, feeds, atol=options.atol, rtol=options.rtol)
+
+    simple: ModelProto | None = None
+    if options.simplify:
+        t = time.perf_counter()
+        try:
+            simple = simplify(model)
+        except Exception as e:  # a failed simplification must not lose a good export
+            log.warning("simplify failed after %s export, keeping the unsimplified model: %s", name, _short(e))
+            attempt["simplify"] = f"failed: {_short(e)}"
+        attempt["simplify_s"] = round(time.perf_counter() - t, 3)
+    sess = None
+    if simple is not None:
+        try:
+            sess, parity = check(simple)
+        except OnnxoptError as e:
+            sess, reason = None, str(e)
+        else:
+            reason = f"parity max abs {parity.max_abs:.3g}"
+            if parity.passed:
+                attempt["simplify"] = f"{len(model.graph.node)} -> {len(simple.graph.node)} nodes"
+                model = simple
+            else:
+                sess = None
+    if sess is None:
+        sess, parity = check(model)
+        if simple is not None:
+            attempt["simplify"] = f"rejected: {reason}"
+            if parity.passed:
+                log.warning("the simplified %s model fails the check (%s); keeping the unsimplified one", name, reason)
+    attempt.update(ok=parity.passed, parity=parity.to_dict(), nodes=len(model.graph.node))
+    if not parity.passed:
+        attempt["error"] = _parity_message(parity)
+        log.info("exporter %s: %s", name, attempt["error"])
+        return None
+    if options.dynamic_batch:
+        check_dynamic_batch(model, feeds[0], session=sess)
+    return model, parity
 
 
 def _data_inputs(
