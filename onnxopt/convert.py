@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -618,6 +619,12 @@ def _normalize(model: ModelProto, in_names: Sequence[str], out_names: Sequence[s
     try:
         onnx.checker.check_model(model)
     except Exception as e:
+        m = re.search(r"No Op registered for (\w+) with domain_version of (\d+)", str(e))
+        if m:
+            raise ExportError(
+                f"the exporter left op {m.group(1)} with no ONNX equivalent at opset {m.group(2)}: "
+                "replace it in the model, or try another --opset"
+            ) from e
         raise ExportError(f"the exported model fails the ONNX checker: {_short(e)}") from e
     return model
 

@@ -188,3 +188,15 @@ def test_digits_keras_real_data(keras) -> None:  # type: ignore[no-untyped-def]
     assert [o.name for o in r.model.graph.output] == ["logits"]
     (logits,) = create_session(r.model).run(None, {"input": data["input"]})
     assert (logits.argmax(1) == data["labels"]).mean() > 0.95
+
+
+def test_op_without_onnx_equivalent(keras) -> None:  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    class Bessel(keras.layers.Layer):
+        def call(self, x):  # type: ignore[no-untyped-def]
+            return tf.math.bessel_i1e(x)
+
+    inp = keras.Input((4,))
+    with pytest.raises(OnnxoptError, match="keras export: the exporter left op BesselI1e with no ONNX equivalent"):
+        from_keras(keras.Model(inp, Bessel()(inp)))
