@@ -159,11 +159,13 @@ def _report(results: dict[str, list[Any]], teacher_onnx: Any) -> dict[str, Any]:
             f"{', '.join(f'{d:+.2f}' for d in diff)} "
             f"[{'distillation wins' if statistics.mean(diff) > 0 else 'distillation does NOT win'}]\n"
             f"  student latency / teacher latency: {ratio['student']:.2f}x "
-            f"[{'ok' if ratio['student'] <= 0.3 else 'MISSED'}: <= 0.3x]"
+            f"[{'ok' if ratio['student'] <= 0.3 else 'MISSED'}: <= 0.3x]",
+            markup=False,
+            highlight=False,
         )
         notes = sorted({n for r in runs for n in r.notes})
         if notes:
-            console.print("  notes: " + "; ".join(notes))
+            console.print("  notes: " + "; ".join(notes), markup=False)
         out[fw] = {
             "accuracy": acc,
             "p50_ms": p50,
