@@ -73,6 +73,22 @@ def test_torch_genome_builds_baseline_family() -> None:
 
 
 @pytest.mark.torch
+def test_count_params_matches_torch() -> None:
+    pytest.importorskip("torch")
+    from onnxopt.frameworks.torch_genome import build, count_params, param_count
+    from onnxopt.search_space import load_space
+
+    space = load_space(ROOT / "examples" / "search_space.toml")
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        g = space.sample_valid(rng)
+        assert g is not None
+        for extra in ({}, {"batchnorm": False}):
+            gg = g | extra
+            assert count_params(gg, (1, 8, 8), 10) == param_count(build(gg, (1, 8, 8), 10)), gg
+
+
+@pytest.mark.torch
 def test_cli_end_to_end_pareto(tmp_path: Path, tiny_space: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "out" / "best.onnx"

@@ -114,6 +114,35 @@ def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: in
     return nn.Sequential(*layers)
 
 
+def count_params(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> int:
+    """Parameters of build(genome, ...) computed without torch (cheap enough for constraints)."""
+    depth = int(genome.get("depth") or 0)
+    bn = bool(genome.get("batchnorm", True))
+    separable = bool(genome.get("separable", False))
+    hidden = int(genome.get("hidden", 0) or 0)
+    c, h, w = (int(d) for d in input_shape)
+    total = 0
+    for i in range(1, depth + 1):
+        width = int(_stage_value(genome, "width", i, 0))
+        k = int(_stage_value(genome, "kernel", i, 3))
+        if separable and k > 1 and c > 1:
+            total += c * k * k + c * width + (0 if bn else width)
+        else:
+            total += c * width * k * k + (0 if bn else width)
+        if bn:
+            total += 2 * width
+        pool = genome.get(f"pool_{i}")
+        if pool is None:
+            pool = i > depth - 2
+        if bool(pool) and min(h, w) >= 2:
+            h, w = h // 2, w // 2
+        c = width
+    features = c if genome.get("head", "flatten") == "gap" else c * h * w
+    if hidden > 0:
+        return total + features * hidden + hidden + hidden * num_classes + num_classes
+    return total + features * num_classes + num_classes
+
+
 def param_count(module: Any) -> int:
     """Number of parameters of a torch module."""
     return int(sum(p.numel() for p in module.parameters()))
