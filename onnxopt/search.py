@@ -390,7 +390,7 @@ class _Engine:
                 try:
                     outcomes.append(fut.result())
                 except Exception as e:  # worker died, result not picklable, ...
-                    outcomes.append((False, f"{type(e).__name__}: {e}", math.nan))
+                    outcomes.append((False, f"{type(e).__name__}: {e}", 0.0))
         failed = 0
         for (k, g), (ok, payload, secs) in zip(todo, outcomes):
             metrics, error = (_normalize_metrics(payload, self.config) if ok else (None, str(payload)))

@@ -200,3 +200,12 @@ def test_eval_config_validation() -> None:
         EvalConfig.from_settings({"epoch": 3})
     assert EvalConfig.from_settings({"epochs": 3}, epochs=None).epochs == 3
     assert EvalConfig.from_settings({"epochs": 3}, epochs=5).epochs == 5
+
+
+def test_cli_refuses_output_over_an_input(tmp_path: Path, tiny_space: Path) -> None:
+    base = tmp_path / "base.onnx"
+    base.write_bytes((MODELS / "digits_cnn.onnx").read_bytes())
+    r = run_cli("search", "--space", str(tiny_space), "--data", str(TRAIN), "--val", str(VAL),
+                "-o", str(base), "--baseline", str(base))
+    assert r.returncode == 1 and "is also the --baseline file" in r.stderr
+    assert base.read_bytes() == (MODELS / "digits_cnn.onnx").read_bytes()

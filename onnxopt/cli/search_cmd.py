@@ -111,6 +111,11 @@ def command(
         raise InvalidInputError(f"--remeasure-runs must be >= 5, got {remeasure_runs}")
     if output.suffix != ".onnx":
         raise InvalidInputError(f"{output}: the output must be an .onnx file")
+    from onnxopt.model import same_file
+
+    for what, p in (("--baseline", baseline), ("--teacher", teacher), ("--data", data_path), ("--val", val_path)):
+        if p is not None and same_file(output, p):
+            raise InvalidInputError(f"{output}: is also the {what} file; choose another output path")
     space = load_space(space_path)
     from onnxopt.frameworks.torch_genome import check_genes
 
