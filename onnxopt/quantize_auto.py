@@ -153,13 +153,20 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     # Fallback results were not in the quick round: they go to the final round regardless.
     finalists = sorted(passing, key=lambda b: quick[b.cand.name].ratio if b.cand.name in quick else 0.0)
     finalists = finalists[: config.finalists]
-    final_cfg = replace(bench, runs=config.final_runs, duration_s=None)
     names = ["input", "float"] + [b.cand.name for b in finalists]
-    res = _bench([sess.original, float_model] + [b.model for b in finalists], names, final_cfg, feed)
-    final = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
+    models = [sess.original, float_model] + [b.model for b in finalists]
+    extra: dict[str, Any] = {}
+    for attempt, runs in enumerate((config.final_runs, 2 * config.final_runs)):
+        res = _bench(models, names, replace(bench, runs=runs, duration_s=None), feed)
+        final = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
+        ok = [n for n in names[1:] if final[n].high <= NOT_SLOWER]
+        if ok:
+            break
+        if attempt == 0:  # a noisy machine widens the CIs: measure once more, longer
+            notes.append(f"no finalist was shown to be as fast as the input in {runs} rounds; measured again "
+                         f"with {2 * runs} rounds")
     by_name = dict(zip(names, res))
-    ok = [n for n in names[1:] if final[n].high <= NOT_SLOWER]
-    extra: dict[str, Any] = {"final_ms": {n: r.stats.p50_ms for n, r in by_name.items()}}
+    extra["final_ms"] = {n: r.stats.p50_ms for n, r in by_name.items()}
     if not passing:
         notes.append(f"no int8 configuration met the budget ({budget.describe()})")
     if not ok:
