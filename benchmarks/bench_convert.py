@@ -79,6 +79,43 @@ def torch_rows(ctx: Context) -> list[Row]:
     results = ctx.bench([exported["torchscript"].model, exported["dynamo"].model],
                         ["resnet18 torchscript export", "resnet18 dynamo export"])
     rows += rows_vs_reference(SECTION, results, reference=results[0], label_threads=False)
+    if not ctx.quick:
+        rows += _minilm_rows(ctx, torch)
+    return rows
+
+
+def _minilm_rows(ctx: Context, torch: Any) -> list[Row]:
+    """A MiniLM-class encoder (6 layers, d 384, 12 heads, seq 128, seeded): dynamo vs TorchScript export."""
+    from torch import nn
+
+    from onnxopt.convert import from_torch
+
+    class MiniLM(nn.Module):
+        def __init__(self, vocab: int = 30522, d: int = 384, layers: int = 6, heads: int = 12, seq: int = 128) -> None:
+            super().__init__()
+            self.tok = nn.Embedding(vocab, d)
+            self.pos = nn.Embedding(seq, d)
+            self.norm = nn.LayerNorm(d)
+            layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+        def forward(self, ids: Any) -> Any:
+            pos = torch.arange(ids.shape[1], device=ids.device)
+            return self.enc(self.norm(self.tok(ids) + self.pos(pos)))
+
+    torch.manual_seed(0)
+    model = MiniLM().eval()
+    ids = (np.random.default_rng(0).integers(0, 30522, (1, 128)).astype(np.int64),)
+    rows, exported = [], {}
+    for exporter in ("dynamo", "torchscript"):
+        t = time.perf_counter()
+        res = from_torch(model, ids, exporter=exporter, input_names=["input_ids"])
+        exported[exporter] = res
+        rows.append(_parity_row(f"MiniLM-class encoder (torch, {exporter})", res, time.perf_counter() - t))
+        ctx.log(f"MiniLM {exporter}: max abs {res.parity.max_abs:.2e}")
+    results = ctx.bench([exported["dynamo"].model, exported["torchscript"].model],
+                        ["MiniLM dynamo export", "MiniLM torchscript export"])
+    rows += rows_vs_reference(SECTION, results, reference=results[0], label_threads=False)
     return rows
 
 
