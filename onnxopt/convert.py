@@ -677,10 +677,15 @@ def _choose(
         reason = f"{cand.name} is {1 / ratio.ratio:.2f}x as fast as {ref.name} (p50, 95% CI {ratio.low:.3f}-{ratio.high:.3f})"
         return candidates[1], reason, bench
     if ratio.significant:
-        reason = f"{ref.name} is {ratio.ratio:.2f}x as fast as {cand.name}"
-    else:
-        reason = f"no significant latency difference (ratio {ratio.ratio:.3f}); kept {ref.name}"
-    return candidates[0], reason, bench
+        return candidates[0], f"{ref.name} is {ratio.ratio:.2f}x as fast as {cand.name}", bench
+    # A tie on latency: the smaller file wins (exporters differ in how they store weights).
+    sizes = [c[1].ByteSize() for c in candidates[:2]]
+    pick = 1 if sizes[1] < 0.98 * sizes[0] else 0
+    reason = (
+        f"no significant latency difference (ratio {ratio.ratio:.3f}); kept {candidates[pick][0]}"
+        + (f", the smaller file ({sizes[1] / 2**20:.1f} vs {sizes[0] / 2**20:.1f} MiB)" if pick else "")
+    )
+    return candidates[pick], reason, bench
 
 
 # ---------------------------------------------------------------- public entry points
