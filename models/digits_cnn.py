@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,3 +40,8 @@ class DigitsCNN(nn.Module):
 def build() -> nn.Module:
     """Factory used by `onnxopt convert` and scripts/build_models.py."""
     return DigitsCNN()
+
+
+def example_inputs() -> tuple[np.ndarray, ...]:
+    """One example batch (1x1x8x8 float32), so `onnxopt convert` needs no --input-shape."""
+    return (np.zeros((1, 1, 8, 8), np.float32),)
