@@ -75,13 +75,13 @@ class ProxyFitness:
         return dict(self.memo[key])
 
 
-def ga_vs_random(seeds: int, population: int, generations: int) -> dict[str, Any]:
+def ga_vs_random(seeds: list[int], population: int, generations: int) -> dict[str, Any]:
     """Best feasible proxy accuracy of GA and random search with the same evaluation count."""
     space = replace(load_space(SPACE), predicate=ParamLimit(PARAM_LIMIT))
     fitness = ProxyFitness(space)
     rows = []
     start = time.perf_counter()
-    for seed in range(seeds):
+    for seed in seeds:
         cfg = SearchConfig(
             population=population, generations=generations, elite=2, tournament=2, seed=seed,
             objectives=(Objective("accuracy"), Objective("params", maximize=False)),
@@ -102,7 +102,7 @@ def ga_vs_random(seeds: int, population: int, generations: int) -> dict[str, Any
               f"GA {row['ga_best']:.2f}%  random {row['random_best']:.2f}%", flush=True)
     ga_mean = float(np.mean([r["ga_best"] or 0.0 for r in rows]))
     rs_mean = float(np.mean([r["random_best"] or 0.0 for r in rows]))
-    print(f"mean over {seeds} seeds: GA {ga_mean:.2f}%  random {rs_mean:.2f}%  "
+    print(f"mean over {len(seeds)} seeds: GA {ga_mean:.2f}%  random {rs_mean:.2f}%  "
           f"({'GA better' if ga_mean > rs_mean else 'GA NOT better'}); "
           f"{fitness.trained} distinct genomes trained in {time.perf_counter() - start:.0f} s", flush=True)
     return {"fitness": f"val accuracy after 4 epochs, constraint params <= {PARAM_LIMIT}", "runs": rows,
@@ -177,7 +177,9 @@ def main() -> None:
     """Run the parts asked for and save build/search_demo/results.json."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["ga-vs-random", "digits", "all"], default="all")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of part 1")
+    ap.add_argument("--ga-population", type=int, default=10)
+    ap.add_argument("--ga-generations", type=int, default=9)
     ap.add_argument("--minutes", type=float, default=10.0, help="budget of the digits search")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--population", type=int, default=10)
@@ -186,13 +188,15 @@ def main() -> None:
     out: dict[str, Any] = {}
     if args.part in ("ga-vs-random", "all"):
         print("== GA vs random search (same number of evaluations, proxy fitness) ==", flush=True)
-        out["ga_vs_random"] = ga_vs_random(args.seeds, population=10, generations=9)
+        out["ga_vs_random"] = ga_vs_random(args.seeds, args.ga_population, args.ga_generations)
     if args.part in ("digits", "all"):
         print(f"\n== digits: Pareto search, {args.minutes:g} minute budget ==", flush=True)
         ck = BUILD / "checkpoint.json"
         ck.unlink(missing_ok=True)
         out["digits"] = digits_search(args.minutes, args.population, args.workers, seed=0)
     name = "results.json" if args.part == "all" else f"results_{args.part}.json"
+    if args.part == "ga-vs-random" and args.seeds != [0, 1, 2]:
+        name = f"results_{args.part}_{'_'.join(map(str, args.seeds))}_p{args.ga_population}g{args.ga_generations}.json"
     (BUILD / name).write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"\nresults: {BUILD / name}")
 
