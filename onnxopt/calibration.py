@@ -270,7 +270,7 @@ def _image_folder_factory(spec: TensorSpec, files: Sequence[Path], img: ImageSpe
     try:
         from PIL import Image
     except ImportError as e:
-        raise MissingExtraError("pillow", "report") from e
+        raise MissingExtraError("pillow", "data") from e
     shape = spec.shape
     if img.layout == "NCHW":
         c, h, w = shape[1], shape[2], shape[3]
