@@ -241,7 +241,8 @@ def print_comparisons(comps: Sequence[tuple[BenchResult, BenchResult, RatioCI]])
 
     q = comps[0][2].quantile if comps else 0.5
     stat = "p50" if q == 0.5 else f"p{100 * q:g}"
-    table = Table(title=f"ratio to reference ({stat} latency, 95% bootstrap CI over rounds)")
+    over = "processes and runs" if comps and comps[0][0].isolation == "subprocess" else "rounds"
+    table = Table(title=f"ratio to reference ({stat} latency, 95% bootstrap CI over {over})")
     for c in ("model", "reference", "ratio", "95% CI", "speedup", "verdict"):
         table.add_column(c, justify="left" if c in ("model", "reference", "verdict") else "right")
     for cand, ref, ci in comps:
