@@ -13,7 +13,10 @@ help:
 	@echo "make demo        optimize the bundled digits model and print before/after"
 	@echo "make lint        ruff + mypy"
 	@echo "make models      rebuild models/ (sample models and data)"
-	@echo "make bench       side-by-side benchmark ratios"
+	@echo "make bench       side-by-side benchmark ratios (benchmarks/run.py; --only SECTION)"
+	@echo "make distill-demo  distillation on digits, both frameworks, 3 seeds"
+	@echo "make search-demo   GA vs random search, and a digits search vs the baseline CNN"
+	@echo "make case-study    the classic optimization case study, end to end"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +37,7 @@ demo: install
 		--data models/digits_val.npz --calib-data models/digits_calib.npz
 
 lint: install
-	$(BIN)/ruff check onnxopt tests benchmarks scripts
+	$(BIN)/ruff check onnxopt tests benchmarks scripts examples models
 	$(BIN)/mypy
 
 models: install
@@ -42,6 +45,15 @@ models: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+distill-demo: install
+	$(BIN)/python benchmarks/distill_demo.py
+
+search-demo: install
+	$(BIN)/python benchmarks/search_demo.py
+
+case-study: install
+	$(BIN)/python examples/case_study.py --out build/case_study
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

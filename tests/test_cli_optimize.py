@@ -6,11 +6,11 @@ import hashlib
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import onnx
 import pytest
-import tomllib
 from click.testing import CliRunner
 
 from onnxopt.cli import cli, main
