@@ -1,6 +1,6 @@
 """The classic model-optimization case study, done right: VGG teacher -> distill -> search -> prune + int8.
 
-    .venv/bin/python examples/case_study.py --out build/case_study   # `make case-study`, ~10 min
+    .venv/bin/python examples/case_study.py --out build/case_study   # `make case-study`, ~7 min
     .venv/bin/python examples/case_study.py --out /tmp/cs --smoke    # tiny budgets (CI smoke test)
 
 Every step is onnxopt's public API; this script only wires them together and prints. Data:
@@ -12,7 +12,8 @@ split, used for nothing but the final table.
 
 Artifacts in --out: teacher.onnx, student_keras.onnx, student_keras_labels_only.onnx,
 student_torch.onnx, search_best.onnx, final_*.onnx (one per optimize stage), final.onnx,
-results.json, report.html, search/ (every candidate, the search checkpoint).
+results.json, report.html, optimize.html (onnxopt's own report of step 5), search/ (every
+candidate, the search checkpoint).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from onnxopt.fidelity import accuracy  # noqa: E402
 from onnxopt.model import initializer_stats, load_model, save_model  # noqa: E402
 from onnxopt.optimize import OptimizeConfig, optimize  # noqa: E402
 from onnxopt.passes import PassSpec, Recipe  # noqa: E402
+from onnxopt.report import to_html, write_text  # noqa: E402
 from onnxopt.runtime import SessionConfig, physical_cores  # noqa: E402
 from onnxopt.search import Objective, SearchConfig, search  # noqa: E402
 from onnxopt.search_eval import EvalConfig, TorchEvaluator, teacher_logits_for  # noqa: E402
@@ -242,6 +244,7 @@ def prune_and_quantize(model: Any, data: dict[str, Any], out: Path, budget: Budg
     for w in res.warnings:
         say(f"   warning: {w}")
     save_model(res.model, out / "final.onnx")
+    write_text(out / "optimize.html", to_html(res, "case study: optimize the search's best student"))
     return res
 
 

@@ -78,6 +78,7 @@ def test_case_study_smoke(tmp_path: Path) -> None:
                  "search_best.onnx", "search/checkpoint.json"):
         assert (out / name).is_file(), name
 
+    assert "<table>" in (out / "optimize.html").read_text()
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
     assert "Pareto front" in page
