@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -81,9 +80,8 @@ def test_import_is_light() -> None:
     assert r.stdout.strip() == "", f"heavy modules imported: {r.stdout}"
 
 
-def test_help_is_fast() -> None:
-    start = time.perf_counter()
+def test_help_lists_every_command() -> None:
     r = run_cli("--help")
-    assert r.returncode == 0 and "inspect" in r.stdout
-    # Generous bound: this guards against importing a framework, not a timing claim.
-    assert time.perf_counter() - start < 5
+    assert r.returncode == 0
+    for name in ("inspect", "bench", "compare", "convert", "distill", "search", "prune", "quantize", "optimize"):
+        assert name in r.stdout, name
