@@ -98,8 +98,15 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise InvalidInputError(f"{p}: no such file")
     if p.is_dir():
         raise InvalidInputError(f"{p}: is a directory; expected an .npz file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    # np.load falls back to unpickling anything else, whose error would confuse users.
+    if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
+        raise InvalidInputError(
+            f"{p}: not an .npz or .npy file; save arrays with numpy.savez(path, input=x, labels=y)"
+        )
     try:
-        if p.suffix == ".npy":
+        if magic == b"\x93NUMPY":
             return {"": np.load(p, allow_pickle=False)}
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

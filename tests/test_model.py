@@ -138,3 +138,19 @@ def test_custom_ops_from_onnxruntime_extensions_load() -> None:
     assert out.tolist() == ["ABC"]
     with pytest.raises(InvalidModelError, match="not a registered"):
         create_session(model, custom_ops=False)
+
+
+def test_load_npz_rejects_non_numpy_files(tmp_path: Path) -> None:
+    from onnxopt.errors import InvalidInputError
+    from onnxopt.feeds import load_npz
+
+    p = tmp_path / "data.npz"
+    p.write_text('{"not": "numpy"}')
+    with pytest.raises(InvalidInputError, match="not an .npz or .npy file"):
+        load_npz(p)
+    good = tmp_path / "good.npz"
+    np.savez(good, input=np.ones((2, 3), np.float32))
+    assert load_npz(good)["input"].shape == (2, 3)
+    single = tmp_path / "x.npy"
+    np.save(single, np.zeros(4, np.float32))
+    assert load_npz(single)[""].shape == (4,)
