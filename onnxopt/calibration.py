@@ -14,6 +14,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.errors import InvalidInputError, MissingExtraError
+from onnxopt.errors import short_message as _short
 from onnxopt.feeds import Feed, check_feed, load_npz
 from onnxopt.model import TensorSpec, graph_inputs
 
@@ -379,6 +380,3 @@ def compute_ranges(
     return cache
 
 
-def _short(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]

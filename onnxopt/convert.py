@@ -20,6 +20,7 @@ import onnx
 from onnx import ModelProto
 
 from onnxopt.errors import InvalidInputError, OnnxoptError, UnsupportedModelError
+from onnxopt.errors import short_message as _short
 from onnxopt.feeds import Feed
 from onnxopt.model import graph_inputs, graph_outputs, save_model
 
@@ -380,9 +381,6 @@ def check_dynamic_batch(
                 )
 
 
-def _short(e: BaseException, limit: int = 300) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else type(e).__name__)[:limit]
 
 
 # ---------------------------------------------------------------- the conversion

@@ -42,6 +42,12 @@ class GateFailedError(OnnxoptError):
     exit_code = 3
 
 
+def short_message(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (or its type name), cut to limit."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:limit]
+
+
 def require(module: str, extra: str) -> object:
     """Import an optional module or raise MissingExtraError naming the extra to install."""
     import importlib

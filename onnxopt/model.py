@@ -16,6 +16,7 @@ import onnx
 from onnx import ModelProto, TensorProto
 
 from onnxopt.errors import InvalidModelError, OnnxoptError
+from onnxopt.errors import short_message as _short
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,6 @@ def _uses_external_data(model: ModelProto) -> bool:
     )
 
 
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    return line[:300]
 
 
 def validate_model(model: ModelProto | str | os.PathLike[str], *, check_runtime: bool = True) -> None:

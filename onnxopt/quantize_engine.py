@@ -14,6 +14,7 @@ import onnx
 from onnx import ModelProto
 
 from onnxopt.errors import InvalidInputError, InvalidModelError
+from onnxopt.errors import short_message as _short
 from onnxopt.feeds import Feed
 from onnxopt.model import copy_model, default_opset, op_histogram
 from onnxopt.runtime import SessionConfig, create_session
@@ -394,9 +395,6 @@ def strip_quant_metadata(model: ModelProto) -> ModelProto:
     return m
 
 
-def _short(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def float_feed_ok(feed: Feed) -> bool:

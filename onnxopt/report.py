@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.errors import MissingExtraError
+from onnxopt.jsonable import json_default
 from onnxopt.optimize import OptimizeResult
 
 COLUMNS = ("stage", "size", "p50 ms", "speedup [95% CI]", "cosine", "top-1 agree", "accuracy", "pass time", "kept")
@@ -99,15 +100,10 @@ def to_json(result: OptimizeResult, samples: bool = True) -> str:
 
 
 def _default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
+    try:
+        return json_default(o)
+    except TypeError:
         return str(o)
-    return str(o)
 
 
 def _md_escape(text: str) -> str:

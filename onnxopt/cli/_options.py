@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from onnxopt.jsonable import json_default
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 model_argument = click.argument(
@@ -57,19 +59,7 @@ def session_options(f: F) -> F:
 
 def echo_json(obj: Any) -> None:
     """Print obj as indented JSON."""
-    click.echo(json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+    click.echo(json.dumps(obj, indent=2, default=json_default))
 
 
 def human_bytes(n: float) -> str:

@@ -120,9 +120,9 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     if report_path is not None:
         import json
 
-        from onnxopt.cli._options import _json_default
+        from onnxopt.jsonable import json_default
 
-        report_path.write_text(json.dumps(report, indent=2, default=_json_default))
+        report_path.write_text(json.dumps(report, indent=2, default=json_default))
     if as_json:
         echo_json(report)
     else:

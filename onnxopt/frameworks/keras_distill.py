@@ -22,15 +22,13 @@ from onnxopt.distill_core import (
     pool_features,
 )
 from onnxopt.errors import InvalidInputError
+from onnxopt.errors import short_message as _short
 from onnxopt.frameworks import require_keras
 from onnxopt.teacher import looks_like_probabilities, teacher_outputs
 
 log = logging.getLogger(__name__)
 
 
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 def _is_softmax(fn: Any) -> bool:

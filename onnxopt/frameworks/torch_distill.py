@@ -23,6 +23,7 @@ from onnxopt.distill_core import (
     pool_features,
 )
 from onnxopt.errors import InvalidInputError
+from onnxopt.errors import short_message as _short
 from onnxopt.frameworks import require_torch
 from onnxopt.teacher import looks_like_probabilities, teacher_outputs
 
@@ -120,9 +121,6 @@ def teacher_cache(
     return out, (np.concatenate(feats) if hint else None), handling
 
 
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 def _regressor(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> Any:
