@@ -689,6 +689,27 @@ def _choose(
 # ---------------------------------------------------------------- public entry points
 
 
+def _options(
+    opset: int, exporter: str, dynamic_batch: bool, input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None, atol: float, rtol: float, simplify: bool, seed: int,
+) -> ConvertOptions:
+    return ConvertOptions(
+        opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
+        input_names=tuple(input_names) if input_names else None,
+        output_names=tuple(output_names) if output_names else None,
+        atol=atol, rtol=rtol, simplify=simplify, seed=seed,
+    )
+
+
+def _examples(example_inputs: Any) -> list[np.ndarray] | None:
+    """Example inputs as a list of numpy arrays (a single array or tensor is one input)."""
+    if example_inputs is None:
+        return None
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    return [as_numpy(x) for x in example_inputs]
+
+
 def from_torch(
     module: Any,
     example_inputs: Any,
@@ -708,15 +729,8 @@ def from_torch(
     """Export a torch nn.Module (or TorchScript / ExportedProgram) to ONNX with a parity check."""
     from onnxopt.frameworks.torch_export import TorchSource
 
-    opts = ConvertOptions(
-        opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
-        input_names=tuple(input_names) if input_names else None,
-        output_names=tuple(output_names) if output_names else None,
-        atol=atol, rtol=rtol, simplify=simplify, seed=seed,
-    )
-    if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
-    src = TorchSource(module, [as_numpy(x) for x in example_inputs] if example_inputs is not None else None)
+    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed)
+    src = TorchSource(module, _examples(example_inputs))
     return convert(src, opts, data=data, output=output)
 
 
@@ -739,15 +753,8 @@ def from_keras(
     """Export a Keras 3 model to ONNX (via model.export) with a parity check."""
     from onnxopt.frameworks.keras_export import KerasSource
 
-    opts = ConvertOptions(
-        opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
-        input_names=tuple(input_names) if input_names else None,
-        output_names=tuple(output_names) if output_names else None,
-        atol=atol, rtol=rtol, simplify=simplify, seed=seed,
-    )
-    if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
-    src = KerasSource(model, [as_numpy(x) for x in example_inputs] if example_inputs is not None else None)
+    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed)
+    src = KerasSource(model, _examples(example_inputs))
     return convert(src, opts, data=data, output=output)
 
 
