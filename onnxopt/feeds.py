@@ -138,7 +138,7 @@ def check_feed(model: ModelProto, feed: Mapping[str, np.ndarray], source: str = 
                     )
                     break
     if problems:
-        raise InvalidInputError("; ".join(problems))
+        raise InvalidInputError("\n".join(problems))
     del names
 
 

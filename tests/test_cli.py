@@ -85,3 +85,17 @@ def test_help_lists_every_command() -> None:
     assert r.returncode == 0
     for name in ("inspect", "bench", "compare", "convert", "distill", "search", "prune", "quantize", "optimize"):
         assert name in r.stdout, name
+
+
+def test_each_input_mismatch_gets_its_own_line(tmp_path: Path, digits_cnn: Path) -> None:
+    import numpy as np
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((4, 1, 9, 9), np.float64), extra=np.zeros(3))
+    np.savez(tmp_path / "wrongname.npz", pixels=np.zeros((4, 1, 8, 8), np.float32), other=np.zeros(2))
+    r = run_cli("bench", str(digits_cnn), "--data", str(bad), "--runs", "2")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert all(ln.startswith("onnxopt: error: ") for ln in lines), r.stderr
+    assert any("'input'" in ln and "(batch, 1, 8, 8)" in ln and "(4, 1, 9, 9)" in ln for ln in lines), r.stderr
+    assert "Traceback" not in r.stderr

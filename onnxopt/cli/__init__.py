@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         cli.main(args=argv, prog_name="onnxopt", standalone_mode=False)
     except OnnxoptError as e:
-        click.echo(f"onnxopt: error: {e}", err=True)
+        # One line per problem (e.g. each mismatching input), each prefixed so it greps well.
+        for line in str(e).splitlines() or [type(e).__name__]:
+            click.echo(f"onnxopt: error: {line}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("onnxopt: aborted", err=True)
