@@ -1,8 +1,8 @@
-"""The shipped search evaluator: build a PyTorch candidate, train briefly (optionally distil), export,
-and measure accuracy and latency in onnxruntime.
+"""The shipped search evaluators: build a PyTorch or Keras candidate, train briefly (optionally
+distil), export, and measure accuracy and latency in onnxruntime.
 
-``TorchEvaluator(train, val, config)`` is a picklable fitness callable for
-:func:`onnxopt.search.search`: ``evaluator(genome)`` returns ``{"accuracy": percent on the
+``TorchEvaluator(train, val, config)`` (or ``KerasEvaluator``, same interface) is a picklable
+fitness callable for :func:`onnxopt.search.search`: ``evaluator(genome)`` returns ``{"accuracy": percent on the
 validation split measured in onnxruntime, "latency_ms": p50 latency from the benchmark engine,
 "size_bytes", "params", "train_s", "model_path"}``. The candidate's ONNX file is kept in the
 evaluator's work directory so the chosen model can be copied out without retraining.
@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class EvalConfig:
     alpha: float = 0.7  # weight of the distillation loss when a teacher is given
     temperature: float = 4.0
     seed: int = 0
-    threads: int = 1  # torch threads while training (per worker)
+    threads: int = 1  # torch / TensorFlow threads while training (per worker)
     latency_threads: int = 1  # onnxruntime intra-op threads when measuring latency
     bench_runs: int = 100
     bench_warmup: int = 10
@@ -123,8 +123,13 @@ def genome_id(genome: Mapping[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-class TorchEvaluator:
-    """Fitness callable: genome -> accuracy (onnxruntime, %), latency_ms (p50), size, params."""
+class _Evaluator:
+    """Shared part of the evaluators: data checks, training config, measurement, saving the candidate.
+
+    Subclasses give ``build`` (untrained model), ``train_module`` and ``export`` (ModelProto).
+    """
+
+    framework = ""
 
     def __init__(
         self,
@@ -159,21 +164,22 @@ class TorchEvaluator:
         self.num_classes = num_classes or classes
 
     def build(self, genome: Mapping[str, Any]) -> Any:
-        """The untrained torch module of a genome."""
-        from onnxopt.frameworks.torch_genome import build
-
-        return build(genome, self.train[0].shape[1:], self.num_classes, seed=self.config.seed)
+        """The untrained model of a genome (framework-specific)."""
+        raise TypeError(f"{type(self).__name__} must define build()")
 
     def train_module(self, genome: Mapping[str, Any]) -> Any:
-        """Build and train (or distil) the candidate; returns the trained module in eval mode."""
-        from onnxopt.distill_core import DistillConfig
-        from onnxopt.frameworks import require_torch
-        from onnxopt.frameworks.torch_distill import distill
+        """Build and train the candidate (framework-specific)."""
+        raise TypeError(f"{type(self).__name__} must define train_module()")
 
-        torch = require_torch()
-        torch.set_num_threads(self.config.threads)
-        module = self.build(genome)
-        cfg = DistillConfig(
+    def export(self, module: Any) -> Any:
+        """ONNX ModelProto of a trained model (framework-specific)."""
+        raise TypeError(f"{type(self).__name__} must define export()")
+
+    def distill_config(self) -> Any:
+        """The DistillConfig of candidate training (labels only unless teacher logits are given)."""
+        from onnxopt.distill_core import DistillConfig
+
+        return DistillConfig(
             temperature=self.config.temperature,
             alpha=self.config.alpha if self.teacher_logits is not None else 0.0,
             epochs=self.config.epochs,
@@ -183,19 +189,6 @@ class TorchEvaluator:
             patience=0,
             seed=self.config.seed,
         )
-        module, _ = distill(None, module, self.train, self.val, cfg, teacher_logits=self.teacher_logits)
-        return module
-
-    def export(self, module: Any) -> Any:
-        """ONNX ModelProto of a trained module (TorchScript exporter, dynamic batch, parity-checked)."""
-        from onnxopt.convert import from_torch
-
-        example = (self.val[0][:1],)
-        res = from_torch(
-            module, example, opset=self.config.opset, exporter="torchscript",
-            input_names=["input"], output_names=["logits"],
-        )
-        return res.model
 
     def measure(self, model: Any) -> dict[str, float]:
         """Accuracy on the validation split and p50 latency, both in onnxruntime."""
@@ -238,12 +231,108 @@ class TorchEvaluator:
             metrics["model_path"] = str(path)
         return metrics
 
-    def with_config(self, **changes: Any) -> TorchEvaluator:
+    def with_config(self, **changes: Any) -> Self:
         """A copy with some EvalConfig fields changed (e.g. more epochs for a final retrain)."""
-        return TorchEvaluator(
+        return type(self)(
             self.train, self.val, replace(self.config, **changes),
             teacher_logits=self.teacher_logits, workdir=self.workdir, num_classes=self.num_classes,
         )
+
+
+class TorchEvaluator(_Evaluator):
+    """Fitness callable: genome -> accuracy (onnxruntime, %), latency_ms (p50), size, params (PyTorch)."""
+
+    framework = "torch"
+
+    def build(self, genome: Mapping[str, Any]) -> Any:
+        """The untrained torch module of a genome."""
+        from onnxopt.frameworks.torch_genome import build
+
+        return build(genome, self.train[0].shape[1:], self.num_classes, seed=self.config.seed)
+
+    def train_module(self, genome: Mapping[str, Any]) -> Any:
+        """Build and train (or distil) the candidate; returns the trained module in eval mode."""
+        from onnxopt.frameworks import require_torch
+        from onnxopt.frameworks.torch_distill import distill
+
+        torch = require_torch()
+        torch.set_num_threads(self.config.threads)
+        module = self.build(genome)
+        module, _ = distill(None, module, self.train, self.val, self.distill_config(),
+                            teacher_logits=self.teacher_logits)
+        return module
+
+    def export(self, module: Any) -> Any:
+        """ONNX ModelProto of a trained module (TorchScript exporter, dynamic batch, parity-checked)."""
+        from onnxopt.convert import from_torch
+
+        example = (self.val[0][:1],)
+        res = from_torch(
+            module, example, opset=self.config.opset, exporter="torchscript",
+            input_names=["input"], output_names=["logits"],
+        )
+        return res.model
+
+
+class KerasEvaluator(_Evaluator):
+    """Fitness callable: genome -> accuracy (onnxruntime, %), latency_ms (p50), size, params (Keras 3)."""
+
+    framework = "keras"
+
+    def build(self, genome: Mapping[str, Any]) -> Any:
+        """The untrained keras.Model of a genome (NCHW input, logits output)."""
+        from onnxopt.frameworks.keras_genome import build
+
+        return build(genome, self.train[0].shape[1:], self.num_classes, seed=self.config.seed)
+
+    def train_module(self, genome: Mapping[str, Any]) -> Any:
+        """Build and train (or distil) the candidate with keras_distill; returns the trained model."""
+        from onnxopt.frameworks import require_keras
+        from onnxopt.frameworks.keras_distill import distill
+
+        require_keras()
+        _keras_threads(self.config.threads)
+        model = self.build(genome)
+        model, _ = distill(None, model, self.train, self.val, self.distill_config(),
+                           teacher_logits=self.teacher_logits)
+        return model
+
+    def export(self, module: Any) -> Any:
+        """ONNX ModelProto of a trained Keras model (dynamic batch, simplified, parity-checked)."""
+        from onnxopt.convert import from_keras
+
+        res = from_keras(
+            module, example_inputs=(self.val[0][:1],), opset=self.config.opset, simplify=True,
+            input_names=["input"], output_names=["logits"], seed=self.config.seed,
+        )
+        return res.model
+
+
+EVALUATORS: dict[str, type[_Evaluator]] = {"torch": TorchEvaluator, "keras": KerasEvaluator}
+
+
+def evaluator_for(framework: str) -> type[_Evaluator]:
+    """The evaluator class of a framework name (torch | keras)."""
+    try:
+        return EVALUATORS[framework]
+    except KeyError:
+        raise InvalidInputError(
+            f"framework {framework!r} unknown; choose one of {', '.join(EVALUATORS)}"
+        ) from None
+
+
+def _keras_threads(threads: int) -> None:
+    """Limit TensorFlow's threads (possible only before its runtime starts; later it keeps its setting)."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    try:
+        if threading.get_intra_op_parallelism_threads() != threads:
+            threading.set_intra_op_parallelism_threads(threads)
+        if threading.get_inter_op_parallelism_threads() != threads:
+            threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow already initialized: keeping its thread settings")
 
 
 def teacher_logits_for(teacher: str | os.PathLike[str], x: np.ndarray) -> np.ndarray:

@@ -23,6 +23,8 @@ def _front_path(output: Path, i: int) -> Path:
               help="Training split .npz (input + labels).")
 @click.option("--val", "val_path", type=click.Path(path_type=Path), required=True,
               help="Validation split .npz: accuracy of each candidate, measured in onnxruntime.")
+@click.option("--framework", type=click.Choice(["torch", "keras"]), default="torch", show_default=True,
+              help="Build and train candidates in PyTorch or Keras 3 (both exported to ONNX).")
 @click.option("--teacher", type=click.Path(path_type=Path), default=None,
               help="ONNX teacher: train candidates by distillation from its logits.")
 @click.option("--generations", type=int, default=6, show_default=True, help="Generations; the first is random (at most population x generations evaluations).")
@@ -57,6 +59,7 @@ def command(
     space_path: Path,
     data_path: Path,
     val_path: Path,
+    framework: str,
     teacher: Path | None,
     generations: int,
     population: int,
@@ -79,9 +82,9 @@ def command(
 ) -> None:
     """Search a space of CNNs with a genetic algorithm; write the best model (or the Pareto front).
 
-    Each candidate is built in PyTorch, trained briefly (distilled when --teacher is given),
-    exported to ONNX, and scored by its accuracy on --val and its p50 latency, both measured
-    in onnxruntime. Progress goes to stderr; the summary to stdout.
+    Each candidate is built in PyTorch (or Keras 3 with --framework keras), trained briefly
+    (distilled when --teacher is given), exported to ONNX, and scored by its accuracy on --val
+    and its p50 latency, both measured in onnxruntime. Progress goes to stderr; the summary to stdout.
 
     \b
     Examples:
@@ -89,12 +92,13 @@ def command(
           --val models/digits_val.npz -o build/best.onnx --baseline models/digits_cnn.onnx
       onnxopt search ... --pareto --plot build/front.png --workers 2
       onnxopt search ... --max-latency-ms 0.03 --resume
+      onnxopt search ... --framework keras
     """
     from onnxopt.errors import GateFailedError, InvalidInputError, OnnxoptError
     from onnxopt.search import Objective, SearchConfig, search
     from onnxopt.search_eval import (
         EvalConfig,
-        TorchEvaluator,
+        evaluator_for,
         load_split,
         remeasure,
         teacher_logits_for,
@@ -119,7 +123,11 @@ def command(
     space = load_space(space_path)
     from onnxopt.frameworks.torch_genome import check_genes
 
-    check_genes(space.names)
+    check_genes(space.names)  # the Keras builder understands the same genes
+    if framework == "keras":
+        from onnxopt.frameworks import require_keras
+
+        require_keras()  # fail now, not in every candidate, when Keras is missing
     train, val = load_split(data_path), load_split(val_path)
     cfg = SearchConfig(
         population=population, generations=generations, elite=elite, seed=seed, pareto=pareto,
@@ -156,7 +164,7 @@ def command(
     work = workdir or output.with_name(output.name + ".search")
     models_dir = work / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = TorchEvaluator(train, val, eval_cfg, teacher_logits=t_logits, workdir=models_dir)
+    evaluator = evaluator_for(framework)(train, val, eval_cfg, teacher_logits=t_logits, workdir=models_dir)
     log_file = log_path or work / "search.jsonl"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     names = space.names
@@ -257,6 +265,7 @@ def command(
         "workdir": str(work),
         "history": [h.to_dict() for h in result.history],
         "train": eval_cfg.to_dict(),
+        "framework": framework,
     }
     if as_json:
         echo_json(summary)
