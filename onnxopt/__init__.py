@@ -58,6 +58,7 @@ _LAZY = {
     "ChoiceGene": "onnxopt.search_space",
     "FloatGene": "onnxopt.search_space",
     "TorchEvaluator": "onnxopt.search_eval",
+    "KerasEvaluator": "onnxopt.search_eval",
     "EvalConfig": "onnxopt.search_eval",
     "load_space": "onnxopt.search_space",
     "optimize": "onnxopt.optimize",
