@@ -15,7 +15,7 @@ from onnx import ModelProto
 
 from onnxopt.errors import InvalidInputError, MissingExtraError
 from onnxopt.errors import short_message as _short
-from onnxopt.feeds import Feed, check_feed, load_npz
+from onnxopt.feeds import Feed, check_feed, load_npz, select_inputs
 from onnxopt.model import TensorSpec, graph_inputs
 
 log = logging.getLogger(__name__)
@@ -119,17 +119,7 @@ def check_samples(model: ModelProto, feed: Feed, source: str) -> None:
 
 def fit_feed(model: ModelProto, data: dict[str, np.ndarray], source: str) -> Feed:
     """The model's inputs taken from an npz mapping (one-input models may use any single key), checked."""
-    specs = graph_inputs(model)
-    feed = {s.name: data[s.name] for s in specs if s.name in data}
-    if len(specs) == 1 and specs[0].name not in data:
-        keys = [k for k in data if k not in ("labels", "y", "label", "targets")]
-        if len(keys) == 1:
-            feed = {specs[0].name: data[keys[0]]}
-        elif "x" in data or "inputs" in data:
-            feed = {specs[0].name: data["x" if "x" in data else "inputs"]}
-    for s in specs:
-        if s.name in feed and feed[s.name].dtype == np.float64 and s.numpy_dtype == np.float32:
-            feed[s.name] = feed[s.name].astype(np.float32)
+    feed = select_inputs(model, data)
     check_samples(model, feed, source)
     return feed
 

@@ -146,10 +146,8 @@ def _fmt(shape: tuple[int | str | None, ...]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
-def model_feed_from_npz(
-    model: ModelProto, data: Mapping[str, np.ndarray], source: str = "data"
-) -> Feed:
-    """The model's inputs taken from an npz mapping (single-input models may use any one key)."""
+def select_inputs(model: ModelProto, data: Mapping[str, np.ndarray]) -> Feed:
+    """The model's inputs taken from an npz mapping (single-input models may use any one key), unchecked."""
     specs = graph_inputs(model)
     feed = {s.name: data[s.name] for s in specs if s.name in data}
     if len(specs) == 1 and specs[0].name not in data:
@@ -162,6 +160,14 @@ def model_feed_from_npz(
     for s in specs:
         if s.name in feed and feed[s.name].dtype == np.float64 and s.numpy_dtype == np.float32:
             feed[s.name] = feed[s.name].astype(np.float32)
+    return feed
+
+
+def model_feed_from_npz(
+    model: ModelProto, data: Mapping[str, np.ndarray], source: str = "data"
+) -> Feed:
+    """select_inputs, then check_feed."""
+    feed = select_inputs(model, data)
     check_feed(model, feed, source)
     return feed
 

@@ -164,15 +164,16 @@ def graph_outputs(model: ModelProto) -> tuple[TensorSpec, ...]:
     return tensor_specs(model.graph.output)
 
 
-def _all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+def all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """graph and every subgraph inside it (If/Loop/Scan bodies), depth first."""
     graphs = [graph]
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                graphs.extend(_all_graphs(attr.g))
+                graphs.extend(all_graphs(attr.g))
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    graphs.extend(_all_graphs(g))
+                    graphs.extend(all_graphs(g))
     return graphs
 
 
@@ -180,7 +181,7 @@ def initializer_stats(model: ModelProto) -> tuple[int, int]:
     """(parameter count, bytes) over all initializers, subgraphs included."""
     count = 0
     nbytes = 0
-    for g in _all_graphs(model.graph):
+    for g in all_graphs(model.graph):
         for t in g.initializer:
             n = int(np.prod(t.dims)) if len(t.dims) else 1
             count += n
@@ -196,7 +197,7 @@ def initializer_stats(model: ModelProto) -> tuple[int, int]:
 def op_histogram(model: ModelProto) -> dict[str, int]:
     """Count of each op type (domain-qualified when not the default domain), subgraphs included."""
     counter: collections.Counter[str] = collections.Counter()
-    for g in _all_graphs(model.graph):
+    for g in all_graphs(model.graph):
         for n in g.node:
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
             counter[key] += 1

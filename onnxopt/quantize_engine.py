@@ -16,7 +16,7 @@ from onnx import ModelProto
 from onnxopt.errors import InvalidInputError, InvalidModelError
 from onnxopt.errors import short_message as _short
 from onnxopt.feeds import Feed
-from onnxopt.model import copy_model, default_opset, op_histogram
+from onnxopt.model import all_graphs, copy_model, default_opset, op_histogram
 from onnxopt.runtime import SessionConfig, create_session
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def fold_constants(model: ModelProto, out: Path) -> ModelProto:
 
 def prune_opset_imports(model: ModelProto) -> ModelProto:
     """Drop the opset imports no node uses (onnxruntime's optimizer writes a dozen unused ones)."""
-    used = {n.domain or "" for g in _graphs(model.graph) for n in g.node} | {""}
+    used = {n.domain or "" for g in all_graphs(model.graph) for n in g.node} | {""}
     keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
     if len(keep) != len(model.opset_import):
         del model.opset_import[:]
@@ -336,7 +336,7 @@ def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) 
     """(quantized compute nodes, float compute nodes with reasons) of a quantized model vs its float source."""
     q_nodes = {}
     producers: dict[str, str] = {}
-    for g in _graphs(q_model.graph):
+    for g in all_graphs(q_model.graph):
         for n in g.node:
             q_nodes[n.name] = n
             for o in n.output:
@@ -344,7 +344,7 @@ def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) 
     supported = supported_ops(cand.mode, cand.format)
     quantized: list[str] = []
     left: list[dict[str, str]] = []
-    for g in _graphs(float_model.graph):
+    for g in all_graphs(float_model.graph):
         for n in g.node:
             if n.op_type not in COMPUTE_OPS:
                 continue
@@ -369,16 +369,6 @@ def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) 
     return quantized, left
 
 
-def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    out = [graph]
-    for n in graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                out.extend(_graphs(a.g))
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    out.extend(_graphs(sg))
-    return out
 
 
 def model_size(model: ModelProto) -> int:

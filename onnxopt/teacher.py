@@ -95,17 +95,20 @@ def teacher_outputs(
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise InvalidInputError(f"data of shape {tuple(x.shape)} does not fit the teacher: {msg}") from e
-    logits = np.concatenate(chunks[0]).astype(np.float32)
-    if logits.ndim != 2:
-        raise InvalidModelError(
-            f"teacher output must be [batch, classes] logits; got shape {logits.shape}"
-        )
+    logits, handling = as_logits(np.concatenate(chunks[0]), handling)
     features = np.concatenate(chunks[1]).astype(np.float32) if hint else None
-    if handling == "none" and looks_like_probabilities(logits):
-        logits = np.log(np.clip(logits, 1e-12, None)).astype(np.float32)
-        handling = "log of probabilities"
-        log.info("teacher outputs probabilities: using their log as logits")
     return TeacherOutputs(logits, features, handling)
+
+
+def as_logits(out: np.ndarray, handling: str) -> tuple[np.ndarray, str]:
+    """Teacher outputs as float32 [batch, classes] logits: probabilities become their log."""
+    if out.ndim != 2:
+        raise InvalidModelError(f"teacher output must be [batch, classes] logits; got shape {out.shape}")
+    out = out.astype(np.float32, copy=False)
+    if handling == "none" and looks_like_probabilities(out):
+        log.info("teacher outputs probabilities: using their log as logits")
+        return np.log(np.clip(out, 1e-12, None)).astype(np.float32), "log of probabilities"
+    return out, handling
 
 
 def looks_like_probabilities(out: np.ndarray) -> bool:

@@ -183,12 +183,8 @@ class KerasSource:
         """model.export(format='onnx') (Keras 3 drives tf2onnx) into a temp dir; load the result."""
         if exporter != "keras":
             raise InvalidInputError(f"unknown Keras exporter {exporter!r}; use keras")
-        import tensorflow as tf
 
-        specs = [
-            tf.TensorSpec((None if dynamic_batch else a.shape[0], *a.shape[1:]), tf.as_dtype(a.dtype), name=n)
-            for a, n in zip(examples, input_names)
-        ]
+        specs = _tensor_specs(examples, input_names, dynamic_batch)
         signature = [specs[0]] if len(specs) == 1 else [specs]
         tmp = Path(tempfile.mkdtemp(prefix="onnxopt-keras-"))
         try:
@@ -284,10 +280,7 @@ class SavedModelSource:
 
         if exporter != "tf2onnx":
             raise InvalidInputError(f"unknown SavedModel exporter {exporter!r}; use tf2onnx")
-        specs = [
-            tf.TensorSpec((None if dynamic_batch else a.shape[0], *a.shape[1:]), tf.as_dtype(a.dtype), name=n)
-            for a, n in zip(examples, input_names)
-        ]
+        specs = _tensor_specs(examples, input_names, dynamic_batch)
         fn, keys, out_keys = self.fn, self._in_keys, self._out_keys
 
         @tf.function(input_signature=specs)
@@ -304,3 +297,13 @@ class SavedModelSource:
         except Exception as e:
             raise KerasExportError(shorten_error(e)) from e
         return model
+
+
+def _tensor_specs(examples: Sequence[np.ndarray], names: Sequence[str], dynamic_batch: bool) -> list[Any]:
+    """tf.TensorSpecs for the example inputs (batch axis None when dynamic)."""
+    import tensorflow as tf
+
+    return [
+        tf.TensorSpec((None if dynamic_batch else a.shape[0], *a.shape[1:]), tf.as_dtype(a.dtype), name=n)
+        for a, n in zip(examples, names)
+    ]

@@ -14,7 +14,12 @@ from typing import Any
 
 from onnxopt.errors import InvalidInputError
 from onnxopt.frameworks import require_keras
-from onnxopt.frameworks.torch_genome import ACTIVATIONS, HEADS, _stage_value, check_genes
+from onnxopt.frameworks.torch_genome import (
+    ACTIVATIONS,
+    check_genes,
+    global_genes,
+    stage_value,
+)
 
 __all__ = ["build", "check_genes", "param_count"]
 
@@ -43,30 +48,18 @@ def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: in
     """A seeded keras.Model for genome; input_shape is (channels, height, width), NCHW like torch."""
     keras = require_keras()
     layers = keras.layers
-    if len(input_shape) != 3:
-        raise InvalidInputError(f"the CNN builder needs images (C, H, W); got input shape {tuple(input_shape)}")
     check_genes(genome)
-    depth = int(genome.get("depth") or 0)
-    if depth < 1:
-        raise InvalidInputError(f"depth must be >= 1, got {genome.get('depth')!r}")
-    act = str(genome.get("activation", "relu"))
-    bn = bool(genome.get("batchnorm", True))
-    separable = bool(genome.get("separable", False))
-    head = str(genome.get("head", "flatten"))
-    if head not in HEADS:
-        raise InvalidInputError(f"head {head!r} unknown; choose one of {', '.join(HEADS)}")
-    hidden = int(genome.get("hidden", 0) or 0)
-    dropout = float(genome.get("dropout", 0.0) or 0.0)
+    depth, act, bn, separable, head, hidden, dropout = global_genes(genome, input_shape)
     keras.utils.set_random_seed(seed)
     c, h, w = (int(d) for d in input_shape)
     x = inputs = keras.Input((c, h, w), name="input")
     x = layers.Permute((2, 3, 1))(x)  # NCHW -> NHWC for Keras' Conv2D
     for i in range(1, depth + 1):
-        width = _stage_value(genome, "width", i, None)
+        width = stage_value(genome, "width", i, None)
         if width is None:
             raise InvalidInputError(f"genome has no width for stage {i}: add gene width_{i} or width")
         width = int(width)
-        k = int(_stage_value(genome, "kernel", i, 3))
+        k = int(stage_value(genome, "kernel", i, 3))
         if k < 1 or k % 2 == 0:
             raise InvalidInputError(f"kernel_{i} must be odd and >= 1, got {k}")
         if separable and k > 1 and c > 1:

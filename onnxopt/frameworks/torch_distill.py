@@ -25,7 +25,7 @@ from onnxopt.distill_core import (
 from onnxopt.errors import InvalidInputError
 from onnxopt.errors import short_message as _short
 from onnxopt.frameworks import require_torch
-from onnxopt.teacher import looks_like_probabilities, teacher_outputs
+from onnxopt.teacher import as_logits, teacher_outputs
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,7 @@ def teacher_cache(
     finally:
         tap.close()
         teacher.train(was_training)
-    out = np.concatenate(logits)
-    handling = tap.softmax_handling
-    if handling == "none" and looks_like_probabilities(out):
-        out = np.log(np.clip(out, 1e-12, None)).astype(np.float32)
-        handling = "log of probabilities"
-        log.info("teacher outputs probabilities: using their log as logits")
-    if out.ndim != 2:
-        raise InvalidInputError(f"teacher output must be [batch, classes] logits; got shape {out.shape}")
+    out, handling = as_logits(np.concatenate(logits), tap.softmax_handling)
     return out, (np.concatenate(feats) if hint else None), handling
 
 

@@ -38,7 +38,7 @@ def check_genes(names: Iterable[str]) -> None:
         raise InvalidInputError("the search space needs a 'depth' gene (number of conv stages)")
 
 
-def _stage_value(genome: Mapping[str, Any], name: str, i: int, default: Any) -> Any:
+def stage_value(genome: Mapping[str, Any], name: str, i: int, default: Any) -> Any:
     v = genome.get(f"{name}_{i}")
     if v is None:
         v = genome.get(name)
@@ -56,32 +56,43 @@ def _activation(name: str) -> Any:
     return table[name]()
 
 
-def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, seed: int = 0) -> Any:
-    """A seeded nn.Module for genome; input_shape is (channels, height, width)."""
-    torch = require_torch()
-    nn = torch.nn
+def global_genes(
+    genome: Mapping[str, Any], input_shape: Sequence[int]
+) -> tuple[int, str, bool, bool, str, int, float]:
+    """(depth, activation, batchnorm, separable, head, hidden, dropout) with defaults, validated."""
     if len(input_shape) != 3:
         raise InvalidInputError(f"the CNN builder needs images (C, H, W); got input shape {tuple(input_shape)}")
     depth = int(genome.get("depth") or 0)
     if depth < 1:
         raise InvalidInputError(f"depth must be >= 1, got {genome.get('depth')!r}")
-    act = str(genome.get("activation", "relu"))
-    bn = bool(genome.get("batchnorm", True))
-    separable = bool(genome.get("separable", False))
     head = str(genome.get("head", "flatten"))
     if head not in HEADS:
         raise InvalidInputError(f"head {head!r} unknown; choose one of {', '.join(HEADS)}")
-    hidden = int(genome.get("hidden", 0) or 0)
-    dropout = float(genome.get("dropout", 0.0) or 0.0)
+    return (
+        depth,
+        str(genome.get("activation", "relu")),
+        bool(genome.get("batchnorm", True)),
+        bool(genome.get("separable", False)),
+        head,
+        int(genome.get("hidden", 0) or 0),
+        float(genome.get("dropout", 0.0) or 0.0),
+    )
+
+
+def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, seed: int = 0) -> Any:
+    """A seeded nn.Module for genome; input_shape is (channels, height, width)."""
+    torch = require_torch()
+    nn = torch.nn
+    depth, act, bn, separable, head, hidden, dropout = global_genes(genome, input_shape)
     torch.manual_seed(seed)
     c, h, w = (int(d) for d in input_shape)
     layers: list[Any] = []
     for i in range(1, depth + 1):
-        width = _stage_value(genome, "width", i, None)
+        width = stage_value(genome, "width", i, None)
         if width is None:
             raise InvalidInputError(f"genome has no width for stage {i}: add gene width_{i} or width")
         width = int(width)
-        k = int(_stage_value(genome, "kernel", i, 3))
+        k = int(stage_value(genome, "kernel", i, 3))
         if k < 1 or k % 2 == 0:
             raise InvalidInputError(f"kernel_{i} must be odd and >= 1, got {k}")
         if separable and k > 1 and c > 1:
@@ -123,8 +134,8 @@ def count_params(genome: Mapping[str, Any], input_shape: Sequence[int], num_clas
     c, h, w = (int(d) for d in input_shape)
     total = 0
     for i in range(1, depth + 1):
-        width = int(_stage_value(genome, "width", i, 0))
-        k = int(_stage_value(genome, "kernel", i, 3))
+        width = int(stage_value(genome, "width", i, 0))
+        k = int(stage_value(genome, "kernel", i, 3))
         if separable and k > 1 and c > 1:
             total += c * k * k + c * width + (0 if bn else width)
         else:
