@@ -49,7 +49,7 @@ def torch_rows(ctx: Context) -> list[Row]:
         import torch
     except ImportError as e:
         raise SkipSection("torch not installed: pip install 'onnxopt[torch]'") from e
-    from onnxopt.convert import from_torch
+    from onnxopt.conversion.api import from_torch
 
     rows = []
     data = dict(np.load(ctx.digits_val))
@@ -88,7 +88,7 @@ def _minilm_rows(ctx: Context, torch: Any) -> list[Row]:
     """A MiniLM-class encoder (6 layers, d 384, 12 heads, seq 128, seeded): dynamo vs TorchScript export."""
     from torch import nn
 
-    from onnxopt.convert import from_torch
+    from onnxopt.conversion.api import from_torch
 
     class MiniLM(nn.Module):
         def __init__(self, vocab: int = 30522, d: int = 384, layers: int = 6, heads: int = 12, seq: int = 128) -> None:
@@ -127,7 +127,7 @@ def keras_rows(ctx: Context) -> list[Row]:
         keras = require_keras()
     except Exception as e:
         raise SkipSection(f"keras not usable: {e}") from e
-    from onnxopt.convert import convert_source, from_keras
+    from onnxopt.conversion.api import convert_source, from_keras
 
     rows = []
     data = dict(np.load(ctx.digits_val))

@@ -6,10 +6,11 @@ import time
 
 from common import Context, Row, result_metrics, rows_vs_reference
 
-from onnxopt.fidelity import load_eval_data
-from onnxopt.model import load_model
-from onnxopt.optimize import OptimizeConfig, OptimizeResult, optimize
-from onnxopt.passes import Recipe, parse_recipe
+from onnxopt.core.model import load_model
+from onnxopt.measure.fidelity import load_eval_data
+from onnxopt.optimization.recipe import Recipe, parse_recipe
+from onnxopt.optimization.run import optimize
+from onnxopt.optimization.types import OptimizeConfig, OptimizeResult
 
 ORDER = 50
 TITLE = "onnxopt optimize: default recipe (never slower), channel pruning (>= 1.5x), objective size (<= 0.3x file)"

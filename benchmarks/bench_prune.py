@@ -8,10 +8,11 @@ from pathlib import Path
 import onnx
 from common import Context, Row, rows_vs_reference
 
-from onnxopt.fidelity import accuracy, load_eval_data
-from onnxopt.model import load_model
-from onnxopt.prune import ChannelConfig, MagnitudeConfig, prune_channels, prune_magnitude
-from onnxopt.sparse_storage import compress_initializers, model_sizes
+from onnxopt.core.model import load_model
+from onnxopt.measure.fidelity import accuracy, load_eval_data
+from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
+from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
+from onnxopt.pruning.sparse_storage import compress_initializers, model_sizes
 
 ORDER = 30
 TITLE = "pruning: channels (speed), magnitude + sparse storage (size), digits accuracy"
@@ -142,8 +143,8 @@ def recovery_rows(ctx: Context) -> list[Row]:
     """digits channels 30%, then distilled from the original ONNX model in PyTorch (weights kept)."""
     import numpy as np
 
-    from onnxopt.distill_core import DistillConfig
-    from onnxopt.feeds import load_npz
+    from onnxopt.core.feeds import load_npz
+    from onnxopt.distillation.core import DistillConfig
 
     try:
         from onnxopt.frameworks.torch_distill import distill, predict
@@ -160,7 +161,7 @@ def recovery_rows(ctx: Context) -> list[Row]:
     feed, labels = load_eval_data(model, ctx.digits_val)
     assert labels is not None
     before = accuracy(pruned, feed, labels)
-    from onnxopt.fidelity import run_batched
+    from onnxopt.measure.fidelity import run_batched
 
     same = np.abs(predict(student, feed["input"]) - run_batched(pruned, feed)[0]).max()
     if same > 1e-3:

@@ -133,7 +133,8 @@ def _ids(n: int, seed: int, vocab: int = 8000, seq: int = 128) -> dict[str, np.n
 
 
 def _quantize(ctx: Context, model: onnx.ModelProto, calib: Any, val: Any = None, **kw: Any) -> tuple[Any, float]:
-    from onnxopt.quantize import QuantizeConfig, quantize
+    from onnxopt.quantization.api import quantize
+    from onnxopt.quantization.config import QuantizeConfig
 
     t0 = time.perf_counter()
     bench = ctx.config(runs=max(10, ctx.runs // 2))
@@ -143,7 +144,7 @@ def _quantize(ctx: Context, model: onnx.ModelProto, calib: Any, val: Any = None,
 
 
 def _auto_rows(section: str, label: str, r: Any, seconds: float) -> list[Row]:
-    from onnxopt.benchmark import RatioCI
+    from onnxopt.measure.stats import RatioCI
 
     rep = r.report
     lat = rep.get("latency") or {}
@@ -156,7 +157,7 @@ def _auto_rows(section: str, label: str, r: Any, seconds: float) -> list[Row]:
 
 
 def _candidate_rows(section: str, label: str, rep: dict[str, Any]) -> list[Row]:
-    from onnxopt.benchmark import RatioCI
+    from onnxopt.measure.stats import RatioCI
 
     rows = []
     for c in rep["candidates"]:
@@ -183,8 +184,9 @@ def run(ctx: Context) -> list[Row]:
         require_torch()
     except Exception as e:
         raise SkipSection(f"the quantize benchmark builds its models with torch: {e}") from e
-    from onnxopt.fidelity import load_eval_data
-    from onnxopt.quantize import QuantizeConfig, quantize
+    from onnxopt.measure.fidelity import load_eval_data
+    from onnxopt.quantization.api import quantize
+    from onnxopt.quantization.config import QuantizeConfig
 
     rows: list[Row] = []
     work = ctx.out_dir / "quantize"
@@ -227,7 +229,7 @@ def run(ctx: Context) -> list[Row]:
     ids_calib, ids_val = _ids(32, 3), _ids(32, 4)
     dyn, _ = _quantize(ctx, bert, ids_calib, (ids_val, None), mode="dynamic")
     lat = dyn.report["latency"]["ratio"]
-    from onnxopt.benchmark import RatioCI
+    from onnxopt.measure.stats import RatioCI
 
     rows.append(Row(section="quantize", name="BERT-style encoder: dynamic int8",
                     metrics={"size x": dyn.report["size_ratio"], "min cos": f"{dyn.report['fidelity']['min_cosine']:.5f}"},
@@ -245,7 +247,7 @@ def run(ctx: Context) -> list[Row]:
 
 
 def _size_row(label: str, r: Any) -> Row:
-    from onnxopt.benchmark import RatioCI
+    from onnxopt.measure.stats import RatioCI
 
     rep = r.report
     lat = rep["latency"]
@@ -258,7 +260,7 @@ def _size_row(label: str, r: Any) -> Row:
 
 def _head_to_head(ctx: Context, model: onnx.ModelProto, auto: Any, grid: Any) -> list[Row]:
     """auto's pick vs the grid's best, measured side by side in one run."""
-    from onnxopt.benchmark import latency_ratio
+    from onnxopt.measure.stats import latency_ratio
 
     res = ctx.bench([model, auto.model, grid.model], ["fp32", "auto", "grid best"])
     r_auto = latency_ratio(res[1], res[0])

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxopt.benchmark import BenchConfig, BenchResult, RatioCI, benchmark, latency_ratio
-from onnxopt.runtime import SessionConfig, physical_cores
+from onnxopt.core.runtime import SessionConfig, physical_cores
+from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark
+from onnxopt.measure.stats import RatioCI, latency_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def _splits(holdout: int, seed: int = 0) -> tuple[Any, Any, Any]:
     """(train, selection, test): the selection split (early stopping) is carved from digits_train."""
-    from onnxopt.distill import load_split
+    from onnxopt.distillation.api import load_split
 
     x, y = load_split(ROOT / "models" / "digits_train.npz")
     test = load_split(ROOT / "models" / "digits_val.npz")
@@ -66,8 +66,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from distill_models import keras_student, keras_teacher, torch_student, torch_teacher  # noqa: F401
 
-    from onnxopt.convert import from_torch
-    from onnxopt.distill import DistillConfig, distill_model
+    from onnxopt.conversion.api import from_torch
+    from onnxopt.distillation.api import DistillConfig, distill_model
     from onnxopt.frameworks import torch_distill
 
     train, select, test = _splits(args.holdout)

@@ -30,9 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxopt.search import Objective, SearchConfig, random_search, search  # noqa: E402
-from onnxopt.search_eval import EvalConfig, TorchEvaluator, load_split, remeasure  # noqa: E402
-from onnxopt.search_space import SearchSpace, describe_genome, load_space  # noqa: E402
+from onnxopt.nas.engine import Objective, SearchConfig, random_search, search  # noqa: E402
+from onnxopt.nas.evaluate import EvalConfig, TorchEvaluator, load_split, remeasure  # noqa: E402
+from onnxopt.nas.space import SearchSpace, describe_genome, load_space  # noqa: E402
 
 SPACE = ROOT / "examples" / "search_space.toml"
 TRAIN, VAL = ROOT / "models" / "digits_train.npz", ROOT / "models" / "digits_val.npz"
@@ -162,7 +162,7 @@ def digits_search(minutes: float, population: int, workers: int, seed: int) -> d
         print("Target not met in this budget: no front member is both at least as accurate and "
               "significantly faster; the front above shows the trade-off.")
     try:
-        from onnxopt.search_plot import plot_front
+        from onnxopt.nas.plot import plot_front
 
         plot_front(res.records, front, BUILD / "front.png",
                    baseline={"accuracy": base["accuracy"], "latency_ms": base["latency_ms"]})

@@ -34,19 +34,21 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import onnxruntime  # noqa: E402
 
-from onnxopt.benchmark import BenchConfig, benchmark, latency_ratio  # noqa: E402
-from onnxopt.convert import from_keras  # noqa: E402
-from onnxopt.cpu import detect_cpu  # noqa: E402
-from onnxopt.distill import DistillConfig, distill_model  # noqa: E402
-from onnxopt.fidelity import accuracy  # noqa: E402
-from onnxopt.model import initializer_stats, load_model, save_model  # noqa: E402
-from onnxopt.optimize import OptimizeConfig, optimize  # noqa: E402
-from onnxopt.passes import PassSpec, Recipe  # noqa: E402
-from onnxopt.report import to_html, write_text  # noqa: E402
-from onnxopt.runtime import SessionConfig, physical_cores  # noqa: E402
-from onnxopt.search import Objective, SearchConfig, search  # noqa: E402
-from onnxopt.search_eval import EvalConfig, TorchEvaluator, teacher_logits_for  # noqa: E402
-from onnxopt.search_space import describe_genome, space_from_dict  # noqa: E402
+from onnxopt.conversion.api import from_keras  # noqa: E402
+from onnxopt.core.cpu import detect_cpu  # noqa: E402
+from onnxopt.core.model import initializer_stats, load_model, save_model  # noqa: E402
+from onnxopt.core.runtime import SessionConfig, physical_cores  # noqa: E402
+from onnxopt.distillation.api import DistillConfig, distill_model  # noqa: E402
+from onnxopt.measure.benchmark import BenchConfig, benchmark  # noqa: E402
+from onnxopt.measure.fidelity import accuracy  # noqa: E402
+from onnxopt.measure.stats import latency_ratio  # noqa: E402
+from onnxopt.nas.engine import Objective, SearchConfig, search  # noqa: E402
+from onnxopt.nas.evaluate import EvalConfig, TorchEvaluator, teacher_logits_for  # noqa: E402
+from onnxopt.nas.space import describe_genome, space_from_dict  # noqa: E402
+from onnxopt.optimization.recipe import PassSpec, Recipe  # noqa: E402
+from onnxopt.optimization.report import to_html, write_text  # noqa: E402
+from onnxopt.optimization.run import optimize  # noqa: E402
+from onnxopt.optimization.types import OptimizeConfig  # noqa: E402
 
 UPSAMPLE = 4  # 8x8 -> 32x32
 

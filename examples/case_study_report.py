@@ -12,7 +12,7 @@ from typing import Any
 
 
 def _pyplot() -> Any:
-    from onnxopt.report import check_html_available
+    from onnxopt.optimization.report import check_html_available
 
     check_html_available()  # MissingExtraError with the pip command when matplotlib is absent
     import matplotlib

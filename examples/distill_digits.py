@@ -34,7 +34,7 @@ def main() -> None:
     import torch
     from distill_models import keras_student, torch_student, torch_teacher
 
-    from onnxopt.distill import DistillConfig, distill_model, export_student, load_split
+    from onnxopt.distillation.api import DistillConfig, distill_model, export_student, load_split
     from onnxopt.frameworks import torch_distill
 
     torch.set_num_threads(1)  # measured fastest for these small models on a shared 2-core machine

@@ -75,7 +75,7 @@ def train_digits_cnn(splits: dict[str, tuple[np.ndarray, np.ndarray]], epochs: i
 
 def export_torch(model: object, example: np.ndarray, path: Path, data: dict[str, np.ndarray] | None = None) -> None:
     """Export with onnxopt's converter (TorchScript exporter: deterministic), dynamic batch, opset 17, parity-checked."""
-    from onnxopt.convert import from_torch
+    from onnxopt.conversion.api import from_torch
 
     r = from_torch(
         model,
@@ -117,7 +117,7 @@ def train_digits_keras(splits: dict[str, tuple[np.ndarray, np.ndarray]], epochs:
 
 def build_keras(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
     """Train and save models/digits_keras.keras, check that it converts; return val accuracy."""
-    from onnxopt.convert import from_keras
+    from onnxopt.conversion.api import from_keras
 
     trained, acc = train_digits_keras(splits)
     # Save a fresh, uncompiled copy: no optimizer state in the file (a quarter of the size).
@@ -168,7 +168,7 @@ def main() -> None:
     export_torch(model, splits["val"][0][:1], MODELS / "digits_cnn.onnx", data={"input": splits["val"][0]})
     info = {"digits_cnn": {"val_accuracy": round(acc * 100, 2), "val_samples": int(len(splits["val"][1]))}}
     print(f"digits_cnn: validation accuracy {acc * 100:.2f}%")
-    from onnxopt.errors import MissingExtraError
+    from onnxopt.core.errors import MissingExtraError
 
     try:
         acc_k = build_keras(splits)

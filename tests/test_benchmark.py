@@ -9,17 +9,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxopt.benchmark import (
-    BenchConfig,
-    BenchResult,
-    LatencyStats,
-    RatioCI,
-    benchmark,
-    latency_ratio,
-    needs_custom_ops,
-)
-from onnxopt.errors import InvalidInputError
-from onnxopt.runtime import SessionConfig
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.runtime import SessionConfig, needs_custom_ops
+from onnxopt.measure.benchmark import BenchConfig, BenchResult, LatencyStats, benchmark
+from onnxopt.measure.stats import RatioCI, latency_ratio
 
 
 def make_conv_stack(seed: int = 0, channels: int = 32, size: int = 48, layers: int = 3) -> onnx.ModelProto:
@@ -189,7 +182,7 @@ def test_needs_custom_ops(mlp_model: onnx.ModelProto) -> None:
 
 def test_peak_rss_is_the_workers_own(mlp_model: onnx.ModelProto) -> None:
     # ru_maxrss survives execve: a worker must not report the peak of the process that started it.
-    from onnxopt.benchmark import measure_peak_rss
+    from onnxopt.measure.benchmark import measure_peak_rss
 
     big = np.ones(25_000_000)  # ~200 MB touched in this process
     assert big[-1] == 1.0

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxopt.calibration import ImageSpec, compute_ranges, from_feed, open_calibration
-from onnxopt.cpu import detect_cpu, parse_cpuinfo
-from onnxopt.errors import InvalidInputError
+from onnxopt.core.cpu import detect_cpu, parse_cpuinfo
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.quantization.calibration import ImageSpec, compute_ranges, from_feed, open_calibration
 from tests.conftest import make_convnet
 
 

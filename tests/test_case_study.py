@@ -33,8 +33,8 @@ def test_case_study_smoke(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     import onnx
 
-    from onnxopt.fidelity import run_batched
-    from onnxopt.model import load_model
+    from onnxopt.core.model import load_model
+    from onnxopt.measure.fidelity import run_batched
 
     cs = _load_script()
     out = tmp_path / "cs"

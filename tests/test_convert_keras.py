@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxopt.convert import convert_source, from_keras
-from onnxopt.errors import InvalidInputError, OnnxoptError
-from onnxopt.runtime import create_session
+from onnxopt.conversion.api import convert_source, from_keras
+from onnxopt.core.errors import InvalidInputError, OnnxoptError
+from onnxopt.core.runtime import create_session
 
 pytestmark = pytest.mark.keras
 ROOT = Path(__file__).resolve().parents[1]

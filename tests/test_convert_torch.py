@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxopt.convert import ConvertOptions, check_parity, convert_source, from_torch
-from onnxopt.errors import InvalidInputError, OnnxoptError
-from onnxopt.runtime import create_session
+from onnxopt.conversion.api import ConvertOptions, convert_source, from_torch
+from onnxopt.conversion.parity import check_parity
+from onnxopt.core.errors import InvalidInputError, OnnxoptError
+from onnxopt.core.runtime import create_session
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxopt.distill import DistillConfig, load_split
-from onnxopt.distill_core import EarlyStopping, check_classes, check_data, lr_at, pool_features
-from onnxopt.errors import InvalidInputError
-from onnxopt.teacher import logits_model, looks_like_probabilities, teacher_outputs
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.distillation.api import DistillConfig, load_split
+from onnxopt.distillation.core import EarlyStopping, check_classes, check_data, lr_at, pool_features
+from onnxopt.distillation.teacher import logits_model, looks_like_probabilities, teacher_outputs
 from tests.conftest import make_mlp
 
 ROOT = Path(__file__).resolve().parents[1]

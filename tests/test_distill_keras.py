@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxopt.distill import DistillConfig, distill_model, load_split
-from onnxopt.errors import InvalidInputError
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.distillation.api import DistillConfig, distill_model, load_split
 
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.keras
@@ -91,8 +91,8 @@ def onnx_twin(model: Any) -> Any:
 
 
 def test_keras_distill_model_from_onnx_teacher(tmp_path: Path, data: tuple[Any, Any], teacher: Any) -> None:
-    from onnxopt.benchmark import BenchConfig
-    from onnxopt.model import save_model
+    from onnxopt.core.model import save_model
+    from onnxopt.measure.benchmark import BenchConfig
 
     tpath = save_model(onnx_twin(teacher), tmp_path / "teacher.onnx")
     out = tmp_path / "student.onnx"

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxopt.distill import DistillConfig, distill_model, load_split
-from onnxopt.errors import InvalidInputError
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.distillation.api import DistillConfig, distill_model, load_split
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -119,8 +119,8 @@ def test_hint_loss_with_regressor(data: tuple[Any, Any], teacher: Any) -> None:
 
 
 def test_distill_model_exports_and_compares(tmp_path: Path, data: tuple[Any, Any], teacher: Any) -> None:
-    from onnxopt.benchmark import BenchConfig
-    from onnxopt.model import load_model
+    from onnxopt.core.model import load_model
+    from onnxopt.measure.benchmark import BenchConfig
 
     out = tmp_path / "student.onnx"
     torch.manual_seed(2)
@@ -139,7 +139,7 @@ def test_distill_model_exports_and_compares(tmp_path: Path, data: tuple[Any, Any
 
 
 def test_onnx_teacher_and_bad_inputs(tmp_path: Path, data: tuple[Any, Any], teacher: Any) -> None:
-    from onnxopt.distill import export_student
+    from onnxopt.distillation.api import export_student
     from onnxopt.frameworks.torch_distill import distill
 
     path = tmp_path / "teacher.onnx"
@@ -159,7 +159,7 @@ def test_onnx_teacher_and_bad_inputs(tmp_path: Path, data: tuple[Any, Any], teac
 
 def test_cli_distill_torch_json(tmp_path: Path, data: tuple[Any, Any], teacher: Any) -> None:
     from onnxopt.cli import main
-    from onnxopt.distill import export_student
+    from onnxopt.distillation.api import export_student
 
     tpath = tmp_path / "teacher.onnx"
     export_student(teacher, "torch", data[1][0], output=tpath)

@@ -9,8 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxopt.errors import InvalidInputError
-from onnxopt.fidelity import (
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.model import load_model
+from onnxopt.measure.fidelity import (
     FidelityReport,
     accuracy,
     compare_models,
@@ -18,7 +19,6 @@ from onnxopt.fidelity import (
     output_fidelity,
     run_batched,
 )
-from onnxopt.model import load_model
 from tests.conftest import make_convnet, make_mlp
 
 

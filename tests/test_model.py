@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxopt.errors import InvalidModelError, OnnxoptError
-from onnxopt.model import describe, load_model, save_model, validate_model
-from onnxopt.runtime import create_session
+from onnxopt.core.errors import InvalidModelError, OnnxoptError
+from onnxopt.core.model import describe, load_model, save_model, validate_model
+from onnxopt.core.runtime import create_session
 from tests.conftest import make_mlp
 
 
@@ -108,7 +108,7 @@ def test_save_failure_leaves_no_file(
     tmp_path: Path, mlp_model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write that dies half-way (disk full) leaves neither the target nor temp files."""
-    import onnxopt.model as m
+    import onnxopt.core.model as m
 
     def half_write(path: Path, data: bytes) -> None:
         path.write_bytes(data[: len(data) // 2])
@@ -141,8 +141,8 @@ def test_custom_ops_from_onnxruntime_extensions_load() -> None:
 
 
 def test_load_npz_rejects_non_numpy_files(tmp_path: Path) -> None:
-    from onnxopt.errors import InvalidInputError
-    from onnxopt.feeds import load_npz
+    from onnxopt.core.errors import InvalidInputError
+    from onnxopt.core.feeds import load_npz
 
     p = tmp_path / "data.npz"
     p.write_text('{"not": "numpy"}')

@@ -10,25 +10,14 @@ import onnx
 import pytest
 from onnx import ModelProto, helper, numpy_helper
 
-from onnxopt.benchmark import BenchResult, LatencyStats
-from onnxopt.errors import InvalidInputError
-from onnxopt.fidelity import load_eval_data
-from onnxopt.model import load_model
-from onnxopt.optimize import (
-    GATE_FAILED_KEY,
-    RECIPE_KEY,
-    Gates,
-    OptimizeConfig,
-    Stage,
-    _decide,
-    _never_slower,
-    check_gates,
-    default_output,
-    default_recipe,
-    optimize,
-    save_result,
-)
-from onnxopt.passes import parse_recipe
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.model import load_model
+from onnxopt.measure.benchmark import BenchResult, LatencyStats
+from onnxopt.measure.fidelity import load_eval_data
+from onnxopt.optimization.decide import check_gates, decide_stages, never_slower
+from onnxopt.optimization.recipe import parse_recipe
+from onnxopt.optimization.run import default_output, default_recipe, optimize, save_result
+from onnxopt.optimization.types import GATE_FAILED_KEY, RECIPE_KEY, Gates, OptimizeConfig, Stage
 
 FAST = {"bench_runs": 5, "bench_seconds": 0.1, "warmup": 1}
 GRAPH = parse_recipe('[[passes]]\nname = "optimize_graph"\n')
@@ -158,12 +147,12 @@ def test_slower_measured_candidate_is_rejected_with_a_warning() -> None:
         _stage("graph-optimized", [x * 0.99 for x in base], pass_name="optimize_graph"),
         _stage("quantized", [x * 1.3 for x in base], pass_name="quantize", measured=True),
     ]
-    out, warnings = _decide(stages, (), cfg())
+    out, warnings = decide_stages(stages, (), cfg())
     assert [s.kept for s in out] == [True, True, False]
     assert len(warnings) == 1 and warnings[0].startswith("int8 is slower on this CPU")
     assert warnings[0].endswith("kept the float model (graph-optimized)")
     faster = [*stages[:2], _stage("quantized", [x * 0.5 for x in base], pass_name="quantize", measured=True)]
-    out, warnings = _decide(faster, (), cfg())
+    out, warnings = decide_stages(faster, (), cfg())
     assert all(s.kept for s in out) and warnings == []
     assert out[2].ratio is not None and out[2].ratio.speedup == pytest.approx(2.0, rel=0.01)
 
@@ -175,13 +164,13 @@ def test_never_slower_guard_falls_back_to_the_input() -> None:
         _stage("original", base, pass_name=None),
         _stage("channel-pruned", [x * 1.2 for x in base], pass_name="prune_channels"),
     ]
-    decided, _ = _decide(stages, (), cfg())
-    assert decided[1].kept  # an explicit pass is kept by _decide ...
-    out, warnings = _never_slower(decided)
+    decided, _ = decide_stages(stages, (), cfg())
+    assert decided[1].kept  # an explicit pass is kept by decide_stages ...
+    out, warnings = never_slower(decided)
     assert not out[1].kept and "not measurably faster" in out[1].note  # ... but not past the guard
     assert warnings and warnings[0].endswith("kept the original model instead")
     fine = [stages[0], _stage("channel-pruned", [x * 0.7 for x in base], pass_name="prune_channels")]
-    out, warnings = _never_slower(_decide(fine, (), cfg())[0])
+    out, warnings = never_slower(decide_stages(fine, (), cfg())[0])
     assert out[1].kept and warnings == []
 
 

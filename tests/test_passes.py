@@ -11,19 +11,12 @@ import onnx
 import pytest
 from onnx import ModelProto, parser
 
-from onnxopt.errors import InvalidInputError, PassError
-from onnxopt.graph_opt import FoldConstantsPass, OptimizeGraphPass, fold_constants
-from onnxopt.model import copy_model
-from onnxopt.passes import (
-    PassContext,
-    PassResult,
-    Pipeline,
-    available_passes,
-    load_recipe,
-    make_pass,
-    parse_recipe,
-)
-from onnxopt.runtime import create_session
+from onnxopt.core.errors import InvalidInputError, PassError
+from onnxopt.core.model import copy_model
+from onnxopt.core.runtime import create_session
+from onnxopt.optimization.recipe import available_passes, load_recipe, make_pass, parse_recipe
+from onnxopt.passes.base import PassContext, PassResult, Pipeline
+from onnxopt.passes.graph import FoldConstantsPass, OptimizeGraphPass, fold_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +56,7 @@ def test_invalid_toml_names_line_and_column() -> None:
     [
         ('[[passes]]\nname = "quantize"\nper_channel = 3\n', "expected true or false"),
         ('[[passes]]\nname = "optimize_graph"\nlevel = "fast"\n', "level must be one of"),
-        ('[[passes]]\nname = "quantize"\nmode = "magic"\n', "mode must be one of"),
+        ('[[passes]]\nname = "quantize"\nmode = "magic"\n', "mode .magic.: choose one of auto, dynamic, static"),
         ('[[passes]]\nlevel = "basic"\n', "has no name"),
         ('description = "nothing"\n', "no passes"),
         ('[[pass]]\nname = "optimize_graph"\n', "unknown key 'pass'"),

@@ -13,11 +13,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxopt.channel_prune import channels_to_keep
-from onnxopt.errors import InvalidInputError
-from onnxopt.model import graph_outputs
-from onnxopt.prune import ChannelConfig, prune_channels
-from onnxopt.runtime import create_session
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.model import graph_outputs
+from onnxopt.core.runtime import create_session
+from onnxopt.pruning.channels.prune import ChannelConfig, channels_to_keep, prune_channels
 from tests.conftest import make_convnet, make_mlp
 
 RNG = np.random.default_rng(0)
@@ -349,7 +348,7 @@ def test_used_pool_indices_are_unsafe() -> None:
 def test_exported_digits_cnn_matches_zeroed_sources(digits_cnn: object) -> None:
     # No BatchNorm (folded at export) and ReLU/MaxPool map 0 to 0: zeroing a source's removed output
     # channels (weights and bias) in the original is the same as removing them.
-    from onnxopt.model import load_model
+    from onnxopt.core.model import load_model
 
     m = load_model(digits_cnn)  # type: ignore[arg-type]
     r = prune_channels(m, ChannelConfig(ratio=0.4))

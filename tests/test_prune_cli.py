@@ -12,7 +12,7 @@ import onnx
 from click.testing import CliRunner
 
 from onnxopt.cli import cli
-from onnxopt.runtime import create_session
+from onnxopt.core.runtime import create_session
 
 ROOT = Path(__file__).resolve().parents[1]
 

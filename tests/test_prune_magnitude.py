@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxopt.errors import InvalidInputError, UnsupportedModelError
-from onnxopt.prune import MagnitudeConfig, prune_magnitude
-from onnxopt.runtime import create_session
-from onnxopt.sparse_storage import compress_initializers, expand_sparse_storage
+from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
+from onnxopt.core.runtime import create_session
+from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
+from onnxopt.pruning.sparse_storage import compress_initializers, expand_sparse_storage
 from tests.conftest import make_convnet, make_mlp
 
 WEIGHTS = ("c1_w", "c2_w", "fc_w")

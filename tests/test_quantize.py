@@ -10,13 +10,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.benchmark import BenchConfig
-from onnxopt.errors import InvalidInputError, UnsupportedModelError
-from onnxopt.fidelity import load_eval_data, run_batched
-from onnxopt.model import op_histogram
-from onnxopt.quantize import QuantizeConfig, quantize
-from onnxopt.quantize_engine import quant_ops_in
-from onnxopt.runtime import SessionConfig
+from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
+from onnxopt.core.model import op_histogram
+from onnxopt.core.runtime import SessionConfig
+from onnxopt.measure.benchmark import BenchConfig
+from onnxopt.measure.fidelity import load_eval_data, run_batched
+from onnxopt.quantization.api import quantize
+from onnxopt.quantization.config import QuantizeConfig
+from onnxopt.quantization.engine import quant_ops_in
 
 FAST_BENCH = BenchConfig(session=SessionConfig(intra_op_threads=1, allow_spinning=False), warmup=1, runs=4)
 FAST_AUTO: dict[str, Any] = {"quick_runs": 3, "final_runs": 4, "finalists": 1}
@@ -254,9 +255,9 @@ def test_auto_size_objective_picks_the_smallest_within_budget(digits_cnn: Path, 
 
 
 def test_candidate_refused_by_onnxruntime_is_retried_on_the_folded_model(tmp_path: Path, mlp_model: onnx.ModelProto) -> None:
-    from onnxopt.quantize import QuantSession
-    from onnxopt.quantize_engine import Candidate, Prepared, prepare
-    from onnxopt.quantize_eval import Evaluator
+    from onnxopt.quantization.engine import Candidate, Prepared, prepare
+    from onnxopt.quantization.evaluate import Evaluator
+    from onnxopt.quantization.session import QuantSession
 
     notes: list[str] = []
     good = prepare(mlp_model, tmp_path, notes)[-1]

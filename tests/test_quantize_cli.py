@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from onnxopt.cli import main
-from onnxopt.model import op_histogram
+from onnxopt.core.model import op_histogram
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,8 @@ def _bad(tmp_path: Path, digits_cnn: Path, kind: str) -> list[str]:
         d.mkdir()
         return [str(digits_cnn), "-o", out, "--calib-data", str(d)]
     if kind == "already-quantized":
-        from onnxopt.quantize import QuantizeConfig, quantize
+        from onnxopt.quantization.api import quantize
+        from onnxopt.quantization.config import QuantizeConfig
 
         q = quantize(onnx.load(str(digits_cnn)), QuantizeConfig(mode="dynamic")).model
         qp = tmp_path / "q.onnx"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from onnxopt import report
-from onnxopt.errors import MissingExtraError
-from onnxopt.optimize import Gates, OptimizeConfig, OptimizeResult, optimize
-from onnxopt.passes import parse_recipe
+from onnxopt.core.errors import MissingExtraError
+from onnxopt.optimization import report
+from onnxopt.optimization.recipe import parse_recipe
+from onnxopt.optimization.run import optimize
+from onnxopt.optimization.types import Gates, OptimizeConfig, OptimizeResult
 
 from .conftest import make_convnet
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxopt.errors import InvalidInputError
-from onnxopt.search import (
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.nas.engine import (
     Objective,
     Record,
     SearchConfig,
@@ -23,7 +23,7 @@ from onnxopt.search import (
     random_search,
     search,
 )
-from onnxopt.search_space import ChoiceGene, FloatGene, IntGene, SearchSpace
+from onnxopt.nas.space import ChoiceGene, FloatGene, IntGene, SearchSpace
 
 TARGET = {"a": 13, "b": 4, "c": 17, "d": 8, "op": "mul"}
 

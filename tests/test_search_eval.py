@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxopt.cli import cli
-from onnxopt.search_eval import EvalConfig, load_split
+from onnxopt.nas.evaluate import EvalConfig, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -76,7 +76,7 @@ def test_torch_genome_builds_baseline_family() -> None:
 def test_count_params_matches_torch() -> None:
     pytest.importorskip("torch")
     from onnxopt.frameworks.torch_genome import build, count_params, param_count
-    from onnxopt.search_space import load_space
+    from onnxopt.nas.space import load_space
 
     space = load_space(ROOT / "examples" / "search_space.toml")
     rng = np.random.default_rng(0)
@@ -118,7 +118,7 @@ def test_cli_end_to_end_pareto(tmp_path: Path, tiny_space: Path) -> None:
         onnx.checker.check_model(onnx.load(str(p)))
         assert "speedup" in m
     # the written model is the most accurate member of the front and answers like the log says
-    from onnxopt.fidelity import accuracy
+    from onnxopt.measure.fidelity import accuracy
 
     val = load_split(VAL)
     acc = accuracy(onnx.load(str(out)), {"input": val[0]}, val[1])
@@ -133,7 +133,7 @@ def test_cli_end_to_end_pareto(tmp_path: Path, tiny_space: Path) -> None:
 @pytest.mark.torch
 def test_cli_impossible_budget_reports_closest_exit_3(tmp_path: Path, tiny_space: Path) -> None:
     pytest.importorskip("torch")
-    from onnxopt.errors import GateFailedError
+    from onnxopt.core.errors import GateFailedError
 
     out = tmp_path / "best.onnx"
     r = CliRunner().invoke(cli, [

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from onnxopt.search_eval import EvalConfig, evaluator_for, load_split
+from onnxopt.nas.evaluate import EvalConfig, evaluator_for, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -46,7 +46,7 @@ bench_warmup = 2
 @pytest.mark.parametrize("genome", GENOMES, ids=lambda g: f"depth{g['depth']}-{g.get('activation', 'relu')}")
 def test_keras_genome_shape_and_onnx_parity(genome: dict) -> None:
     pytest.importorskip("keras")
-    from onnxopt.convert import from_keras
+    from onnxopt.conversion.api import from_keras
     from onnxopt.frameworks.keras_genome import build, param_count
 
     model = build(genome, (1, 8, 8), 10, seed=0)
@@ -65,7 +65,7 @@ def test_keras_genome_shape_and_onnx_parity(genome: dict) -> None:
 
 def test_keras_genome_same_genes_as_torch() -> None:
     pytest.importorskip("keras")
-    from onnxopt.errors import InvalidInputError
+    from onnxopt.core.errors import InvalidInputError
     from onnxopt.frameworks.keras_genome import build
 
     with pytest.raises(InvalidInputError, match="widht"):
@@ -82,8 +82,8 @@ def test_keras_genome_same_genes_as_torch() -> None:
 
 def test_keras_search_end_to_end_on_digits(tmp_path: Path) -> None:
     pytest.importorskip("keras")
-    from onnxopt.search import Objective, SearchConfig, search
-    from onnxopt.search_space import load_space
+    from onnxopt.nas.engine import Objective, SearchConfig, search
+    from onnxopt.nas.space import load_space
 
     (tmp_path / "space.toml").write_text(TINY_TOML)
     space = load_space(tmp_path / "space.toml")
@@ -99,7 +99,7 @@ def test_keras_search_end_to_end_on_digits(tmp_path: Path) -> None:
     m = result.best.metrics
     assert 10 < m["accuracy"] <= 100  # better than chance after one epoch on 200 samples
     assert m["latency_ms"] > 0 and Path(m["model_path"]).exists()
-    from onnxopt.fidelity import accuracy
+    from onnxopt.measure.fidelity import accuracy
 
     xv, yv = load_split(VAL)
     assert accuracy(m["model_path"], {"input": xv}, yv) == pytest.approx(m["accuracy"])

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxopt.errors import InvalidInputError
-from onnxopt.search_space import ChoiceGene, IntGene, SearchSpace, load_space
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.nas.space import ChoiceGene, IntGene, SearchSpace, load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 

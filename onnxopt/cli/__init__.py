@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from onnxopt.errors import OnnxoptError
+from onnxopt.core.errors import OnnxoptError
 
 # command name -> module under onnxopt.cli; each module defines `command`.
 COMMANDS = {

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from onnxopt.jsonable import json_default
+from onnxopt.core.jsonable import json_default
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,8 +14,9 @@ from onnxopt.cli._options import echo_json, human_bytes, json_option, session_op
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-    from onnxopt.benchmark import BenchConfig, BenchResult, RatioCI
-    from onnxopt.feeds import Feed
+    from onnxopt.core.feeds import Feed
+    from onnxopt.measure.benchmark import BenchConfig, BenchResult
+    from onnxopt.measure.stats import RatioCI
 
 MODE_TEXT = {
     "interleaved": "interleaved rounds in one process (spinning off, start order rotated each round)",
@@ -25,7 +26,7 @@ MODE_TEXT = {
 
 def parse_threads(text: str | None) -> list[int] | None:
     """'1,2' -> [1, 2]; None -> None (the default: physical cores)."""
-    from onnxopt.errors import InvalidInputError
+    from onnxopt.core.errors import InvalidInputError
 
     if text is None:
         return None
@@ -96,9 +97,9 @@ def make_config(
     spin: bool = False,
 ) -> BenchConfig:
     """A BenchConfig from the CLI options (the first thread count is the session's)."""
-    from onnxopt.benchmark import BenchConfig
-    from onnxopt.feeds import parse_shape_overrides
-    from onnxopt.runtime import SessionConfig, physical_cores
+    from onnxopt.core.feeds import parse_shape_overrides
+    from onnxopt.core.runtime import SessionConfig, physical_cores
+    from onnxopt.measure.benchmark import BenchConfig
 
     session = SessionConfig(
         provider=provider,
@@ -122,8 +123,8 @@ def make_config(
 
 def load_data_feed(model: ModelProto, data: Path, batch: int, labels_key: str = "labels") -> Feed:
     """The first `batch` samples of an .npz for the model's inputs (checked; one line per mismatch)."""
-    from onnxopt.errors import InvalidInputError
-    from onnxopt.feeds import (
+    from onnxopt.core.errors import InvalidInputError
+    from onnxopt.core.feeds import (
         check_feed,
         first_batch,
         load_npz,
@@ -176,7 +177,7 @@ def comparisons(
 ) -> list[tuple[BenchResult, BenchResult, RatioCI]]:
     """(candidate, reference, ratio) for each row vs the first model at the same threads
     (a single model's thread sweep: vs its first setting)."""
-    from onnxopt.benchmark import latency_ratio
+    from onnxopt.measure.stats import latency_ratio
 
     out = []
     names = list(dict.fromkeys(r.name for r in results))
@@ -337,9 +338,9 @@ def command(
         return
     if not models:
         raise click.UsageError("give at least one MODEL (or --list-providers)")
-    from onnxopt.benchmark import benchmark
-    from onnxopt.errors import InvalidInputError
-    from onnxopt.model import load_model
+    from onnxopt.core.errors import InvalidInputError
+    from onnxopt.core.model import load_model
+    from onnxopt.measure.benchmark import benchmark
 
     thread_list = parse_threads(threads)
     config = make_config(thread_list, provider, inter_threads, opt_level, batch, shapes, runs, duration,
@@ -347,7 +348,7 @@ def command(
     protos = [load_model(m) for m in models]
     feed = load_data_feed(protos[0], data, batch) if data is not None else None
     if plot is not None:
-        from onnxopt.plots import require_matplotlib
+        from onnxopt.measure.plots import require_matplotlib
 
         require_matplotlib()
         if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -360,7 +361,7 @@ def command(
         )
     comps = comparisons(results, ratio_quantile) if show_compare and len(results) > 1 else []
     if plot is not None:
-        from onnxopt.plots import latency_plot
+        from onnxopt.measure.plots import latency_plot
 
         latency_plot(results, plot, title=f"latency ({config.isolation})")
     if as_json:
@@ -379,7 +380,7 @@ def command(
 def _print_providers(as_json: bool) -> None:
     import onnxruntime as ort
 
-    from onnxopt.runtime import CPU_SIDE_PROVIDERS
+    from onnxopt.core.runtime import CPU_SIDE_PROVIDERS
 
     available = ort.get_available_providers()
     if as_json:

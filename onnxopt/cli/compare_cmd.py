@@ -11,7 +11,7 @@ from onnxopt.cli._options import echo_json, json_option
 from onnxopt.cli.bench_cmd import bench_options
 
 if TYPE_CHECKING:
-    from onnxopt.fidelity import FidelityReport
+    from onnxopt.measure.fidelity import FidelityReport
 
 
 def check_gates(
@@ -111,7 +111,6 @@ def command(
       onnxopt compare model.onnx model.int8.onnx --data val.npz
       onnxopt compare model.onnx model.int8.onnx --data val.npz --max-accuracy-drop 0.5 --min-speedup 1.2
     """
-    from onnxopt.benchmark import benchmark, latency_ratio
     from onnxopt.cli.bench_cmd import (
         load_data_feed,
         make_config,
@@ -121,10 +120,12 @@ def command(
         progress_bar,
         results_json,
     )
-    from onnxopt.errors import GateFailedError, InvalidInputError
-    from onnxopt.feeds import parse_shape_overrides, synthesize_feed
-    from onnxopt.fidelity import check_same_inputs, compare_models, load_eval_data
-    from onnxopt.model import load_model
+    from onnxopt.core.errors import GateFailedError, InvalidInputError
+    from onnxopt.core.feeds import parse_shape_overrides, synthesize_feed
+    from onnxopt.core.model import load_model
+    from onnxopt.measure.benchmark import benchmark
+    from onnxopt.measure.fidelity import check_same_inputs, compare_models, load_eval_data
+    from onnxopt.measure.stats import latency_ratio
 
     if n_samples < 1:
         raise InvalidInputError(f"--samples must be >= 1, got {n_samples}")

@@ -19,7 +19,7 @@ def _names(value: str | None) -> tuple[str, ...] | None:
 
 def _shapes(items: tuple[str, ...]) -> tuple[dict[str, tuple[int, ...]] | None, dict[str, str] | None]:
     """--input-shape name=1,3,224,224[@int64] (the name may be left out for a single input)."""
-    from onnxopt.feeds import parse_shape_overrides
+    from onnxopt.core.feeds import parse_shape_overrides
 
     if not items:
         return None, None
@@ -94,8 +94,8 @@ def command(
     Exit codes: 0 converted and parity passed; 1 error (bad source, export failed,
     parity above --atol/--rtol: no output file is written).
     """
-    from onnxopt.convert import convert_source
-    from onnxopt.feeds import load_npz
+    from onnxopt.conversion.api import convert_source
+    from onnxopt.core.feeds import load_npz
 
     shapes, dtypes = _shapes(input_shape)
     feed = load_npz(data) if data is not None else None

@@ -75,9 +75,9 @@ def command(
       onnxopt distill --teacher teacher.onnx --student examples/distill_models.py:keras_student \\
           --data models/digits_train.npz --val models/digits_val.npz -o build/student_keras.onnx --json
     """
-    from onnxopt.distill import DistillConfig, distill_sources, load_split
-    from onnxopt.errors import InvalidInputError
-    from onnxopt.model import same_file
+    from onnxopt.core.errors import InvalidInputError
+    from onnxopt.core.model import same_file
+    from onnxopt.distillation.api import DistillConfig, distill_sources, load_split
 
     config = DistillConfig(
         temperature=temperature, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -88,7 +88,7 @@ def command(
         raise InvalidInputError(f"{output}: refusing to overwrite the teacher; choose another output path")
     bench = None
     if not no_bench:
-        from onnxopt.benchmark import BenchConfig
+        from onnxopt.measure.benchmark import BenchConfig
 
         bench = BenchConfig(runs=runs, warmup=min(20, runs))
     test_data = load_split(test, input_key=input_key, labels_key=labels_key) if test else None

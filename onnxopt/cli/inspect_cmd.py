@@ -21,7 +21,7 @@ def command(model: Path, as_json: bool, no_validate: bool) -> None:
       onnxopt inspect models/digits_cnn.onnx
       onnxopt inspect models/digits_cnn.onnx --json | jq .parameter_count
     """
-    from onnxopt.model import describe, load_model, validate_model
+    from onnxopt.core.model import describe, load_model, validate_model
 
     proto = load_model(model)
     if not no_validate:

@@ -75,17 +75,11 @@ def command(
       onnxopt optimize model.onnx --recipe recipe.toml --data val.npz \\
           --max-accuracy-drop 0.5 --min-speedup 1.2 --report-md summary.md
     """
-    from onnxopt.errors import GateFailedError, InvalidInputError
-    from onnxopt.model import load_model, same_file
-    from onnxopt.optimize import (
-        Gates,
-        OptimizeConfig,
-        default_output,
-        default_recipe,
-        optimize,
-        save_result,
-    )
-    from onnxopt.passes import load_recipe
+    from onnxopt.core.errors import GateFailedError, InvalidInputError
+    from onnxopt.core.model import load_model, same_file
+    from onnxopt.optimization.recipe import load_recipe
+    from onnxopt.optimization.run import default_output, default_recipe, optimize, save_result
+    from onnxopt.optimization.types import Gates, OptimizeConfig
 
     if max_accuracy_drop is not None and data is None:
         raise click.UsageError(
@@ -106,7 +100,7 @@ def command(
         click.echo(rec.to_toml(), nl=False)
         return
     if report_html is not None:
-        from onnxopt.report import check_html_available
+        from onnxopt.optimization.report import check_html_available
 
         check_html_available()
     out = output or default_output(model)
@@ -114,7 +108,7 @@ def command(
         raise click.UsageError(f"-o {out}: that is the input model; choose another output path")
     val = None
     if data is not None:
-        from onnxopt.fidelity import load_eval_data
+        from onnxopt.measure.fidelity import load_eval_data
 
         val = load_eval_data(proto, data)
         if max_accuracy_drop is not None and val[1] is None:
@@ -123,7 +117,7 @@ def command(
             )
     calib = None
     if calib_data is not None:
-        from onnxopt.calibration import open_calibration
+        from onnxopt.quantization.calibration import open_calibration
 
         calib = open_calibration(proto, calib_data)
 
@@ -132,7 +126,7 @@ def command(
     result = optimize(proto, rec if recipe is not None else None, config, val=val, calib=calib, progress=progress)
     written = save_result(result, out, input_path=model, write_on_gate_failure=not no_output_on_fail)
 
-    from onnxopt import report
+    from onnxopt.optimization import report
 
     if report_json is not None:
         report.write_text(report_json, report.to_json(result))
@@ -163,7 +157,7 @@ def _print_table(result: Any, written: Path | None, out: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from onnxopt.report import COLUMNS, headline, stage_rows, summary_line
+    from onnxopt.optimization.report import COLUMNS, headline, stage_rows, summary_line
 
     console = Console()
     if console.width < 140:  # keep the table on one line per stage in CI logs and narrow terminals

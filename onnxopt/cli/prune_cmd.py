@@ -61,9 +61,10 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
     if method == "magnitude" and opts["sparsity"] is not None and opts["threshold"] is not None:
         raise click.UsageError("give --sparsity or --threshold, not both")
 
-    from onnxopt.errors import OnnxoptError
-    from onnxopt.model import load_model, same_file, save_model
-    from onnxopt.prune import ChannelConfig, MagnitudeConfig, prune_channels, prune_magnitude
+    from onnxopt.core.errors import OnnxoptError
+    from onnxopt.core.model import load_model, same_file, save_model
+    from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
+    from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
 
     if same_file(output, model):
         raise OnnxoptError(f"{output}: refusing to overwrite the input model; choose another output path")
@@ -96,8 +97,8 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
 
 
 def _accuracy(before: Any, after: Any, data: Path) -> dict[str, float | None]:
-    from onnxopt.errors import InvalidInputError
-    from onnxopt.fidelity import accuracy, load_eval_data
+    from onnxopt.core.errors import InvalidInputError
+    from onnxopt.measure.fidelity import accuracy, load_eval_data
 
     feed, labels = load_eval_data(before, data)
     if labels is None:

@@ -81,12 +81,13 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
 
     Exit codes: 0 ok, 1 bad input, 3 the accuracy budget was not met (the closest model is still written).
     """
-    from onnxopt.benchmark import BenchConfig
-    from onnxopt.calibration import ImageSpec, load_labelled, open_calibration
-    from onnxopt.errors import GateFailedError, InvalidInputError
-    from onnxopt.model import load_model, same_file, save_model
-    from onnxopt.quantize import QuantizeConfig, quantize
-    from onnxopt.runtime import SessionConfig, physical_cores
+    from onnxopt.core.errors import GateFailedError, InvalidInputError
+    from onnxopt.core.model import load_model, same_file, save_model
+    from onnxopt.core.runtime import SessionConfig, physical_cores
+    from onnxopt.measure.benchmark import BenchConfig
+    from onnxopt.quantization.api import quantize
+    from onnxopt.quantization.calibration import ImageSpec, load_labelled, open_calibration
+    from onnxopt.quantization.config import QuantizeConfig
 
     if same_file(output, model):
         raise InvalidInputError(f"{output}: refusing to overwrite the input model; choose another output path")
@@ -120,7 +121,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     if report_path is not None:
         import json
 
-        from onnxopt.jsonable import json_default
+        from onnxopt.core.jsonable import json_default
 
         report_path.write_text(json.dumps(report, indent=2, default=json_default))
     if as_json:

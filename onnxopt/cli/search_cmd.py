@@ -94,16 +94,16 @@ def command(
       onnxopt search ... --max-latency-ms 0.03 --resume
       onnxopt search ... --framework keras
     """
-    from onnxopt.errors import GateFailedError, InvalidInputError, OnnxoptError
-    from onnxopt.search import Objective, SearchConfig, search
-    from onnxopt.search_eval import (
+    from onnxopt.core.errors import GateFailedError, InvalidInputError, OnnxoptError
+    from onnxopt.nas.engine import Objective, SearchConfig, search
+    from onnxopt.nas.evaluate import (
         EvalConfig,
         evaluator_for,
         load_split,
         remeasure,
         teacher_logits_for,
     )
-    from onnxopt.search_space import describe_genome, load_space
+    from onnxopt.nas.space import describe_genome, load_space
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     # -- validate everything before the (long) search starts
@@ -115,7 +115,7 @@ def command(
         raise InvalidInputError(f"--remeasure-runs must be >= 5, got {remeasure_runs}")
     if output.suffix != ".onnx":
         raise InvalidInputError(f"{output}: the output must be an .onnx file")
-    from onnxopt.model import same_file
+    from onnxopt.core.model import same_file
 
     for what, p in (("--baseline", baseline), ("--teacher", teacher), ("--data", data_path), ("--val", val_path)):
         if p is not None and same_file(output, p):
@@ -136,14 +136,14 @@ def command(
     )
     eval_cfg = EvalConfig.from_settings(space.settings.get("train", {}), epochs=epochs, seed=seed)
     if plot_path is not None:
-        from onnxopt.search_plot import _pyplot
+        from onnxopt.nas.plot import _pyplot
 
         _pyplot()  # fail now, not after the search, when matplotlib is missing
     base_acc: float | None = None
     if baseline is not None:
-        from onnxopt.feeds import model_feed_from_npz
-        from onnxopt.fidelity import accuracy
-        from onnxopt.model import load_model
+        from onnxopt.core.feeds import model_feed_from_npz
+        from onnxopt.core.model import load_model
+        from onnxopt.measure.fidelity import accuracy
 
         base_proto = load_model(baseline)
         base_acc = accuracy(base_proto, model_feed_from_npz(base_proto, {"input": val[0]}, str(val_path)), val[1])
@@ -232,7 +232,7 @@ def command(
         )
     written: list[str] = []
     if gate_error is None:
-        from onnxopt.model import load_model, save_model
+        from onnxopt.core.model import load_model, save_model
 
         src = chosen[0].metrics["model_path"]  # type: ignore[index]
         save_model(load_model(src), output)
@@ -246,7 +246,7 @@ def command(
         else:
             rows[0]["file"] = str(output)
     if plot_path is not None:
-        from onnxopt.search_plot import plot_front
+        from onnxopt.nas.plot import plot_front
 
         base_pt = None
         if baseline is not None and base_acc is not None:
@@ -276,7 +276,7 @@ def command(
 
 
 def _front(result: Any) -> Any:
-    from onnxopt.search import pareto_front
+    from onnxopt.nas.engine import pareto_front
 
     return pareto_front(result.records, result.config)
 
@@ -286,7 +286,7 @@ def _print_table(summary: dict[str, Any], names: tuple[str, ...]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from onnxopt.search_space import describe_genome
+    from onnxopt.nas.space import describe_genome
 
     console = Console()
     t = Table(title=f"search: {summary['evaluations']} candidates evaluated ({summary['failed']} failed)")

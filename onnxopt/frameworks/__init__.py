@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxopt.errors import MissingExtraError
+from onnxopt.core.errors import MissingExtraError
 
 
 def require_torch() -> Any:

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from onnxopt.distill_core import (
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.errors import short_message as _short
+from onnxopt.distillation.core import (
     Data,
     DistillConfig,
     DistillHistory,
@@ -21,10 +23,8 @@ from onnxopt.distill_core import (
     lr_at,
     pool_features,
 )
-from onnxopt.errors import InvalidInputError
-from onnxopt.errors import short_message as _short
+from onnxopt.distillation.teacher import as_logits, teacher_outputs
 from onnxopt.frameworks import require_keras
-from onnxopt.teacher import as_logits, teacher_outputs
 
 log = logging.getLogger(__name__)
 

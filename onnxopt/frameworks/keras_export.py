@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnxopt.errors import InvalidInputError, UnsupportedModelError
+from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.frameworks import require_keras
 from onnxopt.frameworks.quiet import quiet_exporter
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from onnxopt.errors import InvalidInputError
+from onnxopt.core.errors import InvalidInputError
 from onnxopt.frameworks import require_keras
 from onnxopt.frameworks.torch_genome import (
     ACTIVATIONS,

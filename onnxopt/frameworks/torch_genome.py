@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from onnxopt.errors import InvalidInputError
+from onnxopt.core.errors import InvalidInputError
 from onnxopt.frameworks import require_torch
 
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "hardswish", "silu", "gelu", "tanh")

@@ -1,0 +1,323 @@
+"""Load, validate, describe and atomically save ONNX models."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto
+
+from onnxopt.core.errors import InvalidModelError, OnnxoptError
+from onnxopt.core.errors import short_message as _short
+
+log = logging.getLogger(__name__)
+
+# Protobuf refuses to serialize a message above 2 GiB; stay clear of it.
+_PROTO_LIMIT = 2**31 - 2**20
+_ONNX_MAGIC_HINT = "(expected a binary ONNX ModelProto)"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and shape (ints, symbolic names or None) of a graph input or output."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The numpy dtype of this tensor."""
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(_dtype_enum(self.dtype)))
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a user wants to know about a model before optimizing it."""
+
+    path: str
+    file_size: int
+    ir_version: int
+    producer: str
+    opsets: dict[str, int]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    op_histogram: dict[str, int]
+    node_count: int
+    parameter_count: int
+    initializer_bytes: int
+    external_data: bool
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict."""
+        d = asdict(self)
+        d["inputs"] = [asdict(t) for t in self.inputs]
+        d["outputs"] = [asdict(t) for t in self.outputs]
+        return d
+
+
+def _dtype_enum(name: str) -> int:
+    return int(getattr(TensorProto, name.upper()))
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise InvalidModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise InvalidModelError(f"{path}: is a directory, not an .onnx file")
+    if path.stat().st_size == 0:
+        raise InvalidModelError(f"{path}: file is empty")
+
+
+def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> ModelProto:
+    """Load a model from disk (with its external data) or raise InvalidModelError."""
+    p = Path(path)
+    _check_path(p)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise InvalidModelError(
+            f"{p}: not a readable ONNX model {_ONNX_MAGIC_HINT}: {_short(e)}"
+        ) from e
+    if not model.graph.node and not model.graph.output and not model.opset_import:
+        # protobuf parses many arbitrary byte strings as an empty message
+        raise InvalidModelError(f"{p}: not an ONNX model (no graph, outputs or opset imports)")
+    if load_external_data and _uses_external_data(model):
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except (FileNotFoundError, OSError) as e:
+            raise InvalidModelError(
+                f"{p}: external data file missing: {_short(e)}; keep the data file beside the model"
+            ) from e
+        except Exception as e:
+            raise InvalidModelError(f"{p}: cannot read external data: {_short(e)}") from e
+    return model
+
+
+def _uses_external_data(model: ModelProto) -> bool:
+    return any(
+        t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer
+    )
+
+
+
+
+def validate_model(model: ModelProto | str | os.PathLike[str], *, check_runtime: bool = True) -> None:
+    """Run onnx.checker and (optionally) create an onnxruntime session; raise InvalidModelError."""
+    name = str(model) if not isinstance(model, ModelProto) else (model.graph.name or "model")
+    proto = load_model(model) if not isinstance(model, ModelProto) else model
+    try:
+        if proto.ByteSize() > _PROTO_LIMIT:
+            if isinstance(model, ModelProto):
+                log.info("model above 2 GB: checker skipped for in-memory model")
+            else:
+                onnx.checker.check_model(str(model))
+        else:
+            onnx.checker.check_model(proto)
+    except Exception as e:
+        raise InvalidModelError(f"{name}: fails the ONNX checker: {_short(e)}") from e
+    if check_runtime:
+        from onnxopt.core.runtime import create_session
+
+        try:
+            create_session(proto if isinstance(model, ModelProto) else Path(model))
+        except OnnxoptError as e:
+            raise InvalidModelError(f"{name}: {e}") from e
+
+
+def tensor_specs(values: Any) -> tuple[TensorSpec, ...]:
+    """TensorSpecs for a repeated ValueInfoProto field (graph inputs or outputs)."""
+    specs = []
+    for vi in values:
+        tt = vi.type.tensor_type
+        dtype = TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "undefined"
+        dims: list[int | str | None] = []
+        if tt.HasField("shape"):
+            for d in tt.shape.dim:
+                if d.HasField("dim_value"):
+                    dims.append(int(d.dim_value))
+                elif d.HasField("dim_param"):
+                    dims.append(d.dim_param)
+                else:
+                    dims.append(None)
+        specs.append(TensorSpec(vi.name, dtype, tuple(dims)))
+    return tuple(specs)
+
+
+def graph_inputs(model: ModelProto) -> tuple[TensorSpec, ...]:
+    """The real inputs of a model (graph inputs that are not initializers)."""
+    inits = {t.name for t in model.graph.initializer}
+    return tensor_specs([i for i in model.graph.input if i.name not in inits])
+
+
+def graph_outputs(model: ModelProto) -> tuple[TensorSpec, ...]:
+    """The outputs of a model."""
+    return tensor_specs(model.graph.output)
+
+
+def all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """graph and every subgraph inside it (If/Loop/Scan bodies), depth first."""
+    graphs = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                graphs.extend(all_graphs(attr.g))
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    graphs.extend(all_graphs(g))
+    return graphs
+
+
+def initializer_stats(model: ModelProto) -> tuple[int, int]:
+    """(parameter count, bytes) over all initializers, subgraphs included."""
+    count = 0
+    nbytes = 0
+    for g in all_graphs(model.graph):
+        for t in g.initializer:
+            n = int(np.prod(t.dims)) if len(t.dims) else 1
+            count += n
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            nbytes += n * itemsize
+        for st in g.sparse_initializer:
+            n = int(np.prod(st.dims)) if len(st.dims) else 1
+            count += n
+            nbytes += st.values.ByteSize() + st.indices.ByteSize()
+    return count, nbytes
+
+
+def op_histogram(model: ModelProto) -> dict[str, int]:
+    """Count of each op type (domain-qualified when not the default domain), subgraphs included."""
+    counter: collections.Counter[str] = collections.Counter()
+    for g in all_graphs(model.graph):
+        for n in g.node:
+            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            counter[key] += 1
+    return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# Ops that make a model "sequence-like": dynamic quantization suits them best.
+SEQUENCE_OPS = ("LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "com.microsoft.Attention")
+CONV_OPS = ("Conv", "ConvTranspose")
+MATMUL_OPS = ("MatMul", "Gemm")
+
+
+def model_family(model: ModelProto) -> str:
+    """'sequence' (RNN/attention or MatMul-heavy), 'conv' (Conv-heavy) or 'dense' (MLP-like)."""
+    hist = op_histogram(model)
+    if any(hist.get(op, 0) for op in SEQUENCE_OPS):
+        return "sequence"
+    conv = sum(hist.get(op, 0) for op in CONV_OPS)
+    matmul = sum(hist.get(op, 0) for op in MATMUL_OPS)
+    if conv and conv >= matmul:
+        return "conv"
+    if hist.get("Softmax", 0) and matmul >= 4:
+        return "sequence"
+    return "dense"
+
+
+def describe(path: str | os.PathLike[str], model: ModelProto | None = None) -> ModelDescription:
+    """Describe the model at path (loading it unless given)."""
+    p = Path(path)
+    proto = model if model is not None else load_model(p)
+    params, nbytes = initializer_stats(proto)
+    hist = op_histogram(proto)
+    return ModelDescription(
+        path=str(p),
+        file_size=p.stat().st_size if p.exists() else proto.ByteSize(),
+        ir_version=int(proto.ir_version),
+        producer=f"{proto.producer_name} {proto.producer_version}".strip(),
+        opsets={(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import},
+        inputs=graph_inputs(proto),
+        outputs=graph_outputs(proto),
+        op_histogram=hist,
+        node_count=sum(hist.values()),
+        parameter_count=params,
+        initializer_bytes=nbytes,
+        external_data=_uses_external_data(proto),
+        metadata={p.key: p.value for p in proto.metadata_props},
+    )
+
+
+def default_opset(model: ModelProto) -> int:
+    """The model's ai.onnx opset version."""
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 0
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when a and b name the same file (resolving links)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        return pa.resolve() == pb.resolve() or (pa.exists() and pb.exists() and os.path.samefile(pa, pb))
+    except OSError:
+        return False
+
+
+def save_model(
+    model: ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+    overwrite_input: bool = False,
+    external_data: bool | None = None,
+) -> Path:
+    """Write model to path atomically (temp file + rename); refuse to overwrite input_path.
+
+    External data is used when asked, or automatically when the model is above 2 GB;
+    its file is named `<output name>.data` beside the output.
+    """
+    out = Path(path)
+    if input_path is not None and same_file(out, input_path) and not overwrite_input:
+        raise OnnxoptError(
+            f"{out}: refusing to overwrite the input model; choose another output path"
+        )
+    if out.is_dir():
+        raise OnnxoptError(f"{out}: is a directory; give an output file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    use_external = external_data if external_data is not None else model.ByteSize() > _PROTO_LIMIT
+    data_name = out.name + ".data"
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = tmp_dir / out.name
+        if use_external:
+            m = copy_model(model)
+            onnx.save_model(
+                m,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            os.replace(tmp_dir / data_name, out.parent / data_name)
+        else:
+            _write_bytes(tmp, model.SerializeToString())
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def copy_model(model: ModelProto) -> ModelProto:
+    """A deep copy of a ModelProto (passes copy once, never mutate their input)."""
+    m = ModelProto()
+    m.CopyFrom(model)
+    return m

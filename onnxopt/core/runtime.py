@@ -1,0 +1,151 @@
+"""onnxruntime session creation with onnxopt's conventions (custom ops, threads, spinning)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+from onnx import ModelProto
+
+from onnxopt.core.errors import InvalidInputError, InvalidModelError
+
+log = logging.getLogger(__name__)
+
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# Providers that run on the CPU side of the machine (no GPU/NPU needed).
+CPU_SIDE_PROVIDERS = (
+    "CPUExecutionProvider",
+    "DnnlExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "XnnpackExecutionProvider",
+    "ACLExecutionProvider",
+    "ArmNNExecutionProvider",
+)
+
+
+def physical_cores() -> int:
+    """Number of physical cores (falls back to logical CPUs)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:  # psutil can fail in odd containers
+        pass
+    return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def _extensions_library() -> str | None:
+    # Importing onnxruntime_extensions takes seconds (it pulls in its converters); the
+    # custom-op library is a shared object inside the package, so locate it without importing.
+    try:
+        spec = importlib.util.find_spec("onnxruntime_extensions")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        for folder in spec.submodule_search_locations:
+            for lib in sorted(Path(folder).glob("_extensions_pydll*")):
+                if lib.suffix in (".so", ".pyd", ".dylib"):
+                    return str(lib)
+    except Exception as e:  # the extension package is optional at run time
+        log.debug("onnxruntime-extensions unavailable: %s", e)
+    return None
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to build an onnxruntime session."""
+
+    provider: str = "CPUExecutionProvider"
+    intra_op_threads: int = 0  # 0: onnxruntime's default
+    inter_op_threads: int = 0
+    opt_level: str = "all"
+    allow_spinning: bool = True
+    custom_ops: bool = True
+
+    def __post_init__(self) -> None:
+        if self.opt_level not in OPT_LEVELS:
+            raise InvalidInputError(
+                f"unknown optimization level {self.opt_level!r}; choose one of {', '.join(OPT_LEVELS)}"
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise InvalidInputError("thread counts must be >= 0")
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise InvalidInputError(
+                f"execution provider {self.provider!r} is not available; available: {', '.join(available)}"
+            )
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    """SessionOptions for a config."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = OPT_LEVELS[config.opt_level]
+    if config.intra_op_threads:
+        so.intra_op_num_threads = config.intra_op_threads
+    if config.inter_op_threads:
+        so.inter_op_num_threads = config.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if not config.allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    if config.custom_ops:
+        lib = _extensions_library()
+        if lib:
+            so.register_custom_ops_library(lib)
+    return so
+
+
+def create_session(
+    model: ModelProto | bytes | str | os.PathLike[str],
+    config: SessionConfig | None = None,
+    **kwargs: Any,
+) -> ort.InferenceSession:
+    """An InferenceSession for a model (proto, bytes or path); InvalidModelError if it cannot load."""
+    cfg = config or SessionConfig(**kwargs)
+    so = session_options(cfg)
+    if isinstance(model, ModelProto):
+        src: Any = model.SerializeToString()
+        name = model.graph.name or "model"
+    elif isinstance(model, bytes):
+        src, name = model, "model"
+    else:
+        src = str(Path(model))
+        name = src
+    try:
+        return ort.InferenceSession(src, sess_options=so, providers=[cfg.provider])
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+        raise InvalidModelError(f"onnxruntime cannot load {name}: {msg}") from e
+
+
+# Op domains onnxruntime implements itself; anything else needs the onnxruntime-extensions library.
+_BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.training"}
+
+
+def needs_custom_ops(model: ModelProto) -> bool:
+    """True when the model uses op domains that only onnxruntime-extensions provides."""
+    return any(o.domain not in _BUILTIN_DOMAINS for o in model.opset_import)
+
+
+def lean_session(proto: ModelProto, session: SessionConfig) -> SessionConfig:
+    """The session config without the custom-op library when the model does not need it."""
+    # Loading the extensions library costs seconds (it imports torch when installed) and
+    # changes nothing for models without custom ops: skip it for them.
+    if session.custom_ops and not needs_custom_ops(proto):
+        return replace(session, custom_ops=False)
+    return session

@@ -1,0 +1,526 @@
+"""Latency, throughput and memory of ONNX models on onnxruntime CPU providers, measured side by side.
+
+Two isolation modes:
+
+* ``interleaved`` (default): every model gets a session in this process with intra-op spinning
+  disabled (an idle spinning session steals the cores of the one being timed), each is warmed
+  up, then rounds run one inference per model, rotating the start order every round so no model
+  always goes first. Drift of the machine hits every model alike, and samples are paired by round.
+* ``subprocess``: each model is timed in its own fresh Python process, one after the other,
+  repeated in alternating blocks (A B, B A, ...). Slower to start, nothing else shares the process.
+
+Peak memory (``measure_memory``) is always measured in a fresh subprocess: the peak resident set
+size during session creation and a few runs, minus the resident size just before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
+from onnxopt.core.feeds import Feed, check_feed, synthesize_feed
+from onnxopt.core.model import graph_inputs, load_model
+from onnxopt.core.runtime import (
+    SessionConfig,
+    create_session,
+    lean_session,
+    physical_cores,
+    session_options,
+)
+
+log = logging.getLogger(__name__)
+
+ISOLATION_MODES = ("interleaved", "subprocess")
+
+
+def _default_session() -> SessionConfig:
+    return SessionConfig(intra_op_threads=physical_cores(), allow_spinning=False)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How to benchmark: session settings, warm-up, number of timed runs, isolation, inputs."""
+
+    session: SessionConfig = field(default_factory=_default_session)
+    warmup: int = 5
+    runs: int = 50  # timed runs per model (minimum when duration_s is set)
+    duration_s: float | None = None  # keep running rounds until this many seconds in total
+    batch: int = 1
+    seed: int = 0
+    isolation: str = "interleaved"  # interleaved | subprocess
+    measure_memory: bool = False  # peak RSS of a session, measured in a fresh subprocess
+    shape_overrides: Mapping[str, tuple[int, ...]] | None = None
+    blocks: int = 3  # subprocess mode: number of alternating blocks (processes per model)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise InvalidInputError(f"warmup must be >= 0, got {self.warmup}: use --warmup 0 or more")
+        if self.runs < 2:
+            raise InvalidInputError(f"runs must be >= 2, got {self.runs}: use --runs 2 or more")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise InvalidInputError(f"duration must be > 0 seconds, got {self.duration_s}")
+        if self.batch < 1:
+            raise InvalidInputError(f"batch must be >= 1, got {self.batch}: use --batch 1 or more")
+        if self.isolation not in ISOLATION_MODES:
+            raise InvalidInputError(
+                f"unknown isolation {self.isolation!r}; choose one of {', '.join(ISOLATION_MODES)}"
+            )
+        if self.blocks < 1:
+            raise InvalidInputError(f"blocks must be >= 1, got {self.blocks}")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency statistics in milliseconds over the timed runs."""
+
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    cv: float  # coefficient of variation: std / mean
+    throughput_per_s: float  # samples (inferences x batch) per second at the mean latency
+    n: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], batch: int = 1) -> LatencyStats:
+        """Statistics of a sequence of latencies in ms."""
+        a = np.asarray(samples_ms, dtype=np.float64)
+        if a.size == 0:
+            raise InvalidInputError("no latency samples to summarize")
+        mean = float(a.mean())
+        std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+        p50, p90, p95, p99 = (float(v) for v in np.percentile(a, [50, 90, 95, 99]))
+        return cls(
+            mean_ms=mean,
+            std_ms=std,
+            min_ms=float(a.min()),
+            p50_ms=p50,
+            p90_ms=p90,
+            p95_ms=p95,
+            p99_ms=p99,
+            max_ms=float(a.max()),
+            cv=std / mean if mean > 0 else 0.0,
+            throughput_per_s=batch * 1000.0 / mean if mean > 0 else 0.0,
+            n=int(a.size),
+        )
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One model's measurement (one row per model and thread setting)."""
+
+    name: str
+    path: str | None
+    file_size: int
+    samples_ms: tuple[float, ...]
+    stats: LatencyStats
+    session_create_ms: float
+    peak_rss_mb: float | None
+    threads: int = 0
+    provider: str = "CPUExecutionProvider"
+    isolation: str = "interleaved"
+    batch: int = 1
+    block_sizes: tuple[int, ...] = ()  # subprocess mode: samples per process, in order
+    allow_spinning: bool = False
+
+    @property
+    def label(self) -> str:
+        """Name with the thread setting, e.g. 'model (2 threads)'."""
+        return f"{self.name} ({self.threads} thread{'s' if self.threads != 1 else ''})"
+
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """A JSON-serializable dict (samples only when asked: they can be long)."""
+        d = asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        else:
+            d["samples_ms"] = list(self.samples_ms)
+        return d
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Entry:
+    name: str
+    path: str | None
+    proto: ModelProto
+    file_size: int
+    session: SessionConfig
+
+
+def _resolve_models(
+    models: Sequence[ModelProto | str | Path], names: Sequence[str] | None
+) -> list[tuple[str, str | None, ModelProto, int]]:
+    if not models:
+        raise InvalidInputError("no models to benchmark")
+    if names is not None and len(names) != len(models):
+        raise InvalidInputError(f"got {len(names)} names for {len(models)} models")
+    out = []
+    seen: dict[str, int] = {}
+    for i, m in enumerate(models):
+        if isinstance(m, ModelProto):
+            proto, path, size = m, None, m.ByteSize()
+            default = m.graph.name or f"model{i}"
+        else:
+            p = Path(m)
+            proto, path, size = load_model(p), str(p), p.stat().st_size
+            default = p.name
+        name = names[i] if names is not None else default
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"
+        out.append((name, path, proto, size))
+    return out
+
+
+def model_feed(model: ModelProto, config: BenchConfig, feed: Feed | None = None) -> Feed:
+    """The feed one model is benchmarked with: the given feed (checked) or a synthesized one."""
+    if feed is None:
+        for spec in graph_inputs(model):
+            lead = spec.shape[0] if spec.shape else None
+            if config.batch > 1 and isinstance(lead, int) and lead > 0 and lead != config.batch:
+                raise InvalidInputError(
+                    f"batch {config.batch}: input {spec.name!r} has a fixed batch of {lead}; "
+                    "re-export the model with a dynamic batch or use --batch " + str(lead)
+                )
+        return synthesize_feed(model, batch=config.batch, overrides=config.shape_overrides, seed=config.seed)
+    wanted = {s.name for s in graph_inputs(model)}
+    sub = {k: v for k, v in feed.items() if k in wanted}
+    check_feed(model, sub, "the feed")
+    return sub
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def benchmark(
+    models: Sequence[ModelProto | str | Path],
+    config: BenchConfig | None = None,
+    feed: Feed | None = None,
+    names: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    threads: Sequence[int] | None = None,
+) -> list[BenchResult]:
+    """Benchmark models side by side with the same settings; one result per (model, threads).
+
+    threads: intra-op thread counts to sweep (default: the config's session setting); all
+    (model, threads) variants are measured in the same interleaved rounds.
+    progress: called as progress(done, total) with done/total in model runs.
+    """
+    cfg = config or BenchConfig()
+    resolved = _resolve_models(models, names)
+    sweep = list(dict.fromkeys(threads)) if threads else [cfg.session.intra_op_threads]
+    if any(t < 0 for t in sweep):
+        raise InvalidInputError(f"thread counts must be >= 0, got {sweep}")
+    if cfg.isolation == "interleaved" and cfg.session.allow_spinning and len(resolved) * len(sweep) > 1:
+        # Idle spinning sessions steal the cores of the one being timed (seen: 4x off on 2 cores).
+        log.info("interleaved benchmark: intra-op spinning turned off")
+        cfg = replace(cfg, session=replace(cfg.session, allow_spinning=False))
+    entries = [
+        _Entry(name, path, proto, size, lean_session(proto, replace(cfg.session, intra_op_threads=t)))
+        for name, path, proto, size in resolved
+        for t in sweep
+    ]
+    feeds = [model_feed(e.proto, cfg, feed) for e in entries]
+    blocks: list[list[int]] = [[] for _ in entries]
+    if cfg.isolation == "interleaved":
+        samples, create_ms = _interleaved(entries, feeds, cfg, progress)
+    else:
+        samples, create_ms = _subprocess_blocks(entries, feeds, cfg, progress, blocks)
+    rss: list[float | None] = [None] * len(entries)
+    if cfg.measure_memory:
+        rss = [measure_peak_rss(e.proto, f, e.session) for e, f in zip(entries, feeds)]
+    results = []
+    for e, s, c, m, bl in zip(entries, samples, create_ms, rss, blocks):
+        results.append(
+            BenchResult(
+                name=e.name,
+                path=e.path,
+                file_size=e.file_size,
+                samples_ms=tuple(float(x) for x in s),
+                stats=LatencyStats.from_samples(s, cfg.batch),
+                session_create_ms=c,
+                peak_rss_mb=m,
+                threads=e.session.intra_op_threads,
+                provider=e.session.provider,
+                isolation=cfg.isolation,
+                batch=cfg.batch,
+                block_sizes=tuple(bl),
+                allow_spinning=e.session.allow_spinning,
+            )
+        )
+    return results
+
+
+def _run_once(sess: Any, feed: Feed, out_names: list[str] | None = None) -> float:
+    t0 = time.perf_counter_ns()
+    sess.run(out_names, feed)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def _create(proto: ModelProto, session: SessionConfig, path: str | None = None) -> tuple[Any, float]:
+    # From the file when there is one: that is what a deployment does (and no serialization is timed).
+    src: ModelProto | str = path if path is not None else proto
+    t0 = time.perf_counter_ns()
+    sess = create_session(src, session)
+    return sess, (time.perf_counter_ns() - t0) / 1e6
+
+
+def _interleaved(
+    entries: list[_Entry],
+    feeds: list[Feed],
+    cfg: BenchConfig,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[list[float]], list[float]]:
+    for e in entries:
+        session_options(e.session)  # load libraries once, outside the timed session creation
+    sessions = []
+    create_ms = []
+    for e in entries:
+        s, ms = _create(e.proto, e.session, e.path)
+        sessions.append(s)
+        create_ms.append(ms)
+    for s, f in zip(sessions, feeds):
+        for _ in range(cfg.warmup):
+            _run_once(s, f)
+    n = len(sessions)
+    samples: list[list[float]] = [[] for _ in range(n)]
+    total_rounds = cfg.runs
+    start = time.perf_counter()
+    r = 0
+    while True:
+        for k in range(n):
+            i = (r + k) % n
+            samples[i].append(_run_once(sessions[i], feeds[i]))
+        r += 1
+        elapsed = time.perf_counter() - start
+        if cfg.duration_s is not None:
+            finished = r >= cfg.runs and elapsed >= cfg.duration_s
+            # Re-estimate the number of rounds the duration allows (for the progress bar).
+            total_rounds = r if finished else max(cfg.runs, int(cfg.duration_s / (elapsed / r)), r + 1)
+        else:
+            finished = r >= total_rounds
+        if progress is not None:
+            progress(r * n, total_rounds * n)
+        if finished:
+            break
+    log.info("interleaved: %d models x %d rounds in %.1f s", n, r, time.perf_counter() - start)
+    return samples, create_ms
+
+
+# ----------------------------------------------------------------------------- subprocesses
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    pkg_parent = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _run_worker(spec: dict[str, Any], workdir: Path, tag: str) -> dict[str, Any]:
+    spec_path = workdir / f"spec_{tag}.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxopt.measure.benchmark", "worker", str(spec_path)],
+        capture_output=True,
+        text=True,
+        env=_worker_env(),
+        timeout=3600,
+    )
+    if proc.returncode != 0:
+        err = proc.stderr.strip().splitlines()
+        raise OnnxoptError(f"benchmark worker failed: {err[-1] if err else proc.returncode}")
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError) as e:
+        raise OnnxoptError(f"benchmark worker returned no result: {proc.stdout[-200:]!r}") from e
+    if "error" in result:
+        raise OnnxoptError(result["error"])
+    return result
+
+
+def _stage(entries: list[_Entry], feeds: list[Feed], workdir: Path) -> list[tuple[str, str]]:
+    staged = []
+    for i, (e, f) in enumerate(zip(entries, feeds)):
+        if e.path is not None:
+            mpath = e.path
+        else:
+            mpath = str(workdir / f"model_{i}.onnx")
+            if not Path(mpath).exists():
+                Path(mpath).write_bytes(e.proto.SerializeToString())
+        fpath = workdir / f"feed_{i}.npz"
+        np.savez(fpath, **f)  # type: ignore[arg-type]
+        staged.append((str(Path(mpath).resolve()), str(fpath)))
+    return staged
+
+
+def _subprocess_blocks(
+    entries: list[_Entry],
+    feeds: list[Feed],
+    cfg: BenchConfig,
+    progress: Callable[[int, int], None] | None,
+    block_sizes: list[list[int]] | None = None,
+) -> tuple[list[list[float]], list[float]]:
+    n = len(entries)
+    blocks = min(cfg.blocks, cfg.runs)
+    per_block = [cfg.runs // blocks + (1 if b < cfg.runs % blocks else 0) for b in range(blocks)]
+    duration = cfg.duration_s / blocks / n if cfg.duration_s else None
+    samples: list[list[float]] = [[] for _ in range(n)]
+    creates: list[list[float]] = [[] for _ in range(n)]
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
+        workdir = Path(tmp)
+        staged = _stage(entries, feeds, workdir)
+        for b in range(blocks):
+            order = list(range(n)) if b % 2 == 0 else list(reversed(range(n)))
+            for i in order:
+                spec = {
+                    "model": staged[i][0],
+                    "feed": staged[i][1],
+                    "session": asdict(entries[i].session),
+                    "warmup": cfg.warmup,
+                    "runs": per_block[b],
+                    "duration_s": duration,
+                    "memory": False,
+                }
+                res = _run_worker(spec, workdir, f"{b}_{i}")
+                samples[i].extend(res["samples_ms"])
+                if block_sizes is not None:
+                    block_sizes[i].append(len(res["samples_ms"]))
+                creates[i].append(res["session_create_ms"])
+                done += 1
+                if progress is not None:
+                    progress(done, blocks * n)
+    return samples, [float(np.median(c)) for c in creates]
+
+
+def measure_peak_rss(
+    model: ModelProto | str | Path, feed: Feed, session: SessionConfig | None = None, runs: int = 3
+) -> float:
+    """Peak resident memory in MB added by creating a session and running it, in a fresh process."""
+    proto = model if isinstance(model, ModelProto) else load_model(model)
+    entry = _Entry(
+        "m",
+        None if isinstance(model, ModelProto) else str(model),
+        proto,
+        0,
+        lean_session(proto, session or _default_session()),
+    )
+    with tempfile.TemporaryDirectory(prefix="onnxopt-mem-") as tmp:
+        workdir = Path(tmp)
+        (mpath, fpath), = _stage([entry], [feed], workdir)
+        spec = {
+            "model": mpath,
+            "feed": fpath,
+            "session": asdict(entry.session),
+            "warmup": 0,
+            "runs": max(1, runs),
+            "duration_s": None,
+            "memory": True,
+        }
+        res = _run_worker(spec, workdir, "mem")
+    return float(res["peak_rss_mb"])
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process().memory_info().rss) / 2**20
+    except Exception:  # pragma: no cover - psutil is a dependency; be safe anyway
+        return 0.0
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process image in MB.
+
+    Linux: VmHWM from /proc (ru_maxrss is unusable here: it survives execve, so a fresh worker
+    would inherit the peak of the process that started it).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return float(peak) / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _worker(spec_path: str) -> dict[str, Any]:
+    """Measure one model in this (fresh) process as described by a JSON spec."""
+    spec = json.loads(Path(spec_path).read_text())
+    with np.load(spec["feed"], allow_pickle=False) as z:
+        feed = {k: z[k] for k in z.files}
+    session = SessionConfig(**spec["session"])
+    session_options(session)  # load libraries before the baseline and the timed creation
+    base = _rss_mb()
+    if spec["memory"]:
+        _reset_peak_rss()
+    t0 = time.perf_counter_ns()
+    sess = create_session(spec["model"], session)
+    create_ms = (time.perf_counter_ns() - t0) / 1e6
+    for _ in range(spec["warmup"]):
+        _run_once(sess, feed)
+    samples = []
+    start = time.perf_counter()
+    while True:
+        samples.append(_run_once(sess, feed))
+        if len(samples) >= spec["runs"] and (
+            spec["duration_s"] is None or time.perf_counter() - start >= spec["duration_s"]
+        ):
+            break
+    out: dict[str, Any] = {"samples_ms": samples, "session_create_ms": create_ms}
+    if spec["memory"]:
+        out["peak_rss_mb"] = max(0.0, _peak_rss_mb() - base)
+    return out
+
+
+def _worker_main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "worker":
+        print("usage: python -m onnxopt.measure.benchmark worker SPEC.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        result = _worker(argv[1])
+    except (OnnxoptError, InvalidModelError) as e:
+        result = {"error": str(e)}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,316 @@
+"""Run a recipe on a model, verify and benchmark every stage, decide what to keep, apply gates."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto, StringStringEntryProto
+
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.feeds import Feed, first_batch, synthesize_feed
+from onnxopt.core.model import graph_inputs, save_model
+from onnxopt.optimization.decide import check_gates, decide_stages, mark_gate_failed, never_slower
+from onnxopt.optimization.recipe import PassSpec, Recipe
+from onnxopt.optimization.types import (
+    GATE_FAILED_KEY,
+    RECIPE_KEY,
+    OptimizeConfig,
+    OptimizeResult,
+    Stage,
+)
+from onnxopt.passes.base import PassContext, StageResult
+
+log = logging.getLogger(__name__)
+
+STAGE_LABELS = {
+    "optimize_graph": "graph-optimized",
+    "fold_constants": "constants-folded",
+    "prune_magnitude": "magnitude-pruned",
+    "prune_channels": "channel-pruned",
+    "quantize": "quantized",
+    "add_postprocessing": "post-processed",
+}
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def default_recipe(model: ModelProto, objective: str = "latency") -> Recipe:
+    """The recipe used without --recipe: graph optimization, then quantization fit for the model.
+
+    Conv nets: static int8 (per-channel), calibrated on --calib-data. Sequence models
+    (RNN/attention/MatMul-heavy) and MLPs: dynamic int8. With objective latency the int8 model
+    is a candidate kept only when measured faster; with objective size it is always kept.
+    """
+    from onnxopt.core.model import model_family
+
+    family = model_family(model)
+    quant: dict[str, Any] = {"mode": "auto"}
+    if family == "conv":
+        quant["per_channel"] = True
+    passes = [PassSpec("optimize_graph", {}), PassSpec("quantize", quant)]
+    return Recipe(tuple(passes), description=f"default recipe for a {family} model (objective {objective})")
+
+
+def stage_label(pass_name: str, report: dict[str, Any]) -> str:
+    """A human name for the stage a pass produced, e.g. 'quantized (int8 static)'."""
+    label = STAGE_LABELS.get(pass_name, pass_name)
+    if pass_name == "quantize" and report.get("mode") and report["mode"] != "skipped":
+        label += f" (int8 {report['mode']})"
+    return label
+
+
+def _unique(name: str, seen: set[str]) -> str:
+    out, i = name, 2
+    while out in seen:
+        out, i = f"{name} #{i}", i + 1
+    seen.add(out)
+    return out
+
+
+def _eval_feed(model: ModelProto, val: tuple[Feed, np.ndarray | None] | None, config: OptimizeConfig) -> tuple[Feed, np.ndarray | None, str]:
+    if val is not None:
+        feed, labels = val
+        n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
+        return feed, labels, f"{n} samples from --data" + (" with labels" if labels is not None else "")
+    feed = synthesize_feed(model, batch=config.synthetic_samples, seed=config.seed)
+    n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
+    return feed, None, f"{n} synthetic random samples (seed {config.seed}); pass --data for real inputs"
+
+
+def optimize(
+    model: ModelProto,
+    recipe: Recipe | None = None,
+    config: OptimizeConfig | None = None,
+    *,
+    val: tuple[Feed, np.ndarray | None] | None = None,
+    calib: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> OptimizeResult:
+    """Run the recipe, verify each stage against the input, benchmark all stages interleaved,
+    keep measured candidates only when faster, and check the gates on the final model."""
+    cfg = config or OptimizeConfig()
+    t_start = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    warnings: list[str] = []
+    if cfg.gates.max_accuracy_drop is not None and (val is None or val[1] is None):
+        raise InvalidInputError(
+            "--max-accuracy-drop needs labelled data: pass --data val.npz with a 'labels' array"
+        )
+    rec = recipe or default_recipe(model, cfg.objective)
+    feed, labels, data_desc = _eval_feed(model, val, cfg)
+    if calib is None and _needs_calibration(rec, model):
+        if val is None:
+            if _needs_calibration(rec, model, explicit_only=True):
+                raise InvalidInputError(
+                    "the recipe quantizes with mode static, which needs calibration data: "
+                    "pass --calib-data calib.npz (or --data val.npz)"
+                )
+        else:
+            calib = val[0]
+            warnings.append("no --calib-data: calibrating static quantization on the --data inputs")
+    context = PassContext(
+        calib=calib,
+        val=val[0] if val is not None else None,
+        labels=labels,
+        seed=cfg.seed,
+        objective=cfg.objective,
+    )
+    pipeline = rec.pipeline()
+    say(f"running {pipeline!r}")
+    t0 = time.perf_counter()
+    result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"))
+    passes_s = time.perf_counter() - t0
+
+    seen: set[str] = set()
+    stages = [
+        Stage(_unique("original", seen), None, {}, False, model, model.ByteSize(), 0.0, {})
+    ]
+    for sr in result.stages:
+        stages.append(_stage_from(sr, seen))
+
+    for s in stages:
+        if s.pass_name == "quantize" and not s.modified and s.report.get("reason"):
+            warnings.append(f"int8 quantization skipped: {s.report['reason']}")
+    measured = [s for s in stages if s.modified or s.pass_name is None]
+    t0 = time.perf_counter()
+    if cfg.verify:
+        say("verifying every stage against the input model")
+        fids = _verify(model, measured[1:], feed, labels, cfg.eval_batch)
+        by_name = dict(zip([s.name for s in measured[1:]], fids))
+        stages = [replace(s, fidelity=by_name[s.name]) if s.name in by_name else s for s in stages]
+    verify_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    bench_by_name: dict[str, Any] = {}
+    if cfg.benchmark:
+        say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
+        bench_by_name = _bench(measured, feed, cfg)
+        stages = [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
+    bench_s = time.perf_counter() - t0
+
+    stages, decide_warnings = decide_stages(stages, result.stages, cfg)
+    warnings.extend(decide_warnings)
+    guard = cfg.never_slower if cfg.never_slower is not None else (recipe is None and cfg.objective == "latency")
+    if guard:
+        stages, guard_warnings = never_slower(stages)
+        warnings.extend(guard_warnings)
+    final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
+    final_model = _with_recipe(final_stage.model, rec)
+    gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize())
+    timings = {
+        "passes": passes_s,
+        "verify": verify_s,
+        "benchmark": bench_s,
+        "total": time.perf_counter() - t_start,
+    }
+    return OptimizeResult(
+        model=final_model,
+        stages=tuple(stages),
+        final=final_stage.name,
+        gates=gates,
+        recipe=rec,
+        warnings=tuple(warnings),
+        timings=timings,
+        data=data_desc,
+        config=cfg,
+    )
+
+
+def _needs_calibration(recipe: Recipe, model: ModelProto, *, explicit_only: bool = False) -> bool:
+    """Whether a quantize pass of the recipe would run static (explicit_only: mode = "static")."""
+    from onnxopt.quantization.recipe_pass import QuantizePass
+
+    ctx = PassContext(calib={})
+    for p in recipe.pipeline(check=False).passes:
+        if not isinstance(p, QuantizePass):
+            continue
+        mode = p.mode if explicit_only else p.concrete_mode(model, ctx)
+        if mode == "static":
+            return True
+    return False
+
+
+def _stage_from(sr: StageResult, seen: set[str]) -> Stage:
+    r = sr.result
+    note = "" if r.modified else "no change"
+    if not r.modified and r.report.get("reason"):
+        note = f"no change: {r.report['reason']}"
+    return Stage(
+        name=_unique(stage_label(sr.pass_name, r.report), seen),
+        pass_name=sr.pass_name,
+        options=sr.options,
+        modified=r.modified,
+        model=r.model,
+        size_bytes=r.model.ByteSize(),
+        wall_s=sr.wall_s,
+        report={**r.report, "keep_if_faster": r.keep_if_faster, "changes_outputs": r.changes_outputs},
+        note=note,
+    )
+
+
+def _verify(
+    reference: ModelProto, stages: list[Stage], feed: Feed, labels: np.ndarray | None, batch: int
+) -> list[Any]:
+    """FidelityReports of each stage vs the reference (run once; re-derived after a pass that
+    changes the outputs by design, by applying that pass to the reference too)."""
+    from onnxopt.core.model import graph_outputs
+    from onnxopt.measure.fidelity import FidelityReport, accuracy_of, output_fidelity, run_batched
+    from onnxopt.optimization.recipe import make_pass
+
+    ref = reference
+    ref_out = run_batched(ref, feed, batch)
+    acc_ref = accuracy_of(ref_out[0], labels) if labels is not None else None
+    reports = []
+    for stage in stages:
+        if stage.report.get("changes_outputs") and stage.pass_name is not None:
+            ref = make_pass(stage.pass_name, stage.options)(ref, PassContext()).model
+            ref_out = run_batched(ref, feed, batch)
+            acc_ref = accuracy_of(ref_out[0], labels) if labels is not None else None
+        specs = graph_outputs(ref)
+        out = run_batched(stage.model, feed, batch)
+        fids = tuple(output_fidelity(s.name, r, c, s) for s, r, c in zip(specs, ref_out, out))
+        acc = accuracy_of(out[0], labels) if labels is not None else None
+        reports.append(FidelityReport(fids, int(ref_out[0].shape[0]) if ref_out[0].ndim else 1, acc_ref, acc))
+    return reports
+
+
+def _bench(measured: list[Stage], feed: Feed, cfg: OptimizeConfig) -> dict[str, Any]:
+    from onnxopt.core.runtime import SessionConfig, physical_cores
+    from onnxopt.measure.benchmark import BenchConfig, benchmark
+
+    session = SessionConfig(intra_op_threads=cfg.threads or physical_cores(), allow_spinning=False)
+    bcfg = BenchConfig(
+        session=session, warmup=cfg.warmup, runs=cfg.bench_runs, duration_s=cfg.bench_seconds, seed=cfg.seed
+    )
+    one = first_batch(feed, 1) if _dynamic_batch(measured[0].model) else None
+    results = benchmark([s.model for s in measured], bcfg, feed=one, names=[s.name for s in measured])
+    return {s.name: r for s, r in zip(measured, results)}
+
+
+def _dynamic_batch(model: ModelProto) -> bool:
+    return all(not (s.shape and isinstance(s.shape[0], int)) for s in graph_inputs(model))
+
+
+
+
+
+
+
+
+def _with_recipe(model: ModelProto, recipe: Recipe) -> ModelProto:
+    """A copy of the model with the recipe recorded in metadata_props, unused opset imports
+    dropped (onnxruntime adds every domain it has registered, which varies by process)."""
+    from onnxopt.core.model import copy_model
+    from onnxopt.passes.graph import prune_opset_imports
+
+    m = copy_model(model)
+    prune_opset_imports(m)
+    entries = [p for p in m.metadata_props if p.key not in (RECIPE_KEY, GATE_FAILED_KEY)]
+    del m.metadata_props[:]
+    m.metadata_props.extend(entries)
+    m.metadata_props.append(StringStringEntryProto(key=RECIPE_KEY, value=recipe.to_toml()))
+    return m
+
+
+
+
+
+
+def save_result(
+    result: OptimizeResult,
+    output: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+    write_on_gate_failure: bool = True,
+) -> Path | None:
+    """Write the result model atomically; marked when a gate failed, or not written if asked."""
+    model = result.model
+    if not result.gates_passed:
+        if not write_on_gate_failure:
+            return None
+        model = mark_gate_failed(model, result.failed_gates)
+    return save_model(model, output, input_path=input_path)
+
+
+def default_output(model_path: str | os.PathLike[str]) -> Path:
+    """MODEL.opt.onnx beside the input."""
+    p = Path(model_path)
+    stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
+    return p.with_name(f"{stem}.opt.onnx")

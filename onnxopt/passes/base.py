@@ -1,0 +1,226 @@
+"""Pass protocol, PassContext, PassResult, Pipeline (checked after each pass) and the pass registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxopt.core.errors import InvalidInputError, PassError
+from onnxopt.core.feeds import Feed
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("latency", "size")
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What passes may need besides the model: data, seed, objective, benchmark settings."""
+
+    calib: Any = None  # Feed | onnxopt.calibration.CalibrationSource | None
+    val: Feed | None = None
+    labels: np.ndarray | None = None
+    seed: int = 0
+    objective: str = "latency"
+    bench: Any = None  # onnxopt.benchmark.BenchConfig | None (typed loosely: imported lazily)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InvalidInputError(
+                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}"
+            )
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """The output of a pass: a new model, whether it changed, and a JSON-serializable report.
+
+    keep_if_faster: the pass produced a candidate that the caller should keep only when it is
+    measured to be faster (used by auto-mode quantization; optimize() decides after benchmarking).
+    changes_outputs: the outputs differ by design (post-processing); verification then compares
+    against the input model with the same pass applied.
+    """
+
+    model: ModelProto
+    modified: bool
+    report: dict[str, Any] = field(default_factory=dict)
+    keep_if_faster: bool = False
+    changes_outputs: bool = False
+
+
+@runtime_checkable
+class Pass(Protocol):
+    """A model transform: never mutates its input; returns a PassResult."""
+
+    name: typing.ClassVar[str]
+
+    def __call__(self, model: ModelProto, context: PassContext) -> PassResult: ...
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One pass as run by a Pipeline: its result and wall time."""
+
+    pass_name: str
+    options: dict[str, Any]
+    result: PassResult
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """All stages of a pipeline run; `model` is the last stage's model (or the input)."""
+
+    input_model: ModelProto
+    stages: tuple[StageResult, ...]
+
+    @property
+    def model(self) -> ModelProto:
+        """The model after the last pass."""
+        return self.stages[-1].result.model if self.stages else self.input_model
+
+
+class Pipeline:
+    """Runs passes in order; validates the model after each; wraps failures as PassError."""
+
+    def __init__(self, passes: Sequence[Pass], *, check: bool = True) -> None:
+        self.passes = tuple(passes)
+        self.check = check
+
+    def __repr__(self) -> str:
+        return f"Pipeline([{', '.join(p.name for p in self.passes)}])"
+
+    def run(
+        self,
+        model: ModelProto,
+        context: PassContext | None = None,
+        *,
+        on_stage: Callable[[StageResult], None] | None = None,
+    ) -> PipelineResult:
+        """Run every pass on the model in turn; the input model is never modified."""
+        ctx = context or PassContext()
+        done: list[str] = []
+        stages: list[StageResult] = []
+        current = model
+        for p in self.passes:
+            start = time.perf_counter()
+            try:
+                result = p(current, ctx)
+                if not isinstance(result, PassResult):
+                    raise TypeError(f"returned {type(result).__name__}, not PassResult")
+                if self.check and result.modified:
+                    check_model(result.model)
+            except Exception as e:
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise PassError(f"{p.name} failed after passes [{', '.join(done)}]: {reason}") from e
+            wall = time.perf_counter() - start
+            log.info("pass %s: modified=%s in %.2f s", p.name, result.modified, wall)
+            stage = StageResult(p.name, pass_options(p), result, wall)
+            stages.append(stage)
+            if on_stage is not None:
+                on_stage(stage)
+            done.append(p.name)
+            current = result.model
+        return PipelineResult(model, tuple(stages))
+
+
+def check_model(model: ModelProto) -> None:
+    """ONNX checker plus an onnxruntime session (optimizer off; custom ops only when used)."""
+    import onnx
+
+    from onnxopt.core.errors import InvalidModelError
+    from onnxopt.core.runtime import create_session, needs_custom_ops
+
+    if model.ByteSize() < 2**31 - 2**20:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:
+            raise InvalidModelError(f"the result fails the ONNX checker: {e}") from e
+    create_session(model, opt_level="disable", intra_op_threads=1, custom_ops=needs_custom_ops(model))
+
+
+# ---------------------------------------------------------------- registry
+
+REGISTRY: dict[str, type] = {}
+P = TypeVar("P", bound=type)
+
+
+def register_pass(cls: P) -> P:
+    """Class decorator: register a frozen-dataclass pass under its `name` class attribute."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass (its fields are the recipe options)")
+    REGISTRY[name] = cls
+    return cls
+
+
+def pass_options(p: Pass) -> dict[str, Any]:
+    """The options of a pass instance that differ from its defaults (for recipes and reports)."""
+    if not dataclasses.is_dataclass(p):
+        return {}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(p):
+        value = getattr(p, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        if value != default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+C = TypeVar("C", bound="ConfigPass")
+
+
+class ConfigPass:
+    """Base of passes whose recipe options are the fields of a config dataclass.
+
+    Subclasses are made by `config_pass`, so each option is declared once, on the config.
+    """
+
+    name: typing.ClassVar[str]
+    config_class: typing.ClassVar[type]
+
+    def __post_init__(self) -> None:
+        self.config()  # validate the options now: a recipe error names the pass before any work
+
+    def config(self, **from_context: Any) -> Any:
+        """The config dataclass built from this pass's options plus values taken from the context."""
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(typing.cast(Any, self))}
+        return self.config_class(**options, **from_context)
+
+
+def config_pass(base: type[C], config_class: type, *, name: str, skip: tuple[str, ...] = ()) -> type[C]:
+    """A frozen dataclass subclass of `base` whose fields are `config_class`'s fields minus `skip`.
+
+    Skipped fields are not recipe options: the pass takes them from the PassContext (objective,
+    seed) or leaves them at their defaults.
+    """
+    hints = typing.get_type_hints(config_class)
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(config_class):
+        if f.name in skip or not f.init:
+            continue
+        if f.default_factory is not dataclasses.MISSING:
+            fields.append((f.name, hints[f.name], field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, hints[f.name], field(default=f.default)))
+    cls = dataclasses.make_dataclass(
+        base.__name__.lstrip("_"),
+        fields,
+        bases=(base,),
+        frozen=True,
+        namespace={"name": name, "config_class": config_class, "__doc__": base.__doc__,
+                   "__module__": base.__module__},
+    )
+    return typing.cast(type[C], register_pass(cls))

@@ -1,0 +1,263 @@
+"""Graph optimization passes: onnxruntime offline optimization and constant folding.
+
+`optimize_graph` runs onnxruntime's graph optimizer once, offline, and saves what it produced
+(SessionOptions.optimized_model_filepath). Level "basic" (the default) applies only
+semantics-preserving rewrites that every execution provider understands: constant folding,
+removal of redundant nodes (Identity, Dropout, ...), Conv+BatchNorm/Mul/Add fusion. The
+result stays a standard ONNX model that any runtime can load. "extended" adds fusions into
+onnxruntime's own com.microsoft ops (FusedConv, FusedGemm, Attention...): onnxruntime-only.
+"all" adds layout transforms into com.microsoft.nchwc ops tuned to the CPU it ran on: the
+file is only valid on that CPU type. Sessions apply these levels at load time anyway, so
+"basic" offline loses no speed and keeps the file portable.
+
+`fold_constants` evaluates, once, every node whose inputs are all constants (initializers or
+Constant outputs) and replaces those nodes by initializers holding the computed values:
+y = f(c1, ..., cn) with constant ci becomes the initializer y. Evaluation runs in
+onnxruntime with its optimizer off, so the values are exactly what the node computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx
+from onnx import ModelProto, helper, numpy_helper
+
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.model import copy_model, op_histogram
+from onnxopt.passes.base import PassContext, PassResult, register_pass
+
+log = logging.getLogger(__name__)
+
+GRAPH_LEVELS = ("basic", "extended", "all")
+_NON_DETERMINISTIC = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+
+
+def prune_opset_imports(model: ModelProto) -> None:
+    """Drop opset imports of domains no node uses (onnxruntime adds every domain it knows)."""
+    used = {n.domain or "" for n in _all_nodes(model.graph)}
+    for f in model.functions:
+        used.add(f.domain or "")
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_nodes(g)
+
+
+def _copy_model_info(src: ModelProto, dst: ModelProto) -> None:
+    """Keep the input model's identity (producer, metadata, doc) on an onnxruntime output."""
+    dst.producer_name = src.producer_name
+    dst.producer_version = src.producer_version
+    dst.domain = src.domain
+    dst.model_version = src.model_version
+    dst.doc_string = src.doc_string
+    dst.graph.name = src.graph.name
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(src.metadata_props)
+
+
+def ort_optimize(model: ModelProto, level: str = "basic") -> ModelProto:
+    """The model as onnxruntime's offline optimizer writes it at a level (basic|extended|all)."""
+    import onnxruntime as ort
+
+    from onnxopt.core.runtime import SessionConfig, session_options
+
+    if level not in GRAPH_LEVELS:
+        raise InvalidInputError(f"unknown graph level {level!r}; choose one of {', '.join(GRAPH_LEVELS)}")
+    from onnxopt.core.runtime import needs_custom_ops
+
+    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(model)))
+    with tempfile.TemporaryDirectory(prefix="onnxopt-graph-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        so.optimized_model_filepath = str(out)
+        if model.ByteSize() > 2**31 - 2**20:
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
+            )
+        ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+        result = onnx.load(str(out))
+    prune_opset_imports(result)
+    _copy_model_info(model, result)
+    return result
+
+
+@register_pass
+@dataclass(frozen=True)
+class OptimizeGraphPass:
+    """onnxruntime offline graph optimization (default level basic keeps the model portable)."""
+
+    name: ClassVar[str] = "optimize_graph"
+    level: str = "basic"
+
+    def __post_init__(self) -> None:
+        if self.level not in GRAPH_LEVELS:
+            raise InvalidInputError(
+                f"level must be one of {', '.join(GRAPH_LEVELS)}, got {self.level!r} "
+                "(basic: portable; extended: onnxruntime-only ops; all: tied to this CPU)"
+            )
+
+    def __call__(self, model: ModelProto, context: PassContext) -> PassResult:
+        """Run onnxruntime's optimizer offline and return what it wrote."""
+        if self.level != "basic":
+            log.warning(
+                "optimize_graph level %r writes onnxruntime-specific ops%s",
+                self.level,
+                " tuned to this CPU (nchwc layout): deploy only on the same CPU type" if self.level == "all" else "",
+            )
+        new = ort_optimize(model, self.level)
+        before, after = op_histogram(model), op_histogram(new)
+        modified = new.graph.SerializeToString() != model.graph.SerializeToString()
+        return PassResult(
+            new,
+            modified,
+            {
+                "level": self.level,
+                "nodes_before": sum(before.values()),
+                "nodes_after": sum(after.values()),
+                "ops_removed": {k: v - after.get(k, 0) for k, v in before.items() if v > after.get(k, 0)},
+                "ops_added": {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)},
+            },
+        )
+
+
+@register_pass
+@dataclass(frozen=True)
+class FoldConstantsPass:
+    """Replace nodes whose inputs are all constant by initializers holding their values."""
+
+    name: ClassVar[str] = "fold_constants"
+    max_bytes: int = 64 * 2**20
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0:
+            raise InvalidInputError(f"max_bytes must be > 0, got {self.max_bytes}")
+
+    def __call__(self, model: ModelProto, context: PassContext) -> PassResult:
+        """Evaluate the constant part of the graph once in onnxruntime and store the results."""
+        return fold_constants(model, self.max_bytes)
+
+
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            for n in _all_nodes(g):
+                names.update(n.input)
+    return names
+
+
+def fold_constants(model: ModelProto, max_bytes: int = 64 * 2**20) -> PassResult:
+    """Constant folding (see the module docstring); a model with nothing to fold is returned as is."""
+    g = model.graph
+    input_names = {i.name for i in g.input}
+    init = {t.name: t for t in g.initializer if t.name not in input_names}
+    const = set(init)
+    graph_outputs = {o.name for o in g.output}
+    foldable: list[int] = []
+    for idx, n in enumerate(g.node):
+        if (
+            n.domain not in ("", "ai.onnx")
+            or n.op_type in _NON_DETERMINISTIC
+            or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+            or any(o in graph_outputs for o in n.output)
+            or not all((i == "" or i in const) for i in n.input)
+        ):
+            continue
+        foldable.append(idx)
+        const.update(o for o in n.output if o)
+    if not foldable:
+        return PassResult(model, False, {"folded_nodes": 0, "reason": "no node has only constant inputs"})
+
+    folded_outputs = [o for i in foldable for o in g.node[i].output if o]
+    values = _evaluate(model, [g.node[i] for i in foldable], init, folded_outputs)
+    too_big = {
+        i for i in foldable if any(values[o].nbytes > max_bytes for o in g.node[i].output if o)
+    }
+    folded = [i for i in foldable if i not in too_big]
+    if not folded:
+        return PassResult(model, False, {"folded_nodes": 0, "reason": f"results above max_bytes={max_bytes}"})
+    folded_set = set(folded)
+    consumed: set[str] = set(graph_outputs)
+    for idx, n in enumerate(g.node):
+        if idx not in folded_set:
+            consumed.update(n.input)
+            consumed.update(_subgraph_names(n))
+    new = copy_model(model)
+    ng = new.graph
+    kept_nodes = [n for idx, n in enumerate(ng.node) if idx not in folded_set]
+    del ng.node[:]
+    ng.node.extend(kept_nodes)
+    new_inits = [
+        numpy_helper.from_array(values[o], o)
+        for i in folded
+        for o in g.node[i].output
+        if o and o in consumed
+    ]
+    kept_inits = [t for t in ng.initializer if t.name in consumed or t.name in input_names]
+    del ng.initializer[:]
+    ng.initializer.extend(kept_inits + new_inits)
+    # value_info entries for names that became initializers are harmless; drop them for tidiness
+    vi = [v for v in ng.value_info if v.name not in {t.name for t in new_inits}]
+    del ng.value_info[:]
+    ng.value_info.extend(vi)
+    ops: dict[str, int] = {}
+    for i in folded:
+        ops[g.node[i].op_type] = ops.get(g.node[i].op_type, 0) + 1
+    return PassResult(
+        new,
+        True,
+        {"folded_nodes": len(folded), "folded_ops": ops, "skipped_too_big": len(too_big)},
+    )
+
+
+def _evaluate(
+    model: ModelProto,
+    nodes: list[onnx.NodeProto],
+    init: dict[str, onnx.TensorProto],
+    outputs: list[str],
+) -> dict[str, np.ndarray]:
+    """Run the constant nodes as a standalone model in onnxruntime (optimizer off)."""
+    from onnxopt.core.runtime import create_session
+
+    needed = {i for n in nodes for i in n.input if i}
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    types = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    outs = []
+    for o in outputs:
+        vi = onnx.ValueInfoProto()
+        vi.name = o
+        if o in types:
+            vi.type.CopyFrom(types[o])
+        outs.append(vi)
+    graph = helper.make_graph(
+        list(nodes), "constants", [], outs, [init[n] for n in sorted(needed) if n in init]
+    )
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    sess = create_session(sub, opt_level="disable", intra_op_threads=1, custom_ops=False)  # default-domain ops only
+    results = sess.run(outputs, {})
+    return {name: np.asarray(v) for name, v in zip(outputs, results)}

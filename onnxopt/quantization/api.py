@@ -1,0 +1,215 @@
+"""Int8 quantization with onnxruntime: dynamic, static (calibrated), or auto (measure and pick), accuracy-aware."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import ModelProto
+
+from onnxopt.core.cpu import detect_cpu
+from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
+from onnxopt.core.feeds import Feed, synthesize_feed
+from onnxopt.core.model import copy_model
+from onnxopt.measure.benchmark import BenchConfig, benchmark
+from onnxopt.measure.stats import latency_ratio
+from onnxopt.quantization.calibration import (
+    CalibrationSource,
+    check_samples,
+    fixed_batch,
+    from_feed,
+)
+from onnxopt.quantization.config import (
+    DEFAULT_AUTO_COSINE,
+    EVAL_SAMPLES,
+    QuantizeConfig,
+    _config_dict,
+)
+from onnxopt.quantization.engine import (
+    CandidateFailed,
+    check_opset,
+    model_size,
+    prepare,
+    quant_ops_in,
+    require_min_opset,
+)
+from onnxopt.quantization.evaluate import Budget, Evaluator
+from onnxopt.quantization.fallback import fallback
+from onnxopt.quantization.session import QuantSession, built_entry
+
+log = logging.getLogger(__name__)
+
+
+
+
+
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """The model to keep, whether it holds int8 nodes, whether the budget holds, and the report."""
+
+    model: ModelProto
+    quantized: bool
+    meets_budget: bool
+    report: dict[str, Any]  # JSON-serializable
+
+
+
+
+
+
+def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
+    known = {n.name for n in model.graph.node}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidInputError(
+            f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model; "
+            "list node names with `onnxopt inspect --json` or Netron"
+        )
+
+
+
+
+def _eval_data(model: ModelProto, source: CalibrationSource | None, val: tuple[Feed, np.ndarray | None] | None,
+               seed: int, notes: list[str]) -> tuple[Feed, np.ndarray | None, str]:
+    if val is not None:
+        feed, labels = val
+        check_samples(model, feed, "validation data")
+        return feed, labels, "validation data"
+    if source is not None:
+        return source.head(EVAL_SAMPLES), None, "calibration data"
+    notes.append("no calibration or validation data: fidelity measured on synthetic random inputs only")
+    return synthesize_feed(model, batch=fixed_batch(model) or 8, seed=seed), None, "synthetic inputs"
+
+
+def _as_source(model: ModelProto, calib: Feed | CalibrationSource | None, config: QuantizeConfig) -> CalibrationSource | None:
+    if calib is None:
+        return None
+    if isinstance(calib, CalibrationSource):
+        return calib.limited(config.calib_samples)
+    src = from_feed(model, calib, samples=config.calib_samples, description="calibration data")
+    for k, v in calib.items():
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            raise InvalidInputError(f"calibration data input {k!r} contains NaN or Inf; clean the data")
+    return src
+
+
+def quantize(
+    model: ModelProto,
+    config: QuantizeConfig | None = None,
+    calib: Feed | CalibrationSource | None = None,
+    val: tuple[Feed, np.ndarray | None] | None = None,
+    bench: BenchConfig | None = None,
+) -> QuantizeResult:
+    """Quantize a model with onnxruntime; the input is never modified.
+
+    calib: calibration inputs (a feed or a streaming CalibrationSource) for static quantization.
+    val: (inputs, labels or None) to measure fidelity / accuracy; defaults to calibration inputs.
+    bench: benchmark settings (auto mode always measures; other modes measure only when given).
+    """
+    cfg = config or QuantizeConfig()
+    t0 = time.perf_counter()
+    already = quant_ops_in(model)
+    if already and not cfg.force:
+        ops = ", ".join(f"{k} x{v}" for k, v in list(already.items())[:4])
+        raise InvalidInputError(f"the model is already quantized (found {ops}): nothing to do; pass --force to quantize anyway")
+    budget = cfg.budget
+    if cfg.max_accuracy_drop is not None and (val is None or val[1] is None):
+        raise InvalidInputError(
+            "--max-accuracy-drop needs labelled validation data (--data with a 'labels' array); "
+            "without labels use --min-cosine"
+        )
+    if cfg.mode == "static" and calib is None:
+        raise InvalidInputError("--mode static needs calibration data: pass --calib-data (an .npz or a folder)")
+    _check_node_names(model, cfg.exclude_nodes)
+    require_min_opset(model)
+    notes: list[str] = []
+    cpu = detect_cpu()
+    original = copy_model(model)
+    source = _as_source(original, calib, cfg)
+    feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes)
+    evaluator = Evaluator(original, feed, labels, eval_source)
+    needs_pc_qdq = cfg.mode == "static" and cfg.per_channel and cfg.format == "qdq"
+    with tempfile.TemporaryDirectory(prefix="onnxopt-quantize-") as tmp:
+        wd = Path(tmp)
+        start = check_opset(original, needs_per_channel_qdq=needs_pc_qdq)
+        if start is not original:
+            notes.append("upgraded the model to opset 13 (per-channel QDQ needs it)")
+        variants = prepare(start, wd, notes)
+        sess = QuantSession(original, variants, source, evaluator, wd, notes)
+        if cfg.mode == "auto":
+            from onnxopt.quantization.auto import run_auto
+
+            if not budget.active:
+                budget = Budget(min_cosine=DEFAULT_AUTO_COSINE)
+                notes.append(f"no accuracy budget given: auto mode requires output cosine >= {DEFAULT_AUTO_COSINE}")
+            result_model, quantized, meets, auto_report = run_auto(sess, cfg, budget, cpu, bench or BenchConfig())
+            report = auto_report
+        else:
+            result_model, quantized, meets, report = _run_single(sess, cfg, budget, bench)
+    report.update({
+        "mode": cfg.mode,
+        "objective": cfg.objective,
+        "config": _config_dict(cfg),
+        "cpu": cpu.to_dict(),
+        "budget": budget.describe(),
+        "meets_budget": meets,
+        "quantized": quantized,
+        "fidelity_data": {"source": eval_source, "samples": evaluator.samples, "labels": labels is not None},
+        "calibration": None if source is None else {"source": source.description, "samples": source.samples,
+                                                     "method": cfg.calib_method},
+        "size_before": model_size(original),
+        "size_after": model_size(result_model),
+        "size_ratio": model_size(result_model) / max(1, model_size(original)),
+        "int8_floor": int8_floor(original),
+        "notes": notes + report.get("notes", []),
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+    return QuantizeResult(result_model, quantized, meets, report)
+
+
+def int8_floor(model: ModelProto) -> int:
+    """Bytes of the model with every float32 initializer at a quarter of its size, the rest as it was."""
+    f32 = sum(
+        int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+    )
+    return int(model_size(model) - 0.75 * f32)
+
+
+
+
+
+
+def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: BenchConfig | None
+                ) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
+    cand = cfg.candidate()
+    try:
+        built = sess.build(cand)
+    except CandidateFailed as e:
+        raise UnsupportedModelError(f"{cand.name}: {e}") from e
+    report: dict[str, Any] = {"candidates": [built_entry(built)]}
+    meets = True
+    if budget.active:
+        built, meets, fb = fallback(built, sess.build, sess.evaluator, budget)
+        report["fallback"] = fb
+    report["winner"] = built.cand.name
+    report["nodes"] = {"quantized": built.quantized_nodes, "float": built.float_nodes}
+    report["fidelity"] = built.fidelity.to_dict()
+    report["why"] = (f"{cfg.mode} quantization as asked" + ("" if meets else f"; the budget ({budget.describe()}) "
+                     "is NOT met: kept the closest configuration found"))
+    report["notes"] = list(built.notes)
+    if bench is not None:
+        res = benchmark([sess.original, built.model], bench, names=["input", built.cand.name])
+        ratio = latency_ratio(res[1], res[0])
+        report["latency"] = {"input_ms": res[0].stats.p50_ms, "quantized_ms": res[1].stats.p50_ms,
+                             "ratio": ratio.to_dict(), "describe": ratio.describe()}
+        if ratio.significant and ratio.ratio > 1:
+            report["notes"].append(f"the quantized model is SLOWER than the input on this CPU: {ratio.describe()}")
+    return built.model, True, meets, report

@@ -1,0 +1,237 @@
+"""`--mode auto`: build CPU-ordered int8 candidates, measure them (brief, then finalists longer), keep the best."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from onnx import ModelProto
+
+from onnxopt.core.cpu import CpuFeatures
+from onnxopt.core.feeds import first_batch
+from onnxopt.core.model import copy_model
+from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark
+from onnxopt.measure.stats import NOT_SLOWER, RatioCI, latency_ratio
+from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size, strip_quant_metadata
+from onnxopt.quantization.evaluate import Budget
+from onnxopt.quantization.fallback import Built, fallback
+
+if TYPE_CHECKING:
+    from onnxopt.quantization.config import QuantizeConfig
+    from onnxopt.quantization.session import QuantSession
+
+log = logging.getLogger(__name__)
+
+
+
+def candidate_grid(cpu: CpuFeatures, *, has_calib: bool, config: QuantizeConfig) -> list[Candidate]:
+    """The candidates to try, best first for this CPU (or onnxruntime's whole grid when config.grid='full')."""
+    common = {"op_types": config.op_types, "exclude_nodes": config.exclude_nodes, "calib_method": config.calib_method}
+    if config.grid == "full":
+        dyn = [Candidate("dynamic", weight_type=w, per_channel=pc, reduce_range=rr, **common)  # type: ignore[arg-type]
+               for w in ("int8", "uint8") for pc in (False, True) for rr in (False, True)]
+        st = [Candidate("static", format=f, activation_type=a, per_channel=pc, reduce_range=rr, **common)  # type: ignore[arg-type]
+              for f in ("qdq", "qoperator") for a in ("uint8", "int8") for pc in (False, True) for rr in (False, True)]
+    else:
+        if cpu.is_arm:
+            specs = [("qdq", "int8", False, False), ("qdq", "int8", True, False), ("qoperator", "uint8", False, False)]
+        elif cpu.vnni:
+            specs = [("qdq", "uint8", False, False), ("qdq", "int8", False, False), ("qdq", "uint8", True, False),
+                     ("qoperator", "uint8", False, False)]
+        else:  # AVX2 without VNNI: U8S8 with 7-bit weights avoids vpmaddubsw saturation
+            specs = [("qdq", "uint8", False, True), ("qdq", "uint8", True, True), ("qoperator", "uint8", False, True),
+                     ("qdq", "int8", False, False)]
+        st = [Candidate("static", format=f, activation_type=a, per_channel=pc, reduce_range=rr, **common)  # type: ignore[arg-type]
+              for f, a, pc, rr in specs]
+        dyn = [Candidate("dynamic", per_channel=False, **common), Candidate("dynamic", per_channel=True, **common)]  # type: ignore[arg-type]
+        if config.objective == "size":
+            dyn.reverse()  # per-channel keeps accuracy at the same size
+    if not has_calib:
+        return dyn
+    return dyn + st if config.objective == "size" else st + dyn
+
+
+def _row(name: str, status: str, **kw: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"name": name, "status": status}
+    d.update(kw)
+    return d
+
+
+def _ratio_dict(r: RatioCI) -> dict[str, Any]:
+    return {"ratio": r.ratio, "low": r.low, "high": r.high, "significant": r.significant, "describe": r.describe()}
+
+
+def _bench(models: list[ModelProto], names: list[str], cfg: BenchConfig, feed: Any) -> list[BenchResult]:
+    return benchmark(models, cfg, feed=feed, names=names)
+
+
+def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, bench: BenchConfig
+             ) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
+    """Measure the candidates and return (model, quantized, meets_budget, report)."""
+    from onnxopt.quantization.session import built_entry
+
+    notes: list[str] = []
+    float_model = strip_quant_metadata(sess.variants[-1].model)  # constant-folded, basic level: portable
+    float_fid = sess.evaluator.score(float_model)
+    rows: dict[str, dict[str, Any]] = {}
+    built: dict[str, Built] = {}
+    order = candidate_grid(cpu, has_calib=sess.source is not None, config=config)
+    if sess.source is None:
+        notes.append("no calibration data: static candidates skipped (calibrating on noise wrecks accuracy); "
+                     "pass --calib-data to try them")
+    first_ok: Built | None = None
+    queue = list(order)
+    while queue:
+        cand = queue.pop(0)
+        if cand.name in rows:
+            continue
+        try:
+            b = sess.build(cand)
+        except CandidateFailed as e:
+            rows[cand.name] = _row(cand.name, "failed", candidate=cand.to_dict(), reason=str(e))
+            continue
+        built[cand.name] = b
+        rows[cand.name] = built_entry(b)
+        rows[cand.name]["meets_budget"] = budget.holds(b.fidelity)
+        if first_ok is None and config.objective == "latency" and config.grid == "auto":
+            first_ok = b
+            queue.extend(_op_type_partials(b, sess))
+    feed = first_batch(sess.evaluator.feed, bench.batch)
+    quick_cfg = replace(bench, warmup=min(bench.warmup, 2), runs=config.quick_runs, duration_s=None)
+    names = ["input", "float"] + list(built)
+    models = [sess.original, float_model] + [b.model for b in built.values()]
+    res = _bench(models, names, quick_cfg, feed)
+    quick = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
+    rows["float"] = _row("float", "ok", size=model_size(float_model), fidelity=float_fid.to_dict(),
+                         note="onnxruntime basic graph optimization (constant folding), no quantization")
+    for n, r in quick.items():
+        rows[n]["quick"] = _ratio_dict(r)
+    # Accuracy fallback for the fastest over-budget candidate that could beat float.
+    failing = sorted((b for b in built.values() if not budget.holds(b.fidelity)), key=lambda b: quick[b.cand.name].ratio)
+    passing = [b for b in built.values() if budget.holds(b.fidelity)]
+    if failing and (config.objective == "size" or quick[failing[0].cand.name].ratio < quick["float"].ratio):
+        base = failing[0]
+        fb_built, fb_ok, fb_report = fallback(base, sess.build, sess.evaluator, budget)
+        rows[base.cand.name]["fallback"] = fb_report
+        if fb_built is not base and fb_built.cand.name not in rows:
+            built[fb_built.cand.name] = fb_built
+            rows[fb_built.cand.name] = built_entry(fb_built)
+            rows[fb_built.cand.name]["meets_budget"] = fb_ok
+            if fb_ok:
+                passing.append(fb_built)
+    if config.objective == "size":
+        return _pick_size(sess, config, budget, float_model, built, passing, rows, notes, bench, feed)
+    return _pick_latency(sess, config, budget, cpu, float_model, built, passing, quick, rows, notes, bench, feed)
+
+
+def _op_type_partials(b: Built, sess: QuantSession) -> list[Candidate]:
+    """Variants quantizing one op type only, when the candidate quantized several op types."""
+    if b.cand.op_types:
+        return []
+    by_name = {n.name: n.op_type for p in sess.variants[:1] for n in p.model.graph.node}
+    by_name.update({n.name: n.op_type for n in sess.variants[-1].model.graph.node})
+    ops = sorted({by_name[n] for n in b.quantized_nodes if n in by_name})
+    if len(ops) < 2:
+        return []
+    return [replace(b.cand, op_types=(op,)) for op in ops]
+
+
+def _finish(rows: dict[str, dict[str, Any]], winner: str, why: str, notes: list[str], final: dict[str, RatioCI],
+            extra: dict[str, Any]) -> dict[str, Any]:
+    for n, r in final.items():
+        if n in rows:
+            rows[n]["final"] = _ratio_dict(r)
+    ordered = ([rows["float"]] if "float" in rows else []) + [r for n, r in rows.items() if n != "float"]
+    report = {"candidates": ordered, "winner": winner, "why": why, "notes": notes}
+    report.update(extra)
+    return report
+
+
+def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, float_model: ModelProto,
+                  built: dict[str, Built], passing: list[Built], quick: dict[str, RatioCI], rows: dict[str, dict[str, Any]],
+                  notes: list[str], bench: BenchConfig, feed: Any) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
+    # Fallback results were not in the quick round: they go to the final round regardless.
+    finalists = sorted(passing, key=lambda b: quick[b.cand.name].ratio if b.cand.name in quick else 0.0)
+    finalists = finalists[: config.finalists]
+    names = ["input", "float"] + [b.cand.name for b in finalists]
+    models = [sess.original, float_model] + [b.model for b in finalists]
+    extra: dict[str, Any] = {}
+    for attempt, runs in enumerate((config.final_runs, 2 * config.final_runs)):
+        res = _bench(models, names, replace(bench, runs=runs, duration_s=None), feed)
+        final = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
+        ok = [n for n in names[1:] if final[n].high <= NOT_SLOWER]
+        if ok:
+            break
+        if attempt == 0:  # a noisy machine widens the CIs: measure once more, longer
+            notes.append(f"no finalist was shown to be as fast as the input in {runs} rounds; measured again "
+                         f"with {2 * runs} rounds")
+    by_name = dict(zip(names, res))
+    extra["final_ms"] = {n: r.stats.p50_ms for n, r in by_name.items()}
+    if not passing:
+        notes.append(f"no int8 configuration met the budget ({budget.describe()})")
+    if not ok:
+        why = ("neither the graph-optimized float model nor any int8 candidate was shown to be as fast as the "
+               f"input (upper end of the latency-ratio CI <= {NOT_SLOWER}): returning the input unchanged")
+        rep = _finish(rows, "input", why, notes, final, extra)
+        rep["fidelity"] = sess.evaluator.score(sess.original).to_dict()
+        rep["latency"] = {"ratio": 1.0, "describe": "the input itself"}
+        return copy_model(sess.original), False, True, rep
+    best = min(ok, key=lambda n: final[n].ratio)
+    if best != "float":
+        vs_float = latency_ratio(by_name[best], by_name["float"])
+        extra["winner_vs_float"] = _ratio_dict(vs_float)
+        if not (vs_float.significant and vs_float.ratio < 1) and "float" in ok:
+            notes.append(f"{best} was not measurably faster than the float model ({vs_float.describe()})")
+            best = "float"
+    if best == "float":
+        faster = [n for n in names[2:] if final[n].ratio < final["float"].ratio]
+        why = (f"no int8 configuration is measurably faster than float on this CPU ({cpu.summary}); returning the "
+               f"float model after graph optimization: {final['float'].describe()} vs the input")
+        if faster:
+            why += f" (int8 {', '.join(faster)} looked faster but not significantly)"
+        rep = _finish(rows, "float", why, notes, final, extra)
+        rep["fidelity"] = rows["float"]["fidelity"]
+        rep["latency"] = _ratio_dict(final["float"])
+        rep["nodes"] = {"quantized": [], "float": []}
+        return float_model, False, True, rep
+    b = built[best]
+    why = (f"{best} is the fastest configuration that holds the budget ({budget.describe()}): "
+           f"{final[best].describe()} vs the input, {extra['winner_vs_float']['describe']} vs float")
+    if "float" not in ok:
+        why += (f"; the float model itself was not shown to be as fast as the input "
+                f"(CI upper end {final['float'].high:.3f} > {NOT_SLOWER})")
+    rep = _finish(rows, best, why, notes + b.notes, final, extra)
+    rep["fidelity"] = b.fidelity.to_dict()
+    rep["latency"] = _ratio_dict(final[best])
+    rep["nodes"] = {"quantized": b.quantized_nodes, "float": b.float_nodes}
+    return b.model, True, True, rep
+
+
+def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float_model: ModelProto,
+               built: dict[str, Built], passing: list[Built], rows: dict[str, dict[str, Any]],
+               notes: list[str], bench: BenchConfig, feed: Any) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
+    meets = True
+    if passing:
+        win = min(passing, key=lambda b: (model_size(b.model), b.cand.name))
+        why = f"{win.cand.name} is the smallest configuration that holds the budget ({budget.describe()})"
+    elif built:
+        win = min(built.values(), key=lambda b: budget.shortfall(b.fidelity))
+        meets = False
+        why = (f"no configuration met the budget ({budget.describe()}); kept the closest one, {win.cand.name} "
+               f"(min cosine {win.fidelity.min_cosine:.4f})")
+    else:
+        why = "no int8 candidate could be built: returning the graph-optimized float model"
+        rep = _finish(rows, "float", why, notes, {}, {})
+        rep["fidelity"] = rows["float"]["fidelity"]
+        return float_model, False, True, rep
+    final_cfg = replace(bench, runs=config.final_runs, duration_s=None)
+    res = _bench([sess.original, win.model], ["input", win.cand.name], final_cfg, feed)
+    r = latency_ratio(res[1], res[0])
+    if r.significant and r.ratio > 1:
+        notes.append(f"the smallest model is SLOWER than the input on this CPU: {r.describe()}")
+    rep = _finish(rows, win.cand.name, why, notes + win.notes, {win.cand.name: r}, {})
+    rep["fidelity"] = win.fidelity.to_dict()
+    rep["latency"] = _ratio_dict(r)
+    rep["nodes"] = {"quantized": win.quantized_nodes, "float": win.float_nodes}
+    return win.model, True, meets, rep

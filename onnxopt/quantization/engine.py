@@ -1,0 +1,392 @@
+"""Safe wrappers over onnxruntime.quantization: prepare, quantize one candidate, check it loads, diff nodes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import ModelProto
+
+from onnxopt.core.errors import InvalidInputError, InvalidModelError
+from onnxopt.core.errors import short_message as _short
+from onnxopt.core.feeds import Feed
+from onnxopt.core.model import all_graphs, copy_model, default_opset, op_histogram
+from onnxopt.core.runtime import SessionConfig, create_session
+
+log = logging.getLogger(__name__)
+
+# Ops whose presence means a model is already quantized.
+QUANT_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax",
+    "QLinearReduceMean", "QLinearWhere", "QGemm", "QAttention", "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QEmbedLayerNormalization", "QOrderedMatMul",
+})
+MIN_OPSET = 10
+PER_CHANNEL_QDQ_OPSET = 13
+
+
+class CandidateFailed(Exception):
+    """A candidate could not be built or loaded; the message is the reason shown in the report."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One quantizer configuration: mode, format, types, granularity and node selection."""
+
+    mode: str  # dynamic | static
+    format: str = "qdq"  # qdq | qoperator (static only)
+    activation_type: str = "int8"
+    weight_type: str = "int8"
+    per_channel: bool = False
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    calib_method: str = "minmax"
+
+    @property
+    def name(self) -> str:
+        """A short label such as 'static-qdq-u8s8-pc-rr' or 'dynamic-s8'."""
+        if self.mode == "dynamic":
+            parts = ["dynamic", "s8" if self.weight_type == "int8" else "u8"]
+        else:
+            a = "s8" if self.activation_type == "int8" else "u8"
+            w = "s8" if self.weight_type == "int8" else "u8"
+            parts = ["static", self.format, a + w]
+        if self.per_channel:
+            parts.append("pc")
+        if self.reduce_range:
+            parts.append("rr")
+        if self.op_types:
+            parts.append("only-" + "+".join(self.op_types))
+        if self.exclude_nodes:
+            parts.append(f"float{len(self.exclude_nodes)}")
+        return "-".join(parts)
+
+    def with_excluded(self, nodes: Sequence[str]) -> Candidate:
+        """The same configuration with extra nodes kept in float."""
+        merged = tuple(dict.fromkeys((*self.exclude_nodes, *nodes)))
+        return replace(self, exclude_nodes=merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict including the label."""
+        d = asdict(self)
+        d["name"] = self.name
+        d["op_types"] = list(self.op_types)
+        d["exclude_nodes"] = list(self.exclude_nodes)
+        return d
+
+
+@dataclass
+class Prepared:
+    """The float model the quantizer starts from (pre-processed or constant-folded) on disk."""
+
+    variant: str  # "preprocessed" | "folded"
+    path: Path
+    model: ModelProto
+    calib_cache: dict[str, Path] = field(default_factory=dict)
+
+
+def quant_ops_in(model: ModelProto) -> dict[str, int]:
+    """Histogram of quantization ops in a model (subgraphs included)."""
+    hist = op_histogram(model)
+    return {k: v for k, v in hist.items() if k.split(".")[-1] in QUANT_OPS}
+
+
+def require_min_opset(model: ModelProto) -> None:
+    """Raise InvalidInputError when the model's opset predates QuantizeLinear (10)."""
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise InvalidInputError(
+            f"quantization needs opset >= {MIN_OPSET} (QuantizeLinear), 13 recommended; the model has opset {opset}: "
+            "re-export it with --opset 13"
+        )
+
+
+def check_opset(model: ModelProto, *, needs_per_channel_qdq: bool) -> ModelProto:
+    """Return a model at an opset the quantizer can use (upgrading 10-12 to 13) or raise InvalidInputError."""
+    require_min_opset(model)
+    opset = default_opset(model)
+    if opset >= PER_CHANNEL_QDQ_OPSET:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(model, PER_CHANNEL_QDQ_OPSET)
+        onnx.checker.check_model(upgraded)
+        log.info("upgraded opset %d -> %d for per-channel QDQ", opset, PER_CHANNEL_QDQ_OPSET)
+        return upgraded
+    except Exception as e:
+        if needs_per_channel_qdq:
+            raise InvalidInputError(
+                f"per-channel QDQ needs opset >= {PER_CHANNEL_QDQ_OPSET}; the model has opset {opset} and "
+                f"onnx.version_converter could not upgrade it ({_short(e)}): re-export with --opset 13 "
+                "or drop --per-channel"
+            ) from e
+        return model
+
+
+def fold_constants(model: ModelProto, out: Path) -> ModelProto:
+    """onnxruntime's basic (portable) graph optimization: constant folding, redundant node removal."""
+    import onnxruntime as ort
+
+    src = out.with_name(out.stem + ".in.onnx")
+    onnx.save(model, str(src))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(out)
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {_short(e)}") from e
+    finally:
+        src.unlink(missing_ok=True)
+    folded = prune_opset_imports(onnx.load(str(out)))
+    onnx.save(folded, str(out))
+    return folded
+
+
+def prune_opset_imports(model: ModelProto) -> ModelProto:
+    """Drop the opset imports no node uses (onnxruntime's optimizer writes a dozen unused ones)."""
+    used = {n.domain or "" for g in all_graphs(model.graph) for n in g.node} | {""}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    return model
+
+
+def _skip_torch_import() -> None:
+    """Let quant_pre_process import onnxruntime.tools without it importing torch (~10 s, unused here).
+
+    onnxruntime/tools/__init__.py imports torch whenever it is installed, only to offer an
+    export helper; the package is registered without running that __init__.
+    """
+    import importlib.util
+    import sys
+
+    if "onnxruntime.tools" in sys.modules or "torch" in sys.modules:
+        return
+    spec = importlib.util.find_spec("onnxruntime.tools")
+    if spec is None or spec.submodule_search_locations is None:
+        return
+    sys.modules["onnxruntime.tools"] = importlib.util.module_from_spec(spec)
+
+
+def prepare(model: ModelProto, workdir: Path, notes: list[str]) -> list[Prepared]:
+    """Float starting points in order of preference: quant_pre_process output, then constants folded only."""
+    _skip_torch_import()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    base = workdir / "float_input.onnx"
+    onnx.save(model, str(base))
+    folded_path = workdir / "float_folded.onnx"
+    folded = fold_constants(model, folded_path)
+    variants: list[Prepared] = []
+    pre_path = workdir / "float_preprocessed.onnx"
+    for kwargs, label in (({}, "defaults"), ({"skip_symbolic_shape": True}, "skip_symbolic_shape=True")):
+        try:
+            with quiet_quantizer():
+                quant_pre_process(str(folded_path), str(pre_path), **kwargs)
+            variants.append(Prepared("preprocessed", pre_path, onnx.load(str(pre_path))))
+            if kwargs:
+                notes.append(
+                    "quant_pre_process with defaults failed (symbolic shape inference); "
+                    f"pre-processed with {label} instead"
+                )
+            break
+        except Exception as e:
+            log.info("quant_pre_process (%s) failed: %s", label, _short(e))
+            if kwargs:
+                notes.append(f"quant_pre_process failed ({_short(e)}); quantizing the constant-folded model")
+    variants.append(Prepared("folded", folded_path, folded))
+    return variants
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """Silence onnxruntime's quantizer, which logs warnings and info on the root logger."""
+    root = logging.getLogger()
+    old = root.level
+    names = ("onnxruntime.quantization", "onnxruntime.quantization.shape_inference")
+    olds = [logging.getLogger(n).level for n in names]
+    root.setLevel(max(old, logging.ERROR))
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about unused initializers
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+        ort.set_default_logger_severity(2)
+        for n, lv in zip(names, olds):
+            logging.getLogger(n).setLevel(lv)
+
+
+def _qtype(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
+
+
+def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) -> ModelProto:
+    """Run onnxruntime's quantizer for one candidate on a prepared model; raise CandidateFailed."""
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+
+    out = workdir / f"{prep.variant}-{cand.name}-{abs(hash(cand)) % 10**8}.onnx"
+    common: dict[str, Any] = {
+        "op_types_to_quantize": list(cand.op_types) or None,
+        "per_channel": cand.per_channel,
+        "reduce_range": cand.reduce_range,
+        "weight_type": _qtype(cand.weight_type),
+        "nodes_to_exclude": list(cand.exclude_nodes) or None,
+        "extra_options": {"MatMulConstBOnly": True},
+    }
+    cache = calibration_cache(prep, cand.calib_method, source, workdir) if cand.mode == "static" else None
+    try:
+        with quiet_quantizer():
+            if cand.mode == "dynamic":
+                quantize_dynamic(str(prep.path), str(out), **common)
+            else:
+                quantize_static(
+                    str(prep.path), str(out),
+                    calibration_data_reader=None,
+                    quant_format=QuantFormat.QDQ if cand.format == "qdq" else QuantFormat.QOperator,
+                    activation_type=_qtype(cand.activation_type),
+                    calibrate_method=_calib_method(cand.calib_method),
+                    calibration_cache_path=str(cache),
+                    **common,
+                )
+        return prune_opset_imports(onnx.load(str(out)))
+    except Exception as e:
+        raise CandidateFailed(f"onnxruntime's quantizer failed: {_short(e)}") from e
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _calib_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def calibration_cache(prep: Prepared, method: str, source: Any, workdir: Path) -> Path:
+    """The tensor-range cache of a prepared model (calibrated once per model and method)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    from onnxopt.quantization.calibration import compute_ranges
+
+    if method in prep.calib_cache:
+        return prep.calib_cache[method]
+    if source is None:
+        raise InvalidInputError("static quantization needs calibration data: pass --calib-data (an .npz or a folder)")
+    sub = workdir / f"calib-{prep.variant}"
+    sub.mkdir(exist_ok=True)
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    with quiet_quantizer():
+        prep.calib_cache[method] = compute_ranges(prep.path, source, method=method, op_types=op_types, workdir=sub)
+    return prep.calib_cache[method]
+
+
+def check_runs(model: ModelProto, feed: Feed) -> None:
+    """Load the model in onnxruntime and run one batch; raise CandidateFailed with the reason."""
+    try:
+        from onnxopt.core.runtime import lean_session
+
+        cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
+        sess = create_session(model, cfg)
+        from onnxopt.quantization.calibration import fixed_batch
+
+        n = fixed_batch(model) or 2
+        sess.run(None, {k: v[:n] for k, v in feed.items()})
+    except InvalidModelError as e:
+        raise CandidateFailed(f"onnxruntime refused the quantized model: {e}") from e
+    except Exception as e:
+        raise CandidateFailed(f"the quantized model fails at run time: {_short(e)}") from e
+
+
+def supported_ops(mode: str, fmt: str) -> frozenset[str]:
+    """Op types onnxruntime's quantizer handles in a mode/format."""
+    from onnxruntime.quantization.registry import (
+        IntegerOpsRegistry,
+        QDQRegistry,
+        QLinearOpsRegistry,
+    )
+
+    if mode == "dynamic":
+        return frozenset(IntegerOpsRegistry)
+    return frozenset(QDQRegistry if fmt == "qdq" else QLinearOpsRegistry)
+
+
+# Ops that carry the weights and the arithmetic; the report lists these node by node.
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "Gather",
+                         "EmbedLayerNormalization", "Einsum"})
+
+
+def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) -> tuple[list[str], list[dict[str, str]]]:
+    """(quantized compute nodes, float compute nodes with reasons) of a quantized model vs its float source."""
+    q_nodes = {}
+    producers: dict[str, str] = {}
+    for g in all_graphs(q_model.graph):
+        for n in g.node:
+            q_nodes[n.name] = n
+            for o in n.output:
+                producers[o] = n.op_type
+    supported = supported_ops(cand.mode, cand.format)
+    quantized: list[str] = []
+    left: list[dict[str, str]] = []
+    for g in all_graphs(float_model.graph):
+        for n in g.node:
+            if n.op_type not in COMPUTE_OPS:
+                continue
+            qn = q_nodes.get(n.name)
+            is_q = qn is None or qn.op_type in QUANT_OPS or any(
+                producers.get(i) in ("DequantizeLinear", "DynamicQuantizeLinear") for i in qn.input
+            )
+            if is_q:
+                quantized.append(n.name)
+                continue
+            if n.name in cand.exclude_nodes:
+                reason = "kept in float (excluded or returned to float for accuracy)"
+            elif cand.op_types and n.op_type not in cand.op_types:
+                reason = f"op type {n.op_type} not selected"
+            elif n.op_type not in supported:
+                reason = f"onnxruntime's {cand.mode} quantizer does not support {n.op_type}"
+            elif g is not float_model.graph:
+                reason = "inside an If/Loop/Scan subgraph the quantizer did not touch"
+            else:
+                reason = "the quantizer left it in float (e.g. weights not constant, or a shape it cannot handle)"
+            left.append({"node": n.name, "op": n.op_type, "reason": reason})
+    return quantized, left
+
+
+
+
+def model_size(model: ModelProto) -> int:
+    """Serialized size in bytes (the file size when saved without external data)."""
+    return int(model.ByteSize())
+
+
+def strip_quant_metadata(model: ModelProto) -> ModelProto:
+    """A copy without onnxruntime's pre-processing marker metadata (keeps user metadata)."""
+    m = copy_model(model)
+    keep = [p for p in m.metadata_props if p.key != "onnx.quant.pre_process"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    return m
+
+
+
+
+def float_feed_ok(feed: Feed) -> bool:
+    """True when every float array of a feed is finite (NaN/Inf would poison calibration)."""
+    return all(np.isfinite(v).all() for v in feed.values() if np.issubdtype(v.dtype, np.floating))

@@ -1,0 +1,89 @@
+"""Fidelity of quantized candidates against the float model, with the reference outputs computed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxopt.core.feeds import Feed
+from onnxopt.core.model import graph_outputs
+from onnxopt.core.runtime import SessionConfig, lean_session
+from onnxopt.measure.fidelity import FidelityReport, accuracy_of, output_fidelity, run_batched
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy budget a quantized model must hold."""
+
+    max_accuracy_drop: float | None = None  # percentage points, needs labels
+    min_cosine: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """True when some limit is set."""
+        return self.max_accuracy_drop is not None or self.min_cosine is not None
+
+    def holds(self, rep: FidelityReport) -> bool:
+        """True when the report is within every limit that is set."""
+        if self.max_accuracy_drop is not None:
+            drop = rep.accuracy_drop
+            if drop is None or drop > self.max_accuracy_drop + 1e-9:
+                return False
+        return not (self.min_cosine is not None and rep.min_cosine < self.min_cosine)
+
+    def describe(self) -> str:
+        """e.g. 'accuracy drop <= 0.5 pt, cosine >= 0.99'."""
+        parts = []
+        if self.max_accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_accuracy_drop:g} pt")
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g}")
+        return ", ".join(parts) or "none"
+
+    def shortfall(self, rep: FidelityReport) -> float:
+        """How far the report is from the budget (0 when it holds; larger is worse), for ranking."""
+        s = 0.0
+        if self.max_accuracy_drop is not None and rep.accuracy_drop is not None:
+            s += max(0.0, rep.accuracy_drop - self.max_accuracy_drop) / 100.0
+        if self.min_cosine is not None:
+            s += max(0.0, self.min_cosine - rep.min_cosine)
+        return s
+
+
+class Evaluator:
+    """Scores candidates on a fixed feed against reference outputs computed once."""
+
+    def __init__(self, reference: ModelProto, feed: Feed, labels: np.ndarray | None, source: str) -> None:
+        self.feed = feed
+        self.labels = labels
+        self.source = source
+        self.samples = min(int(v.shape[0]) for v in feed.values())
+        self._specs = graph_outputs(reference)
+        self._ref = _run(reference, feed)
+        self._acc_ref = accuracy_of(self._ref[0], labels) if labels is not None else None
+
+    def subset(self, n: int) -> Evaluator:
+        """An evaluator over the first n samples (reusing the reference outputs)."""
+        ev = object.__new__(Evaluator)
+        ev.feed = {k: v[:n] for k, v in self.feed.items()}
+        ev.labels = self.labels[:n] if self.labels is not None else None
+        ev.source = self.source
+        ev.samples = min(n, self.samples)
+        ev._specs = self._specs
+        ev._ref = [r[:n] for r in self._ref]
+        ev._acc_ref = accuracy_of(ev._ref[0], ev.labels) if ev.labels is not None else None
+        return ev
+
+    def score(self, candidate: ModelProto) -> FidelityReport:
+        """Fidelity of a candidate (same inputs/outputs as the reference) on the feed."""
+        outs = _run(candidate, self.feed)
+        fids = tuple(output_fidelity(s.name, r, c, s) for s, r, c in zip(self._specs, self._ref, outs))
+        acc = accuracy_of(outs[0], self.labels) if self.labels is not None else None
+        return FidelityReport(fids, self.samples, self._acc_ref, acc)
+
+
+def _run(model: ModelProto, feed: Feed) -> list[np.ndarray]:
+    """run_batched without loading the custom-op library for models that do not need it."""
+    return run_batched(model, feed, session=lean_session(model, SessionConfig()))

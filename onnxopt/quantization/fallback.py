@@ -1,0 +1,109 @@
+"""Accuracy-aware fallback: rank quantized nodes by sensitivity and return the worst to float until the budget holds.
+
+Sensitivity of node n = the output error (1 - cosine, plus the accuracy drop with labels) of the
+model in which *only* n is quantized, measured against the float model on a calibration subset.
+Isolating each node this way keeps one node's error from hiding behind another's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnx import ModelProto
+
+from onnxopt.measure.fidelity import FidelityReport
+from onnxopt.quantization.engine import Candidate, CandidateFailed
+from onnxopt.quantization.evaluate import Budget, Evaluator
+
+log = logging.getLogger(__name__)
+
+SENSITIVITY_SAMPLES = 64
+
+
+@dataclass
+class Built:
+    """A candidate that was built, loaded, run and scored."""
+
+    cand: Candidate
+    model: ModelProto
+    quantized_nodes: list[str]
+    float_nodes: list[dict[str, str]]
+    fidelity: FidelityReport
+    variant: str
+    notes: list[str] = field(default_factory=list)
+
+
+Builder = Callable[[Candidate, Evaluator], Built]
+
+
+def harm(rep: FidelityReport) -> float:
+    """A single error number for ranking: 1 - cosine, plus the accuracy drop (as a fraction) with labels."""
+    h = 1.0 - rep.min_cosine
+    if rep.accuracy_drop is not None:
+        h += max(0.0, rep.accuracy_drop) / 100.0
+    return h
+
+
+def _steps(n: int) -> list[int]:
+    """How many nodes to return to float at each step: 1..4 one by one, then about x1.5 (below n)."""
+    ks: list[int] = []
+    k = 1
+    while k < n:
+        ks.append(k)
+        k = k + 1 if k < 4 else int(k * 1.5)
+    return ks
+
+
+def rank_nodes(base: Built, build: Builder, evaluator: Evaluator) -> list[tuple[str, float]]:
+    """(node, harm) for every quantized node of base, most harmful first."""
+    sub = evaluator.subset(min(SENSITIVITY_SAMPLES, evaluator.samples))
+    nodes = base.quantized_nodes
+    ranked: list[tuple[str, float]] = []
+    for node in nodes:
+        others = [m for m in nodes if m != node]
+        try:
+            only = build(base.cand.with_excluded(others), sub)
+            ranked.append((node, harm(only.fidelity)))
+        except CandidateFailed as e:
+            log.info("sensitivity of %s not measured: %s", node, e)
+            ranked.append((node, float("inf")))
+    ranked.sort(key=lambda t: -t[1])
+    return ranked
+
+
+def fallback(base: Built, build: Builder, evaluator: Evaluator, budget: Budget) -> tuple[Built, bool, dict[str, Any]]:
+    """Return nodes to float, most harmful first, until the budget holds; (best, meets, report)."""
+    report: dict[str, Any] = {"budget": budget.describe(), "steps": []}
+    if budget.holds(base.fidelity):
+        report["needed"] = False
+        return base, True, report
+    report["needed"] = True
+    ranked = rank_nodes(base, build, evaluator)
+    report["sensitivity"] = [{"node": n, "harm": round(h, 6) if h != float("inf") else None} for n, h in ranked]
+    best, best_short = base, budget.shortfall(base.fidelity)
+    order = [n for n, _ in ranked]
+    for k in _steps(len(order)):
+        cand = base.cand.with_excluded(order[:k])
+        try:
+            built = build(cand, evaluator)
+        except CandidateFailed as e:
+            report["steps"].append({"float_nodes": order[:k], "error": str(e)})
+            continue
+        ok = budget.holds(built.fidelity)
+        report["steps"].append({
+            "float_nodes": order[:k],
+            "min_cosine": built.fidelity.min_cosine,
+            "accuracy_drop": built.fidelity.accuracy_drop,
+            "meets_budget": ok,
+        })
+        short = budget.shortfall(built.fidelity)
+        if ok:
+            log.info("budget holds with %d node(s) returned to float", k)
+            return built, True, report
+        if short < best_short:
+            best, best_short = built, short
+    report["result"] = "no partial quantization met the budget; kept the closest one"
+    return best, False, report

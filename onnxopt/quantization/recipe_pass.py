@@ -1,0 +1,65 @@
+"""The `quantize` pass of recipes: options are QuantizeConfig's fields (objective and seed come
+from the PassContext)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from onnx import ModelProto
+
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.model import model_family
+from onnxopt.passes.base import ConfigPass, PassContext, PassResult, config_pass
+from onnxopt.quantization.api import quantize
+from onnxopt.quantization.config import QuantizeConfig
+
+log = logging.getLogger(__name__)
+
+
+class _QuantizePass(ConfigPass):
+    """int8 quantization (auto: a candidate kept only if measured faster)."""
+
+    mode: str  # declared for type checkers; the field itself comes from QuantizeConfig
+
+    def __post_init__(self) -> None:
+        self.config(objective="latency", seed=0)
+
+    def concrete_mode(self, model: ModelProto, context: PassContext) -> str:
+        """The mode actually used: auto picks static for conv nets with calibration data, else dynamic."""
+        mode: str = self.mode
+        if mode != "auto":
+            return mode
+        return "static" if model_family(model) == "conv" and context.calib is not None else "dynamic"
+
+    def __call__(self, model: ModelProto, context: PassContext) -> PassResult:
+        """Quantize; in auto mode the result is a candidate kept only if measured faster."""
+        requested: str = self.mode
+        mode = self.concrete_mode(model, context)
+        if requested == "auto" and context.objective == "latency" and model_family(model) == "conv" and context.calib is None:
+            reason = (
+                "conv net without calibration data: pass --calib-data for static int8 "
+                "(dynamic int8 convolutions, ConvInteger, are slower than float on CPUs)"
+            )
+            return PassResult(model, False, {"mode": "skipped", "requested_mode": requested, "reason": reason})
+        if mode == "static" and context.calib is None:
+            raise InvalidInputError(
+                "static quantization needs calibration data: pass --calib-data calib.npz"
+            )
+        config: QuantizeConfig = dataclasses.replace(
+            self.config(objective=context.objective, seed=context.seed), mode=mode
+        )
+        val = (context.val, context.labels) if context.val is not None else None
+        result = quantize(model, config, calib=context.calib if mode == "static" else None, val=val, bench=None)
+        report = dict(result.report)
+        report.setdefault("mode", mode)
+        report["requested_mode"] = requested
+        return PassResult(
+            result.model,
+            bool(result.quantized),
+            report,
+            keep_if_faster=requested == "auto" and context.objective == "latency",
+        )
+
+
+QuantizePass = config_pass(_QuantizePass, QuantizeConfig, name="quantize", skip=("objective", "seed"))
