@@ -17,6 +17,12 @@ class InvalidInputError(OnnxoptError):
     """Input data (npz, shapes, dtypes, options) does not fit the model or the command."""
 
 
+class InvalidOptionError(InvalidInputError):
+    """An option value is out of range or not a finite number: a usage error (exit code 2)."""
+
+    exit_code = 2
+
+
 class MissingExtraError(OnnxoptError):
     """An optional dependency is not installed; the message gives the pip command."""
 

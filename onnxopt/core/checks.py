@@ -1,0 +1,95 @@
+"""Validators shared by every command: numeric options and data files.
+
+Options: a value must be a finite number inside its documented range; NaN compares false with
+everything, so a plain range check lets it through every gate. Violations raise
+InvalidOptionError (a usage error, exit code 2).
+Data: floating inputs must be finite; labels must be a 1-D array of non-negative integers, one
+per sample, below the number of classes when it is known. Violations raise InvalidInputError
+naming the key and the first offending sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from onnxopt.core.errors import InvalidInputError, InvalidOptionError
+
+
+def check_number(
+    name: str,
+    value: float | None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str = "",
+) -> None:
+    """Raise InvalidOptionError unless value is None or a finite number in the range.
+
+    The range is [low, high]; low_open/high_open exclude that end.
+    """
+    if value is None:
+        return
+    suffix = f" ({hint})" if hint else ""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidOptionError(f"{name} {value}: must be a finite number{suffix}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        if low is not None and high is not None:
+            rng = f"in {lo}, {hi}"
+        elif low is not None:
+            rng = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            rng = f"{'<' if high_open else '<='} {high:g}"
+        raise InvalidOptionError(f"{name} {value}: must be {rng}{suffix}")
+
+
+def check_finite(feed: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise InvalidInputError when a floating-point array holds NaN or Inf (names key and sample)."""
+    for key, arr in feed.items():
+        a = np.asarray(arr)
+        if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+            continue
+        bad = ~np.isfinite(a)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            sample = f"sample {int(where[0])}" if a.ndim else "the scalar"
+            raise InvalidInputError(
+                f"{source}: {key!r} contains NaN or Inf ({int(bad.sum())} value(s), first at {sample}); clean the data"
+            )
+
+
+def check_labels(labels: np.ndarray, samples: int, source: str, *, classes: int | None = None) -> np.ndarray:
+    """Labels as int64 after checking: 1-D, one per sample, integral, >= 0, < classes when known."""
+    a = np.asarray(labels)
+    if a.ndim != 1:
+        raise InvalidInputError(
+            f"{source}: labels must be a 1-D array of class indices, got shape {a.shape}"
+            + ("; one-hot labels? store labels.argmax(axis=1)" if a.ndim == 2 else "")
+        )
+    if a.shape[0] != samples:
+        raise InvalidInputError(f"{source}: {a.shape[0]} labels for {samples} samples; give one label per sample")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
+        raise InvalidInputError(f"{source}: labels must be integers, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating):
+        bad = ~np.isfinite(a) | (a != np.round(a))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidInputError(f"{source}: label of sample {i} is {a[i]!r}; labels must be whole class indices")
+    out = a.astype(np.int64)
+    if out.size and out.min() < 0:
+        i = int(np.argmax(out < 0))
+        raise InvalidInputError(f"{source}: label of sample {i} is {out[i]}; class indices start at 0")
+    if classes is not None and out.size and out.max() >= classes:
+        i = int(np.argmax(out >= classes))
+        raise InvalidInputError(
+            f"{source}: label of sample {i} is {out[i]} but the model has {classes} classes (0..{classes - 1})"
+        )
+    return out

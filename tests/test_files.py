@@ -1,0 +1,142 @@
+"""FilePlan refuses unsafe plans before work; Outputs writes all or nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnxopt.core.checks import check_finite, check_labels, check_number
+from onnxopt.core.errors import InvalidInputError, InvalidOptionError, OnnxoptError
+from onnxopt.core.files import FilePlan, Outputs, staged
+
+
+def _tiny() -> onnx.ModelProto:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1, 2])],
+                          [helper.make_tensor_value_info("y", 1, [1, 2])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_write_onto_a_read_file_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "in.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(InvalidInputError, match="--report-md .*is the model this command reads"):
+        FilePlan.of(reads={"model": model}, writes={"-o": tmp_path / "o.onnx", "--report-md": model}).check()
+
+
+def test_links_to_a_read_file_are_the_same_file(tmp_path: Path) -> None:
+    model = tmp_path / "in.onnx"
+    model.write_bytes(b"x")
+    (tmp_path / "sym.onnx").symlink_to(model)
+    os.link(model, tmp_path / "hard.onnx")
+    for alias in ("sym.onnx", "hard.onnx"):
+        with pytest.raises(InvalidInputError, match="never overwrites its inputs"):
+            FilePlan.of(reads={"model": model}, writes={"-o": tmp_path / alias}).check()
+
+
+def test_two_writes_to_one_path_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    with pytest.raises(InvalidInputError, match="name the same file"):
+        FilePlan.of(writes={"-o": out, "--report": tmp_path / "." / "o.onnx"}).check()
+
+
+def test_unwritable_destination_is_refused(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that can write anywhere (root)")
+        with pytest.raises(InvalidInputError, match="cannot write into"):
+            FilePlan.of(writes={"-o": ro / "sub" / "o.onnx"}).check()
+    finally:
+        ro.chmod(0o700)
+
+
+def test_a_directory_as_output_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="is a directory"):
+        FilePlan.of(writes={"-o": tmp_path}).check()
+
+
+def test_outputs_commit_writes_everything(tmp_path: Path) -> None:
+    plan = FilePlan.of(writes={"-o": tmp_path / "m.onnx", "--report": tmp_path / "r.md"})
+    with staged(plan) as out:
+        out.model(tmp_path / "m.onnx", _tiny())
+        out.text(tmp_path / "r.md", "# ok\n")
+        assert not (tmp_path / "m.onnx").exists()  # nothing visible before commit
+    assert onnx.load(str(tmp_path / "m.onnx")).graph.node[0].op_type == "Relu"
+    assert (tmp_path / "r.md").read_text() == "# ok\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "r.md"]
+
+
+def test_outputs_failure_leaves_nothing_and_keeps_old_files(tmp_path: Path) -> None:
+    old = tmp_path / "m.onnx"
+    old.write_bytes(b"previous")
+    with pytest.raises(RuntimeError), Outputs() as out:
+        out.model(old, _tiny())
+        out.text(tmp_path / "r.md", "report")
+        raise RuntimeError("a later step failed")
+    assert old.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_options_are_usage_errors(value: float) -> None:
+    with pytest.raises(InvalidOptionError, match="finite") as e:
+        check_number("--min-cosine", value, low=0, high=1)
+    assert e.value.exit_code == 2
+
+
+def test_range_messages_state_the_range() -> None:
+    with pytest.raises(InvalidOptionError, match=r"must be in \(0, 1\]"):
+        check_number("--min-cosine", 0.0, low=0, high=1, low_open=True)
+    with pytest.raises(InvalidOptionError, match=">= 0"):
+        check_number("--seed", -1, low=0)
+    check_number("--min-cosine", 1.0, low=0, high=1, low_open=True)
+
+
+def test_nan_in_data_names_key_and_sample() -> None:
+    x = np.zeros((4, 3), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(InvalidInputError, match="'input'.*first at sample 2"):
+        check_finite({"input": x, "ids": np.zeros((4, 3), np.int64)}, "val.npz")
+
+
+@pytest.mark.parametrize(
+    "labels, needle",
+    [
+        (np.zeros((4, 10)), "1-D"),
+        (np.array([0, 1, np.nan, 2]), "sample 2"),
+        (np.array([0, -1, 1, 2]), "start at 0"),
+        (np.array([0, 1, 10, 2]), "10 classes"),
+        (np.array([0, 1, 2]), "3 labels for 4 samples"),
+        (np.array(["a", "b", "c", "d"]), "must be integers"),
+    ],
+)
+def test_bad_labels_are_rejected(labels: np.ndarray, needle: str) -> None:
+    with pytest.raises(InvalidInputError, match=needle):
+        check_labels(labels, 4, "val.npz", classes=10)
+
+
+def test_good_labels_pass_as_int64() -> None:
+    out = check_labels(np.array([0.0, 3.0, 9.0]), 3, "val.npz", classes=10)
+    assert out.dtype == np.int64 and out.tolist() == [0, 3, 9]
+
+
+def test_outputs_error_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OnnxoptError, match="cannot write"), Outputs() as out:
+        out.text(blocker / "r.md", "x")
+
+
+def test_a_file_in_the_way_of_the_output_folder_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InvalidInputError, match="cannot write into .*file"):
+        FilePlan.of(writes={"--report-json": blocker / "sub" / "r.json"}).check()
