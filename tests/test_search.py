@@ -18,11 +18,10 @@ from onnxopt.nas.engine import (
     Objective,
     Record,
     SearchConfig,
-    crowding_distance,
-    nondominated_fronts,
     random_search,
     search,
 )
+from onnxopt.nas.ranking import crowding_distance, nondominated_fronts
 from onnxopt.nas.space import ChoiceGene, FloatGene, IntGene, SearchSpace
 
 TARGET = {"a": 13, "b": 4, "c": 17, "d": 8, "op": "mul"}

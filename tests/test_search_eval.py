@@ -131,6 +131,33 @@ def test_cli_end_to_end_pareto(tmp_path: Path, tiny_space: Path) -> None:
 
 
 @pytest.mark.torch
+def test_run_search_result_matches_the_written_model(tmp_path: Path, tiny_space: Path) -> None:
+    """The library call behind `onnxopt search`: its numbers are recomputed here from the files."""
+    pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from onnxopt.nas.run import SearchRunConfig, run_search
+
+    out = tmp_path / "best.onnx"
+    cfg = SearchRunConfig(population=2, generations=1, elite=1, epochs=1, remeasure_runs=10)
+    res = run_search(tiny_space, TRAIN, VAL, out, cfg)
+    assert res.gates_passed and res.written == (str(out),)
+    (m,) = res.models
+    assert m.file == str(out) and res.to_dict()["models"][0]["file"] == str(out)
+    # accuracy of the written file, from the raw arrays: onnxruntime logits, argmax vs labels
+    with np.load(VAL) as z:
+        x, y = z["input"].astype(np.float32), z["labels"]
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert m.accuracy == pytest.approx(100.0 * float(np.mean(logits.argmax(axis=1) == y)))
+    # the chosen model is the most accurate of the logged evaluations
+    lines = [json.loads(line) for line in res.log.read_text().splitlines()]
+    assert len(lines) == res.search.evaluations == 2
+    assert m.accuracy == max(rec["metrics"]["accuracy"] for rec in lines)
+    assert m.latency_ms > 0 and res.baseline is None and "speedup" not in m.to_dict()
+
+
+@pytest.mark.torch
 def test_cli_impossible_budget_reports_closest_exit_3(tmp_path: Path, tiny_space: Path) -> None:
     pytest.importorskip("torch")
     from onnxopt.core.errors import GateFailedError

@@ -1,19 +1,16 @@
-"""`onnxopt search`: genetic architecture search; fitness = accuracy and latency in onnxruntime."""
+"""`onnxopt search`: genetic architecture search; fitness = accuracy and latency in onnxruntime.
+
+The workflow is onnxopt.nas.run.run_search; this module parses the options and prints.
+"""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import click
 
 from onnxopt.cli._options import echo_json, human_bytes, json_option, output_option
-
-
-def _front_path(output: Path, i: int) -> Path:
-    return output.with_name(f"{output.stem}.front{i}{output.suffix or '.onnx'}")
 
 
 @click.command("search")
@@ -94,80 +91,15 @@ def command(
       onnxopt search ... --max-latency-ms 0.03 --resume
       onnxopt search ... --framework keras
     """
-    from onnxopt.core.errors import GateFailedError, InvalidInputError, OnnxoptError
-    from onnxopt.nas.engine import Objective, SearchConfig, search
-    from onnxopt.nas.evaluate import (
-        EvalConfig,
-        evaluator_for,
-        load_split,
-        remeasure,
-        teacher_logits_for,
-    )
-    from onnxopt.nas.space import describe_genome, load_space
+    from onnxopt.core.errors import GateFailedError
+    from onnxopt.nas.run import SearchRunConfig, run_search
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    # -- validate everything before the (long) search starts
-    if max_latency_ms is not None and pareto:
-        raise InvalidInputError("--max-latency-ms and --pareto exclude each other; choose one objective")
-    if max_latency_ms is not None and max_latency_ms <= 0:
-        raise InvalidInputError(f"--max-latency-ms must be > 0, got {max_latency_ms}")
-    if remeasure_runs < 5:
-        raise InvalidInputError(f"--remeasure-runs must be >= 5, got {remeasure_runs}")
-    if output.suffix != ".onnx":
-        raise InvalidInputError(f"{output}: the output must be an .onnx file")
-    from onnxopt.core.model import same_file
-
-    for what, p in (("--baseline", baseline), ("--teacher", teacher), ("--data", data_path), ("--val", val_path)):
-        if p is not None and same_file(output, p):
-            raise InvalidInputError(f"{output}: is also the {what} file; choose another output path")
-    space = load_space(space_path)
-    from onnxopt.frameworks.torch_genome import check_genes
-
-    check_genes(space.names)  # the Keras builder understands the same genes
-    if framework == "keras":
-        from onnxopt.frameworks import require_keras
-
-        require_keras()  # fail now, not in every candidate, when Keras is missing
-    train, val = load_split(data_path), load_split(val_path)
-    cfg = SearchConfig(
-        population=population, generations=generations, elite=elite, seed=seed, pareto=pareto,
-        objectives=(Objective("accuracy"), Objective("latency_ms", maximize=False)),
-        limits={"latency_ms": max_latency_ms} if max_latency_ms is not None else {},
+    config = SearchRunConfig(  # validates the options before the (long) search starts
+        framework=framework, generations=generations, population=population, elite=elite,
+        max_latency_ms=max_latency_ms, pareto=pareto, workers=workers, dask_address=dask_address,
+        resume=resume, epochs=epochs, max_minutes=max_minutes, remeasure_runs=remeasure_runs, seed=seed,
     )
-    eval_cfg = EvalConfig.from_settings(space.settings.get("train", {}), epochs=epochs, seed=seed)
-    if plot_path is not None:
-        from onnxopt.nas.plot import _pyplot
-
-        _pyplot()  # fail now, not after the search, when matplotlib is missing
-    base_acc: float | None = None
-    if baseline is not None:
-        from onnxopt.core.feeds import model_feed_from_npz
-        from onnxopt.core.model import load_model
-        from onnxopt.measure.fidelity import accuracy
-
-        base_proto = load_model(baseline)
-        base_acc = accuracy(base_proto, model_feed_from_npz(base_proto, {"input": val[0]}, str(val_path)), val[1])
-    t_logits = teacher_logits_for(teacher, train[0]) if teacher is not None else None
-    executor: Any = None
-    client: Any = None
-    if dask_address is not None:
-        try:
-            from distributed import Client
-        except ImportError as e:
-            raise InvalidInputError("--dask needs dask: pip install 'dask[distributed]'") from e
-        try:
-            client = Client(dask_address, timeout=30)
-        except Exception as e:
-            raise InvalidInputError(f"--dask {dask_address}: cannot connect: {e}") from e
-        executor = client.get_executor()
-
-    work = workdir or output.with_name(output.name + ".search")
-    models_dir = work / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = evaluator_for(framework)(train, val, eval_cfg, teacher_logits=t_logits, workdir=models_dir)
-    log_file = log_path or work / "search.jsonl"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    names = space.names
 
     def progress(s: Any) -> None:
         if quiet:
@@ -182,103 +114,17 @@ def command(
             err=True,
         )
 
-    with open(log_file, "a" if resume else "w", encoding="utf-8") as lf:
-
-        def on_record(r: Any) -> None:
-            lf.write(json.dumps(r.to_dict()) + "\n")
-            lf.flush()
-
-        try:
-            result = search(
-                space, evaluator, cfg, executor=executor, workers=workers,
-                checkpoint=work / "checkpoint.json", resume=resume, on_record=on_record, progress=progress,
-                max_seconds=max_minutes * 60 if max_minutes is not None else None,
-            )
-        finally:
-            if client is not None:
-                client.close()
-
-    if result.best is None:
-        first = next((r.error for r in result.records if r.error), "no candidate evaluated")
-        raise OnnxoptError(f"every candidate failed; first error: {first} (log: {log_file})")
-    chosen = list(result.front) if pareto else [result.best]
-    # -- re-measure the chosen models (and the baseline) together, on a quiet machine
-    paths = {("best" if not pareto else f"front{i}"): r.metrics["model_path"] for i, r in enumerate(chosen)}  # type: ignore[index]
-    if baseline is not None:
-        paths["baseline"] = str(baseline)
-    lat = remeasure(paths, latency_threads=eval_cfg.latency_threads, batch=eval_cfg.batch, seed=seed,
-                    runs=remeasure_runs,
-                    reference="baseline" if baseline is not None else None)
-
-    rows = []
-    for name, r in zip(paths, chosen):
-        m = r.metrics or {}
-        row = {
-            "name": name, "genome": space.canonical(r.genome), "accuracy": m["accuracy"],
-            "latency_ms_search": m["latency_ms"], "latency_ms": lat[name]["p50_ms"],
-            "params": int(m["params"]), "size_bytes": int(m["size_bytes"]),
-        }
-        if baseline is not None:
-            row |= {k: lat[name][k] for k in ("speedup", "ci_low", "ci_high", "significant")}
-            row["accuracy_delta"] = m["accuracy"] - (base_acc or 0.0)
-        rows.append(row)
-
-    gate_error: str | None = None
-    if max_latency_ms is not None and not result.feasible:
-        gate_error = (
-            f"no candidate met --max-latency-ms {max_latency_ms}: the closest is {describe_genome(space.canonical(result.best.genome))} "
-            f"at {result.best.value('latency_ms'):.4f} ms, {result.best.value('accuracy'):.2f}% "
-            f"(kept at {result.best.metrics['model_path']}; not written to {output})"  # type: ignore[index]
-        )
-    written: list[str] = []
-    if gate_error is None:
-        from onnxopt.core.model import load_model, save_model
-
-        src = chosen[0].metrics["model_path"]  # type: ignore[index]
-        save_model(load_model(src), output)
-        written.append(str(output))
-        if pareto:
-            for i, r in enumerate(chosen):
-                p = _front_path(output, i)
-                shutil.copyfile(r.metrics["model_path"], p)  # type: ignore[index]
-                rows[i]["file"] = str(p)
-                written.append(str(p))
-        else:
-            rows[0]["file"] = str(output)
-    if plot_path is not None:
-        from onnxopt.nas.plot import plot_front
-
-        base_pt = None
-        if baseline is not None and base_acc is not None:
-            base_pt = {"accuracy": base_acc, "latency_ms": lat["baseline"]["p50_ms"]}
-        plot_front(result.records, result.front if pareto else _front(result), plot_path, baseline=base_pt)
-
-    summary = {
-        "evaluations": result.evaluations,
-        "failed": sum(not r.ok for r in result.records),
-        "feasible": result.feasible,
-        "models": rows,
-        "baseline": {"path": str(baseline), "accuracy": base_acc, "latency_ms": lat["baseline"]["p50_ms"]}
-        if baseline is not None else None,
-        "written": written,
-        "log": str(log_file),
-        "workdir": str(work),
-        "history": [h.to_dict() for h in result.history],
-        "train": eval_cfg.to_dict(),
-        "framework": framework,
-    }
+    result = run_search(
+        space_path, data_path, val_path, output, config, teacher=teacher, baseline=baseline,
+        workdir=workdir, log_path=log_path, plot_path=plot_path, progress=progress,
+    )
+    summary = result.to_dict()
     if as_json:
         echo_json(summary)
     else:
-        _print_table(summary, names)
-    if gate_error is not None:
-        raise GateFailedError(gate_error)
-
-
-def _front(result: Any) -> Any:
-    from onnxopt.nas.engine import pareto_front
-
-    return pareto_front(result.records, result.config)
+        _print_table(summary, result.gene_names)
+    if result.gate_error is not None:
+        raise GateFailedError(result.gate_error)
 
 
 def _print_table(summary: dict[str, Any], names: tuple[str, ...]) -> None:

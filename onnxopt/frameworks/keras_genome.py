@@ -9,6 +9,7 @@ named ``logits`` (no softmax). Gene checking and defaults are torch_genome's.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,9 @@ from onnxopt.frameworks.torch_genome import (
     stage_value,
 )
 
-__all__ = ["build", "check_genes", "param_count"]
+__all__ = ["build", "check_genes", "limit_threads", "param_count"]
+
+log = logging.getLogger(__name__)
 
 
 def _activation(name: str) -> Any:
@@ -90,3 +93,22 @@ def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: in
 def param_count(model: Any) -> int:
     """Number of weights of a Keras model (trainable and not, e.g. BatchNorm statistics)."""
     return int(model.count_params())
+
+
+def limit_threads(threads: int) -> None:
+    """Limit TensorFlow's intra- and inter-op threads for training candidates.
+
+    Possible only before TensorFlow's runtime starts; later it keeps its setting (logged at
+    debug level). Raises MissingExtraError when Keras / TensorFlow is not installed.
+    """
+    require_keras()
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    try:
+        if threading.get_intra_op_parallelism_threads() != threads:
+            threading.set_intra_op_parallelism_threads(threads)
+        if threading.get_inter_op_parallelism_threads() != threads:
+            threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow already initialized: keeping its thread settings")

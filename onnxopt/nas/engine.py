@@ -1,6 +1,6 @@
 """Genetic-algorithm search engine: framework-agnostic, fitness is a callable, executor pluggable.
 
-Genomes come from a :class:`~onnxopt.search_space.SearchSpace`. Each generation keeps the
+Genomes come from a :class:`~onnxopt.nas.space.SearchSpace`. Each generation keeps the
 ``elite`` best genomes and fills the rest with children: two parents picked by tournament,
 uniform crossover (each gene from either parent), per-gene mutation suited to the gene type
 (integer genes move a few steps, choices resample another option, floats get Gaussian noise),
@@ -12,6 +12,7 @@ limits on metrics such as ``latency_ms`` as constraints -- infeasible candidates
 feasible one, ordered by how far they exceed the limits, so when nothing is feasible the
 closest candidate is reported -- or a Pareto search (NSGA-II: constrained non-dominated sorting
 plus crowding distance, parents and children competing for survival) returning the front.
+The ranking lives in :mod:`onnxopt.nas.ranking`, the data types in :mod:`onnxopt.nas.types`.
 
 Evaluations go through any ``concurrent.futures.Executor``: none (inline), a local process pool
 (``workers=N``), or a cluster executor such as Dask's ``distributed.Client(...).get_executor()``.
@@ -27,285 +28,32 @@ import logging
 import math
 import multiprocessing
 import os
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnxopt.core.errors import InvalidInputError, OnnxoptError
+from onnxopt.nas.checkpoint import read_checkpoint, write_checkpoint
+from onnxopt.nas.ranking import pareto_front, rank_records, single_key, violation
 from onnxopt.nas.space import Genome, SearchSpace
+from onnxopt.nas.types import GenerationStats, Objective, Record, SearchConfig, SearchResult
+
+# The data types are re-exported: `from onnxopt.nas.engine import Objective, SearchConfig, search`
+# is the documented import (README, examples).
+__all__ = [
+    "Fitness", "GenerationStats", "Objective", "Record", "SearchConfig", "SearchResult",
+    "random_search", "search",
+]
 
 log = logging.getLogger(__name__)
 
 Fitness = Callable[[Genome], Any]  # returns a float or a mapping of metric name -> value
-CHECKPOINT_FORMAT = "onnxopt-search-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A metric the search optimizes (maximized unless maximize=False)."""
-
-    name: str
-    maximize: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise InvalidInputError("an objective needs a metric name, e.g. Objective('accuracy')")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Settings of the genetic search."""
-
-    population: int = 16
-    generations: int = 10  # generation 0 is the random initial population
-    elite: int = 2
-    tournament: int = 3
-    crossover_rate: float = 0.9
-    mutation_rate: float | None = None  # per gene; default 1 / number of genes
-    objectives: tuple[Objective, ...] = (Objective("fitness"),)
-    pareto: bool = False
-    limits: Mapping[str, float] = field(default_factory=dict)  # upper bounds, e.g. {"latency_ms": 1.0}
-    seed: int = 0
-    novelty_tries: int = 25  # redraws before a child duplicating a known genome is accepted
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.objectives, tuple):
-            object.__setattr__(self, "objectives", tuple(self.objectives))
-        if self.population < 2:
-            raise InvalidInputError(f"population must be >= 2, got {self.population}")
-        if self.generations < 1:
-            raise InvalidInputError(f"generations must be >= 1, got {self.generations}")
-        if self.elite < 0:
-            raise InvalidInputError(f"elite must be >= 0, got {self.elite}")
-        if self.elite >= self.population:
-            raise InvalidInputError(
-                f"population ({self.population}) must be larger than the elite count ({self.elite}); "
-                f"raise --population or lower --elite"
-            )
-        if self.tournament < 1:  # a tournament larger than the population uses all of it
-            raise InvalidInputError(f"tournament size must be >= 1, got {self.tournament}")
-        if not 0.0 <= self.crossover_rate <= 1.0:
-            raise InvalidInputError(f"crossover_rate must be in [0, 1], got {self.crossover_rate}")
-        if self.mutation_rate is not None and not 0.0 < self.mutation_rate <= 1.0:
-            raise InvalidInputError(f"mutation_rate must be in (0, 1], got {self.mutation_rate}")
-        if not self.objectives:
-            raise InvalidInputError("at least one objective is needed")
-        names = [o.name for o in self.objectives]
-        if len(set(names)) != len(names):
-            raise InvalidInputError(f"objectives repeat a metric: {names}")
-        if self.pareto and len(self.objectives) < 2:
-            raise InvalidInputError("a Pareto search needs at least two objectives, e.g. accuracy and latency_ms")
-        for k, v in self.limits.items():
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise InvalidInputError(f"limit on {k!r} must be a positive number, got {v!r}")
-        if self.novelty_tries < 1:
-            raise InvalidInputError("novelty_tries must be >= 1")
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Settings that must match for a checkpoint to be resumed (generations may grow)."""
-        d = asdict(self)
-        d.pop("generations")
-        d["limits"] = dict(sorted(self.limits.items()))
-        return json.loads(json.dumps(d))
-
-
-@dataclass(frozen=True)
-class Record:
-    """One evaluated genome: its metrics, or the error that made it fail."""
-
-    index: int  # evaluation order (0-based)
-    generation: int
-    key: str  # canonical genome key
-    genome: dict[str, Any]
-    metrics: dict[str, Any] | None
-    error: str | None
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        """True when the fitness function returned usable metrics."""
-        return self.error is None and self.metrics is not None
-
-    def value(self, name: str) -> float:
-        """A numeric metric (nan when failed or missing)."""
-        if not self.metrics or name not in self.metrics:
-            return math.nan
-        return float(self.metrics[name])
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict."""
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> Record:
-        """Inverse of to_dict."""
-        return Record(
-            int(d["index"]), int(d["generation"]), str(d["key"]), dict(d["genome"]),
-            dict(d["metrics"]) if d.get("metrics") is not None else None,
-            d.get("error"), float(d["seconds"]),
-        )
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    """Progress of one generation."""
-
-    generation: int
-    evaluated: int  # new evaluations this generation
-    reused: int  # children found in the fitness cache
-    failed: int
-    feasible: int  # population members meeting the limits
-    best: float | None  # primary objective of the best record so far
-    median: float | None  # median primary objective over the population
-    pareto_size: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Outcome of a search: the best record, the Pareto front, every evaluation."""
-
-    best: Record | None
-    feasible: bool  # best meets every limit (False: best is the closest infeasible one)
-    front: tuple[Record, ...]
-    population: tuple[Record, ...]
-    records: tuple[Record, ...]
-    history: tuple[GenerationStats, ...]
-    config: SearchConfig
-
-    @property
-    def evaluations(self) -> int:
-        """Number of fitness evaluations performed."""
-        return len(self.records)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable summary."""
-        return {
-            "best": self.best.to_dict() if self.best else None,
-            "feasible": self.feasible,
-            "front": [r.to_dict() for r in self.front],
-            "evaluations": self.evaluations,
-            "failed": sum(not r.ok for r in self.records),
-            "history": [h.to_dict() for h in self.history],
-            "config": self.config.fingerprint() | {"generations": self.config.generations},
-        }
-
-
-# --- ranking ---------------------------------------------------------------------------------
-
-
-def violation(record: Record, limits: Mapping[str, float]) -> float:
-    """Total relative excess over the limits (0 when feasible, inf when failed)."""
-    if not record.ok:
-        return math.inf
-    total = 0.0
-    for name, lim in limits.items():
-        v = record.value(name)
-        if math.isnan(v):
-            return math.inf
-        total += max(0.0, (v - lim) / lim)
-    return total
-
-
-def _objective_vector(record: Record, objectives: Sequence[Objective]) -> tuple[float, ...]:
-    """Objectives as values to minimize."""
-    return tuple(-record.value(o.name) if o.maximize else record.value(o.name) for o in objectives)
-
-
-def single_key(record: Record, config: SearchConfig) -> tuple[Any, ...]:
-    """Sort key (ascending = better): failed last, infeasible by violation, then objectives."""
-    if not record.ok:
-        return (2, math.inf, (), record.index)
-    v = violation(record, config.limits)
-    return (0 if v == 0 else 1, v, _objective_vector(record, config.objectives), record.index)
-
-
-def nondominated_fronts(points: np.ndarray) -> list[list[int]]:
-    """Fast non-dominated sorting of an (n, m) array of values to minimize; fronts of row indices."""
-    n = len(points)
-    if n == 0:
-        return []
-    le = np.all(points[:, None, :] <= points[None, :, :], axis=2)
-    lt = np.any(points[:, None, :] < points[None, :, :], axis=2)
-    dominates: np.ndarray = np.asarray(le & lt)  # dominates[i, j]: i dominates j
-    counts = dominates.sum(axis=0)
-    fronts: list[list[int]] = []
-    current = [i for i in range(n) if counts[i] == 0]
-    assigned = np.zeros(n, dtype=bool)
-    while current:
-        fronts.append(current)
-        assigned[current] = True
-        counts = counts - dominates[current].sum(axis=0)
-        current = [i for i in range(n) if counts[i] == 0 and not assigned[i]]
-    return fronts
-
-
-def crowding_distance(points: np.ndarray) -> np.ndarray:
-    """NSGA-II crowding distance of the rows of one front (boundary points get inf)."""
-    n, m = points.shape
-    dist = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for j in range(m):
-        order = np.argsort(points[:, j], kind="stable")
-        col = points[order, j]
-        span = col[-1] - col[0]
-        dist[order[0]] = dist[order[-1]] = np.inf
-        if span > 0:
-            dist[order[1:-1]] += (col[2:] - col[:-2]) / span
-    return dist
-
-
-def pareto_order(records: Sequence[Record], config: SearchConfig) -> list[tuple[int, float]]:
-    """(front rank, crowding distance) per record under constrained domination (Deb's rules)."""
-    out: list[tuple[int, float]] = [(0, 0.0)] * len(records)
-    feas = [i for i, r in enumerate(records) if r.ok and violation(r, config.limits) == 0]
-    infeas = [i for i, r in enumerate(records) if r.ok and 0 < violation(r, config.limits) < math.inf]
-    failed = [i for i, r in enumerate(records) if i not in set(feas) | set(infeas)]
-    rank = 0
-    if feas:
-        pts = np.array([_objective_vector(records[i], config.objectives) for i in feas], dtype=float)
-        for front in nondominated_fronts(pts):
-            cd = crowding_distance(pts[front])
-            for pos, local in enumerate(front):
-                out[feas[local]] = (rank, float(cd[pos]))
-            rank += 1
-    for i in sorted(infeas, key=lambda i: (violation(records[i], config.limits), records[i].index)):
-        out[i] = (rank, 0.0)
-        rank += 1
-    for i in failed:
-        out[i] = (rank, 0.0)
-    return out
-
-
-def pareto_front(records: Sequence[Record], config: SearchConfig) -> list[Record]:
-    """The non-dominated records (among feasible ones when any are feasible), by first objective."""
-    if not records:
-        return []
-    order = pareto_order(records, config)
-    front = [r for r, (rank, _) in zip(records, order) if rank == 0 and r.ok]
-    return sorted(front, key=lambda r: single_key(r, config))
-
-
-def rank_records(records: Sequence[Record], config: SearchConfig) -> list[Record]:
-    """Records best-first: by single-objective key, or by (front, -crowding) in Pareto mode."""
-    if not config.pareto:
-        return sorted(records, key=lambda r: single_key(r, config))
-    order = pareto_order(records, config)
-    idx = sorted(range(len(records)), key=lambda i: (order[i][0], -order[i][1], records[i].index))
-    return [records[i] for i in idx]
+DEFAULT_CONFIG = SearchConfig()  # frozen: safe as a shared default argument
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -473,6 +221,46 @@ class _Engine:
             log.warning("only %d distinct valid genomes found for a population of %d", len(out), self.config.population)
         return out
 
+    # -- generations
+    def first_generation(self) -> tuple[int, int, int]:
+        """Evaluate the random generation 0; returns (evaluated, reused, failed)."""
+        children = self.initial()
+        evaluated, failed = self.evaluate(children, 0)
+        self.population = list(dict.fromkeys(self.space.key(c) for c in children))
+        return evaluated, 0, failed
+
+    def next_generation(self, generation: int) -> tuple[int, int, int]:
+        """Breed, evaluate and select one generation; returns (evaluated, reused, failed).
+
+        Pareto: parents and children compete for survival (NSGA-II); otherwise the elite
+        survive unchanged and children fill the rest of the population.
+        """
+        cfg = self.config
+        ranked = rank_records([self.cache[k] for k in self.population], cfg)
+        elites = [] if cfg.pareto else [r.key for r in ranked[: cfg.elite]]
+        taken = set(self.population) if cfg.pareto else set(elites)
+        children = self.breed(ranked, taken, cfg.population - len(elites))
+        child_keys = [self.space.key(c) for c in children]
+        reused = sum(1 for k in dict.fromkeys(child_keys) if k in self.cache)
+        evaluated, failed = self.evaluate(children, generation)
+        if cfg.pareto:
+            union = list(dict.fromkeys(self.population + child_keys))
+            ranked_all = rank_records([self.cache[k] for k in union], cfg)
+            self.population = [r.key for r in ranked_all[: cfg.population]]
+        else:
+            self.population = elites + child_keys
+        return evaluated, reused, failed
+
+    def breed(self, ranked: Sequence[Record], taken: set[str], count: int) -> list[Genome]:
+        """`count` children of the ranked population, each added to `taken` (kept novel)."""
+        position = {r.key: i for i, r in enumerate(ranked)}
+        children = []
+        for _ in range(count):
+            c = self.make_child(ranked, position, taken)
+            taken.add(self.space.key(c))
+            children.append(c)
+        return children
+
     # -- statistics
     def stats(self, generation: int, evaluated: int, reused: int, failed: int, seconds: float) -> GenerationStats:
         """Summary of the current population and the best record so far."""
@@ -511,9 +299,7 @@ class _Engine:
     # -- checkpoints
     def save(self, path: Path) -> None:
         """Write the state atomically as JSON."""
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
+        write_checkpoint(path, {
             "space": self.space.fingerprint(),
             "config": self.config.fingerprint(),
             "generation": self.generation,
@@ -521,40 +307,11 @@ class _Engine:
             "population": self.population,
             "records": [r.to_dict() for r in self.records],
             "history": [h.to_dict() for h in self.history],
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        })
 
     def load(self, path: Path) -> None:
         """Restore the state from a checkpoint written by save()."""
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InvalidInputError(f"{path}: not a readable search checkpoint: {e}") from e
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise InvalidInputError(f"{path}: not an onnxopt search checkpoint")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise InvalidInputError(f"{path}: checkpoint version {state.get('version')} is not supported")
-        if state["space"] != self.space.fingerprint():
-            raise InvalidInputError(
-                f"{path}: the checkpoint was made with a different search space; "
-                "use the same space or start over without --resume"
-            )
-        if state["config"] != self.config.fingerprint():
-            diff = sorted(k for k in state["config"] if state["config"][k] != self.config.fingerprint().get(k))
-            raise InvalidInputError(
-                f"{path}: the checkpoint was made with different settings ({', '.join(diff)}); "
-                "use the same settings (only --generations may change) or start over without --resume"
-            )
+        state = read_checkpoint(path, self.space.fingerprint(), self.config.fingerprint())
         self.generation = int(state["generation"])
         self.rng.bit_generator.state = state["rng"]
         self.records = [Record.from_dict(d) for d in state["records"]]
@@ -581,7 +338,7 @@ def _executor_for(executor: Executor | None, workers: int) -> tuple[Executor | N
 def search(
     space: SearchSpace,
     fitness: Fitness,
-    config: SearchConfig = SearchConfig(),
+    config: SearchConfig = DEFAULT_CONFIG,
     *,
     executor: Executor | None = None,
     workers: int = 1,
@@ -608,11 +365,8 @@ def search(
     space.check_feasible(config.seed)
     engine = _Engine(space, fitness, config, None, on_record)
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt is not None and ckpt.exists():
-        engine.load(ckpt)
-        log.info("resumed %s at generation %d (%d evaluations)", ckpt, engine.generation, len(engine.records))
-    elif resume:
-        log.warning("no checkpoint to resume%s; starting a new search", f" at {ckpt}" if ckpt else "")
+    if resume:
+        _resume(engine, ckpt)
     if engine.generation >= config.generations:
         return engine.result()
     pool, owned = _executor_for(executor, workers)
@@ -621,39 +375,7 @@ def search(
         while engine.generation < config.generations:
             start = time.perf_counter()
             gen = engine.generation
-            if gen == 0:
-                children = engine.initial()
-                evaluated, failed = engine.evaluate(children, gen)
-                engine.population = list(dict.fromkeys(space.key(c) for c in children))
-                reused = 0
-            else:
-                pop = [engine.cache[k] for k in engine.population]
-                ranked = rank_records(pop, config)
-                position = {r.key: i for i, r in enumerate(ranked)}
-                if config.pareto:
-                    taken = set(engine.population)
-                    children = []
-                    for _ in range(config.population):
-                        c = engine.make_child(ranked, position, taken)
-                        taken.add(space.key(c))
-                        children.append(c)
-                else:
-                    elites = [r.key for r in ranked[: config.elite]]
-                    taken = set(elites)
-                    children = []
-                    for _ in range(config.population - len(elites)):
-                        c = engine.make_child(ranked, position, taken)
-                        taken.add(space.key(c))
-                        children.append(c)
-                child_keys = [space.key(c) for c in children]
-                reused = sum(1 for k in dict.fromkeys(child_keys) if k in engine.cache)
-                evaluated, failed = engine.evaluate(children, gen)
-                if config.pareto:
-                    union = list(dict.fromkeys(engine.population + child_keys))
-                    ranked_all = rank_records([engine.cache[k] for k in union], config)
-                    engine.population = [r.key for r in ranked_all[: config.population]]
-                else:
-                    engine.population = elites + child_keys
+            evaluated, reused, failed = engine.first_generation() if gen == 0 else engine.next_generation(gen)
             engine.generation = gen + 1
             stats = engine.stats(gen, evaluated, reused, failed, time.perf_counter() - start)
             engine.history.append(stats)
@@ -671,16 +393,30 @@ def search(
                                 max_seconds, engine.generation)
                 break
     finally:
-        if owned and pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        _shutdown(pool, owned)
     return engine.result()
+
+
+def _resume(engine: _Engine, ckpt: Path | None) -> None:
+    """Load the checkpoint when there is one (a missing one starts a new search)."""
+    if ckpt is not None and ckpt.exists():
+        engine.load(ckpt)
+        log.info("resumed %s at generation %d (%d evaluations)", ckpt, engine.generation, len(engine.records))
+    else:
+        log.warning("no checkpoint to resume%s; starting a new search", f" at {ckpt}" if ckpt else "")
+
+
+def _shutdown(pool: Executor | None, owned: bool) -> None:
+    """Shut down a pool this module started (an executor passed in belongs to the caller)."""
+    if owned and pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def random_search(
     space: SearchSpace,
     fitness: Fitness,
     evaluations: int,
-    config: SearchConfig = SearchConfig(),
+    config: SearchConfig = DEFAULT_CONFIG,
     *,
     executor: Executor | None = None,
     workers: int = 1,
@@ -721,6 +457,5 @@ def random_search(
                 progress(stats)
             gen += 1
     finally:
-        if owned and pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        _shutdown(pool, owned)
     return engine.result()

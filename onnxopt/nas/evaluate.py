@@ -2,9 +2,9 @@
 distil), export, and measure accuracy and latency in onnxruntime.
 
 ``TorchEvaluator(train, val, config)`` (or ``KerasEvaluator``, same interface) is a picklable
-fitness callable for :func:`onnxopt.search.search`: ``evaluator(genome)`` returns ``{"accuracy": percent on the
-validation split measured in onnxruntime, "latency_ms": p50 latency from the benchmark engine,
-"size_bytes", "params", "train_s", "model_path"}``. The candidate's ONNX file is kept in the
+fitness callable for :func:`onnxopt.nas.engine.search`: ``evaluator(genome)`` returns
+``{"accuracy": percent on the validation split measured in onnxruntime, "latency_ms": p50
+latency from the benchmark engine, "size_bytes", "params", "train_s", "model_path"}``. The candidate's ONNX file is kept in the
 evaluator's work directory so the chosen model can be copied out without retraining.
 """
 
@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.feeds import load_npz
-
-log = logging.getLogger(__name__)
 
 Data = tuple[np.ndarray, np.ndarray]
 _LABEL_KEYS = ("labels", "label", "y", "targets")
@@ -231,13 +228,6 @@ class _Evaluator:
             metrics["model_path"] = str(path)
         return metrics
 
-    def with_config(self, **changes: Any) -> Self:
-        """A copy with some EvalConfig fields changed (e.g. more epochs for a final retrain)."""
-        return type(self)(
-            self.train, self.val, replace(self.config, **changes),
-            teacher_logits=self.teacher_logits, workdir=self.workdir, num_classes=self.num_classes,
-        )
-
 
 class TorchEvaluator(_Evaluator):
     """Fitness callable: genome -> accuracy (onnxruntime, %), latency_ms (p50), size, params (PyTorch)."""
@@ -287,11 +277,10 @@ class KerasEvaluator(_Evaluator):
 
     def train_module(self, genome: Mapping[str, Any]) -> Any:
         """Build and train (or distil) the candidate with keras_distill; returns the trained model."""
-        from onnxopt.frameworks import require_keras
         from onnxopt.frameworks.keras_distill import distill
+        from onnxopt.frameworks.keras_genome import limit_threads
 
-        require_keras()
-        _keras_threads(self.config.threads)
+        limit_threads(self.config.threads)
         model = self.build(genome)
         model, _ = distill(None, model, self.train, self.val, self.distill_config(),
                            teacher_logits=self.teacher_logits)
@@ -319,20 +308,6 @@ def evaluator_for(framework: str) -> type[_Evaluator]:
         raise InvalidInputError(
             f"framework {framework!r} unknown; choose one of {', '.join(EVALUATORS)}"
         ) from None
-
-
-def _keras_threads(threads: int) -> None:
-    """Limit TensorFlow's threads (possible only before its runtime starts; later it keeps its setting)."""
-    import tensorflow as tf
-
-    threading = tf.config.threading
-    try:
-        if threading.get_intra_op_parallelism_threads() != threads:
-            threading.set_intra_op_parallelism_threads(threads)
-        if threading.get_inter_op_parallelism_threads() != threads:
-            threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        log.debug("TensorFlow already initialized: keeping its thread settings")
 
 
 def teacher_logits_for(teacher: str | os.PathLike[str], x: np.ndarray) -> np.ndarray:

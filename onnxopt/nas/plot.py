@@ -6,21 +6,9 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from onnxopt.core.errors import MissingExtraError
-from onnxopt.nas.engine import Record
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise MissingExtraError("matplotlib", "report") from e
-    return plt
+from onnxopt.measure.plots import require_matplotlib
+from onnxopt.nas.types import Record
 
 
 def plot_front(
@@ -34,7 +22,7 @@ def plot_front(
     title: str = "onnxopt search",
 ) -> Path:
     """Save a scatter of y vs x for every successful record, front as a line, baseline as a star."""
-    plt = _pyplot()
+    plt = require_matplotlib()
     ok = [r for r in records if r.ok]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.scatter([r.value(x) for r in ok], [r.value(y) for r in ok], s=16, alpha=0.45,
