@@ -142,14 +142,17 @@ def describe_handling(teacher: str, student: str) -> str:
 
 def run_epochs(
     backend: Backend,
-    n: int,
+    data: TrainingSet,
     config: DistillConfig,
     *,
-    mode: str,
-    softmax_handling: str,
+    student_softmax: str = "none",
     progress: ProgressFn | None = None,
 ) -> DistillHistory:
-    """Train for config.epochs over n samples (early stopping), restore the best weights, return the history."""
+    """Train for config.epochs (early stopping), restore the best weights, return the history.
+
+    student_softmax: how the back end handled a final softmax of the student (for the history).
+    """
+    n = len(data.x_train)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * config.epochs
     warm = steps_per_epoch * config.warmup_epochs
@@ -176,7 +179,7 @@ def run_epochs(
         if stopper.update(epoch, acc, vloss):
             best = backend.get_weights()
         if progress is not None:
-            progress(EpochLog(epoch + 1, config.epochs, losses[-1], acc, vloss, lr, mode))
+            progress(EpochLog(epoch + 1, config.epochs, losses[-1], acc, vloss, lr, data.mode))
         if stopper.should_stop:
             stopped = epoch + 1 < config.epochs
             log.info("early stop after epoch %d (best %d)", epoch + 1, stopper.best_epoch + 1)
@@ -188,6 +191,6 @@ def run_epochs(
         best_epoch=stopper.best_epoch,
         stopped_early=stopped,
         val_loss=tuple(vlosses),
-        softmax_handling=softmax_handling,
-        mode=mode,
+        softmax_handling=describe_handling(data.teacher_handling, student_softmax),
+        mode=data.mode,
     )

@@ -1,4 +1,8 @@
-"""Hinton distillation of a PyTorch student from a PyTorch or ONNX teacher (logits cached once)."""
+"""Hinton distillation of a PyTorch student from a PyTorch or ONNX teacher (logits cached once).
+
+The torch back end of onnxopt.distillation.loop: the teacher/student taps, the loss and the
+optimizer step live here; epochs, schedule, early stopping and history live in the loop.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ from onnxopt.distillation.core import Data, DistillConfig, DistillHistory, Progr
 from onnxopt.distillation.loop import (
     TrainingSet,
     check_student_logits,
-    describe_handling,
     prepare,
     run_epochs,
 )
@@ -154,9 +157,8 @@ def distill(
                        cache=teacher_cache, seed=_seed)
         tap = _Tap(student, data.student_hint, "student")
         try:
-            backend = _TorchBackend(student, tap, data, config)
-            hist = run_epochs(backend, len(data.x_train), config, mode=data.mode, progress=progress,
-                              softmax_handling=describe_handling(data.teacher_handling, tap.softmax_handling))
+            hist = run_epochs(_TorchBackend(student, tap, data, config), data, config,
+                              student_softmax=tap.softmax_handling, progress=progress)
         finally:
             tap.close()
     finally:
