@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 def _splits(holdout: int, seed: int = 0) -> tuple[Any, Any, Any]:
     """(train, selection, test): the selection split (early stopping) is carved from digits_train."""
-    from onnxopt.distillation.api import load_split
+    from onnxopt.core.feeds import load_labelled_npz
 
-    x, y = load_split(ROOT / "models" / "digits_train.npz")
-    test = load_split(ROOT / "models" / "digits_val.npz")
+    x, y = load_labelled_npz(ROOT / "models" / "digits_train.npz")
+    test = load_labelled_npz(ROOT / "models" / "digits_val.npz")
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
     sel, tr = np.sort(idx[:holdout]), np.sort(idx[holdout:])

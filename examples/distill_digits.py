@@ -34,12 +34,13 @@ def main() -> None:
     import torch
     from distill_models import keras_student, torch_student, torch_teacher
 
-    from onnxopt.distillation.api import DistillConfig, distill_model, export_student, load_split
+    from onnxopt.core.feeds import load_labelled_npz
+    from onnxopt.distillation.api import DistillConfig, distill_model, export_student
     from onnxopt.frameworks import torch_distill
 
     torch.set_num_threads(1)  # measured fastest for these small models on a shared 2-core machine
-    train = load_split(HERE.parent / "models" / "digits_train.npz")
-    val = load_split(HERE.parent / "models" / "digits_val.npz")
+    train = load_labelled_npz(HERE.parent / "models" / "digits_train.npz")
+    val = load_labelled_npz(HERE.parent / "models" / "digits_val.npz")
 
     # 1. the teacher: trained on labels alone (teacher=None), then exported with a parity check
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import pytest
 from onnx import helper
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.distillation.api import DistillConfig, load_split
+from onnxopt.core.feeds import load_labelled_npz as load_split
+from onnxopt.distillation.api import DistillConfig
 from onnxopt.distillation.core import EarlyStopping, check_classes, check_data, lr_at, pool_features
 from onnxopt.distillation.teacher import logits_model, looks_like_probabilities, teacher_outputs
 from tests.conftest import make_mlp

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.distillation.api import DistillConfig, distill_model, load_split
+from onnxopt.core.feeds import load_labelled_npz as load_split
+from onnxopt.distillation.api import DistillConfig, distill_model
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

@@ -76,8 +76,9 @@ def command(
           --data models/digits_train.npz --val models/digits_val.npz -o build/student_keras.onnx --json
     """
     from onnxopt.core.errors import InvalidInputError
+    from onnxopt.core.feeds import load_labelled_npz
     from onnxopt.core.model import same_file
-    from onnxopt.distillation.api import DistillConfig, distill_sources, load_split
+    from onnxopt.distillation.api import DistillConfig, distill_sources
 
     config = DistillConfig(
         temperature=temperature, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -91,7 +92,7 @@ def command(
         from onnxopt.measure.benchmark import BenchConfig
 
         bench = BenchConfig(runs=runs, warmup=min(20, runs))
-    test_data = load_split(test, input_key=input_key, labels_key=labels_key) if test else None
+    test_data = load_labelled_npz(test, input_key=input_key, labels_key=labels_key) if test else None
     with _Progress(quiet=as_json) as progress:
         result = distill_sources(
             teacher, student, data, val, config, framework=framework,

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from onnxopt.core.errors import InvalidInputError, MissingExtraError, OnnxoptError
+from onnxopt.core.errors import InvalidInputError, MissingExtraError, OnnxoptError, short_message
+from onnxopt.core.feeds import LABEL_KEYS
 
 log = logging.getLogger(__name__)
 
 FRAMEWORKS = ("auto", "torch", "keras")
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
-LABEL_KEYS = ("labels", "label", "y", "targets")
 _FACTORY = re.compile(r"^(?P<target>.+):(?P<attr>[A-Za-z_][A-Za-z0-9_]*)$")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -112,7 +112,7 @@ def _call_factory(target: str, attr: str) -> tuple[Any, Any]:
     except OnnxoptError:
         raise
     except Exception as e:
-        raise InvalidInputError(f"{target}:{attr} raised {type(e).__name__}: {_first_line(e)}") from e
+        raise InvalidInputError(f"{target}:{attr} raised {type(e).__name__}: {short_message(e)}") from e
 
 
 def _import_target(target: str) -> Any:
@@ -132,7 +132,7 @@ def _import_target(target: str) -> Any:
         except Exception as e:
             sys.modules.pop(name, None)
             _raise_missing_extra(e)
-            raise InvalidInputError(f"importing {target} failed: {type(e).__name__}: {_first_line(e)}") from e
+            raise InvalidInputError(f"importing {target} failed: {type(e).__name__}: {short_message(e)}") from e
         finally:
             sys.path.remove(str(p.resolve().parent))
         return module
@@ -140,10 +140,10 @@ def _import_target(target: str) -> Any:
         return importlib.import_module(target)
     except ModuleNotFoundError as e:
         _raise_missing_extra(e)
-        raise InvalidInputError(f"{target}: no such file or importable module ({_first_line(e)})") from e
+        raise InvalidInputError(f"{target}: no such file or importable module ({short_message(e)})") from e
     except Exception as e:
         _raise_missing_extra(e)
-        raise InvalidInputError(f"importing {target} failed: {type(e).__name__}: {_first_line(e)}") from e
+        raise InvalidInputError(f"importing {target} failed: {type(e).__name__}: {short_message(e)}") from e
 
 
 _EXTRAS = {"torch": "torch", "onnxscript": "torch", "tensorflow": "keras", "keras": "keras", "tf2onnx": "keras"}
@@ -165,7 +165,7 @@ def _module_examples(module: Any) -> list[np.ndarray] | None:
     try:
         value = ex() if callable(ex) else ex
     except Exception as e:
-        raise InvalidInputError(f"example_inputs() raised {type(e).__name__}: {_first_line(e)}") from e
+        raise InvalidInputError(f"example_inputs() raised {type(e).__name__}: {short_message(e)}") from e
     if not isinstance(value, (tuple, list)):
         value = (value,)
     from onnxopt.conversion.parity import as_numpy
@@ -211,7 +211,7 @@ def _keras_weights(model: Any, weights: str, examples: list[np.ndarray] | None) 
     try:
         model.load_weights(weights)
     except Exception as e:
-        raise InvalidInputError(f"--weights {weights} does not fit the Keras model: {_first_line(e)}") from e
+        raise InvalidInputError(f"--weights {weights} does not fit the Keras model: {short_message(e)}") from e
 
 
 def _sniff(path: Path) -> tuple[str | None, str]:
@@ -291,7 +291,7 @@ def _load_keras_file(path: Path, fmt: str, weights: str | None, examples: list[n
         with quiet():
             model = keras.models.load_model(str(path), compile=False)
     except Exception as e:
-        raise InvalidInputError(f"{path}: not a loadable Keras model: {_first_line(e)}") from e
+        raise InvalidInputError(f"{path}: not a loadable Keras model: {short_message(e)}") from e
     if weights:
         _keras_weights(model, weights, examples)
     return KerasSource(model, examples)
@@ -309,9 +309,3 @@ def _load_dir(
     from onnxopt.frameworks.keras_export import SavedModelSource
 
     return SavedModelSource(path, dict(shapes) if shapes else None)
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(e).__name__)[:limit]
-

@@ -201,3 +201,46 @@ def with_free_batch(model: ModelProto) -> ModelProto:
         if new.type.tensor_type.HasField("shape") and len(dims) and dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"
     return view
+
+
+# ---------------------------------------------------------------- labelled data
+
+LABEL_KEYS = ("labels", "label", "y", "targets")  # names under which an .npz may hold class labels
+
+
+def load_labelled_npz(
+    path: str | os.PathLike[str], *, input_key: str | None = None, labels_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) from an .npz saved as np.savez(path, input=x, labels=y).
+
+    labels: under labels_key, else the first of LABEL_KEYS present; one-hot rows become class
+    indices and integer-valued floats int64. inputs: under input_key, else 'input', else the
+    only array that is not labels; float64 becomes float32. Labels are not range-checked here.
+    """
+    arrays = load_npz(path)
+    lk = labels_key or next((k for k in LABEL_KEYS if k in arrays), None)
+    if lk is None or lk not in arrays:
+        raise InvalidInputError(
+            f"{path}: no labels (looked for {labels_key or ', '.join(LABEL_KEYS)}; "
+            f"has: {', '.join(arrays) or 'nothing'}); save class labels with np.savez(..., input=x, labels=y)"
+        )
+    if input_key is None:
+        others = [k for k in arrays if k != lk and k not in LABEL_KEYS]
+        ik = "input" if "input" in arrays else (others[0] if len(others) == 1 else None)
+        if ik is None:
+            raise InvalidInputError(
+                f"{path}: cannot tell which array holds the inputs ({', '.join(others)}); name it 'input'"
+            )
+    else:
+        ik = input_key
+        if ik not in arrays:
+            raise InvalidInputError(f"{path}: no array {ik!r} (has: {', '.join(arrays)})")
+    x = np.asarray(arrays[ik])
+    if x.dtype == np.float64:
+        x = x.astype(np.float32)
+    y = np.asarray(arrays[lk])
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot
+        y = y.argmax(axis=1)
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
+        y = y.astype(np.int64)
+    return x, y

@@ -13,7 +13,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.feeds import load_npz
+from onnxopt.core.feeds import load_labelled_npz
 from onnxopt.core.model import graph_inputs, initializer_stats, load_model, save_model
 from onnxopt.distillation.core import (
     Data,
@@ -35,10 +35,8 @@ __all__ = [
     "distill_model",
     "distill_sources",
     "framework_of",
-    "load_split",
 ]
 
-LABEL_KEYS = ("labels", "label", "y", "targets")
 StageFn = Callable[[str], None]
 
 
@@ -104,39 +102,6 @@ class DistillResult:
         }
 
 
-def load_split(
-    path: str | os.PathLike[str], *, input_key: str | None = None, labels_key: str | None = None
-) -> Data:
-    """(inputs, labels) from an .npz: inputs under input_key (or the only other key), labels under labels_key."""
-    arrays = load_npz(path)
-    lk = labels_key or next((k for k in LABEL_KEYS if k in arrays), None)
-    if lk is None or lk not in arrays:
-        raise InvalidInputError(
-            f"{path}: no labels (looked for {labels_key or ', '.join(LABEL_KEYS)}; has: {', '.join(arrays) or 'nothing'}); "
-            "distillation needs class labels: save them with np.savez(..., input=x, labels=y)"
-        )
-    others = [k for k in arrays if k != lk]
-    if input_key is None:
-        ik = "input" if "input" in arrays else (others[0] if len(others) == 1 else None)
-        if ik is None:
-            raise InvalidInputError(
-                f"{path}: cannot tell which array holds the inputs ({', '.join(others)}); name it 'input'"
-            )
-    else:
-        ik = input_key
-        if ik not in arrays:
-            raise InvalidInputError(f"{path}: no array {ik!r} (has: {', '.join(arrays)})")
-    x = np.asarray(arrays[ik])
-    if x.dtype == np.float64:
-        x = x.astype(np.float32)
-    y = np.asarray(arrays[lk])
-    if y.ndim == 2 and y.shape[1] > 1:  # one-hot
-        y = y.argmax(axis=1)
-    if y.ndim == 1 and np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
-        y = y.astype(np.int64)
-    return x, y
-
-
 def framework_of(model: Any) -> str:
     """'onnx', 'torch' or 'keras' for a model object or path."""
     if isinstance(model, ModelProto) or (isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx")):
@@ -198,6 +163,28 @@ def _check_teacher_onnx(teacher: ModelProto, x: np.ndarray) -> None:
         raise InvalidInputError(f"distillation needs a single-input teacher; this one has {len(specs)}")
 
 
+def _teacher_as_onnx(
+    teacher: Any, fw: str, x_tr: np.ndarray, x_val: np.ndarray, teacher_onnx: ModelProto | None,
+    say: StageFn, notes: list[str],
+) -> tuple[ModelProto, Any]:
+    """(the teacher as ONNX, the teacher to train the fw student from); appends to notes.
+
+    The ONNX teacher gives the teacher's accuracy/latency row, and the logits when the teacher
+    comes from the other framework; a teacher of the student's framework is used natively.
+    """
+    tfw = framework_of(teacher)
+    if tfw == "onnx":
+        proto = teacher if isinstance(teacher, ModelProto) else load_model(teacher)
+        _check_teacher_onnx(proto, x_tr)
+        return proto, proto
+    if teacher_onnx is None:
+        say("exporting the teacher to ONNX")
+        teacher_onnx = export_student(teacher, tfw, x_val, output_name="logits").model
+    if tfw != fw:
+        notes.append(f"{tfw} teacher used through its ONNX export for the {fw} student")
+    return teacher_onnx, (teacher if tfw == fw else teacher_onnx)
+
+
 def distill_model(
     teacher: Any,
     student: Any,
@@ -232,29 +219,9 @@ def distill_model(
     if fw == "onnx":
         raise InvalidInputError("the student must be a PyTorch or Keras model to train, not an .onnx file")
     backend = _backend(fw)
-    x_tr, y_tr = train
-    x_val, y_val = val
-    tfw = framework_of(teacher)
+    x_tr, x_val = train[0], val[0]
     notes: list[str] = []
-    # The teacher as ONNX (for its accuracy/latency row, and as the source of logits
-    # when it comes from the other framework).
-    if tfw == "onnx":
-        teacher_onnx = teacher if isinstance(teacher, ModelProto) else load_model(teacher)
-        _check_teacher_onnx(teacher_onnx, x_tr)
-        train_teacher: Any = teacher_onnx
-    elif teacher_onnx is not None:
-        train_teacher = teacher if tfw == fw else teacher_onnx
-        if tfw != fw:
-            notes.append(f"{tfw} teacher used through its ONNX export for the {fw} student")
-    else:
-        say("exporting the teacher to ONNX")
-        try:
-            teacher_onnx = export_student(teacher, tfw, x_val, output_name="logits").model
-        except InvalidInputError:
-            raise
-        train_teacher = teacher if tfw == fw else teacher_onnx
-        if tfw != fw:
-            notes.append(f"{tfw} teacher used through its ONNX export for the {fw} student")
+    teacher_onnx, train_teacher = _teacher_as_onnx(teacher, fw, x_tr, x_val, teacher_onnx, say, notes)
     in_name = graph_inputs(teacher_onnx)[0].name
     base_student = backend.fresh_copy(student) if baseline else None
     say("distilling")
@@ -340,8 +307,8 @@ def distill_sources(
 ) -> DistillResult:
     """distill_model for CLI-style sources: .onnx files, model files or `file.py:factory` specs."""
     config = config or DistillConfig()
-    train = load_split(data, input_key=input_key, labels_key=labels_key)
-    val_data = load_split(val, input_key=input_key, labels_key=labels_key)
+    train = load_labelled_npz(data, input_key=input_key, labels_key=labels_key)
+    val_data = load_labelled_npz(val, input_key=input_key, labels_key=labels_key)
     check_data(train, val_data)
     examples = {"input": train[0][:1]}
     if Path(teacher).suffix == ".onnx":

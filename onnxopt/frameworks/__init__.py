@@ -1,4 +1,15 @@
-"""Framework adapters: the only place that imports torch or tensorflow/keras, lazily."""
+"""Framework adapters: the PyTorch and Keras/TensorFlow side of onnxopt.
+
+- torch_export, keras_export: conversion sources (run a model, export it to ONNX);
+- torch_distill, keras_distill: back ends of the shared loop in onnxopt.distillation.loop;
+- torch_genome, keras_genome: build search candidates from a genome;
+- quiet: route exporters' warnings and prints to debug logging.
+
+These modules import torch, tensorflow and keras only inside functions, through
+require_torch / require_keras (which name the extra to install), so importing them, or
+onnxopt, stays fast. Elsewhere in onnxopt only nas.evaluate imports tensorflow (inside a
+function, to set its thread counts).
+"""
 
 from __future__ import annotations
 

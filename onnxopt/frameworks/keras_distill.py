@@ -1,4 +1,8 @@
-"""Hinton distillation of a Keras 3 student from a Keras or ONNX teacher (logits cached once)."""
+"""Hinton distillation of a Keras 3 student from a Keras or ONNX teacher (logits cached once).
+
+The Keras back end of onnxopt.distillation.loop: the teacher/student taps, the loss and the
+traced optimizer step live here; epochs, schedule, early stopping and history live in the loop.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +15,17 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.distillation.core import (
-    Data,
-    DistillConfig,
-    DistillHistory,
-    EarlyStopping,
-    EpochLog,
-    ProgressFn,
-    check_classes,
-    check_data,
-    lr_at,
-    pool_features,
+from onnxopt.distillation.core import Data, DistillConfig, DistillHistory, ProgressFn, pool_features
+from onnxopt.distillation.loop import (
+    TrainingSet,
+    check_student_logits,
+    prepare,
+    run_epochs,
 )
 from onnxopt.distillation.teacher import as_logits, teacher_outputs
 from onnxopt.frameworks import require_keras
 
 log = logging.getLogger(__name__)
-
-
 
 
 def _is_softmax(fn: Any) -> bool:
@@ -153,169 +150,133 @@ def distill(
     or None for the labels-only baseline. The best validation weights are restored.
     """
     config = config or DistillConfig()
-    check_data(train_data, val_data)
-    x_tr, y_tr = (np.asarray(a) for a in train_data)
-    x_val, y_val = (np.asarray(a) for a in val_data)
-    x_tr = x_tr.astype(np.float32, copy=False)
-    x_val = x_val.astype(np.float32, copy=False)
-    labels_only = (teacher is None and teacher_logits is None) or (
-        config.alpha == 0 and config.hint is None
-    )
-    mode = "labels-only" if labels_only else "distill"
-    _seed(config.seed)
-    t_logits: np.ndarray | None = None
-    t_feats: np.ndarray | None = None
-    handling = "none"
-    t_hint = config.hint[0] if config.hint and not labels_only else None
-    if not labels_only:
-        if teacher_logits is not None and t_hint is None:
-            t_logits = np.asarray(teacher_logits, np.float32)
-        else:
-            t_logits, t_feats, handling = teacher_cache(teacher, x_tr, t_hint)
-        if len(t_logits) != len(x_tr):
-            raise InvalidInputError(f"{len(t_logits)} teacher logits for {len(x_tr)} training samples")
-    tap = _Tap(student, config.hint[1] if t_hint and config.hint else None, "student")
+    data = prepare(teacher, train_data, val_data, config, teacher_logits=teacher_logits,
+                   cache=teacher_cache, seed=_seed)
+    tap = _Tap(student, data.student_hint, "student")
     try:
-        return _train(student, tap, x_tr, y_tr, x_val, y_val, t_logits, t_feats, handling,
-                      config, mode, progress)
+        hist = run_epochs(_KerasBackend(student, tap, data, config), data, config,
+                          student_softmax=tap.softmax_handling, progress=progress)
     finally:
         tap.close()
-
-
-def _train(
-    student: Any,
-    tap: _Tap,
-    x_tr: np.ndarray,
-    y_tr: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    t_logits: np.ndarray | None,
-    t_feats: np.ndarray | None,
-    handling: str,
-    config: DistillConfig,
-    mode: str,
-    progress: ProgressFn | None,
-) -> tuple[Any, DistillHistory]:
-    keras = require_keras()
-    import tensorflow as tf
-
-    try:
-        s_out, s_feat = tap(x_tr[:2], training=False)
-    except Exception as e:
-        raise InvalidInputError(f"data of shape {tuple(x_tr.shape)} does not fit the student: {_short(e)}") from e
-    if len(s_out.shape) != 2:
-        raise InvalidInputError(f"student output must be [batch, classes] logits; got shape {tuple(s_out.shape)}")
-    check_classes(None if t_logits is None else int(t_logits.shape[1]), int(s_out.shape[1]),
-                  np.concatenate([y_tr, y_val]))
-    s_softmax = tap.softmax_handling
-    regressor = None
-    feats = None
-    if t_feats is not None:
-        if s_feat is None:
-            raise InvalidInputError("hint: the student layer produced no output")
-        s_shape = tuple(int(d) for d in s_feat.shape)
-        feats = pool_features(t_feats, s_shape[1:-1], channels_last=True) if len(s_shape) == 4 else t_feats
-        if len(s_shape) != feats.ndim or s_shape[1:-1] != feats.shape[1:-1]:
-            raise InvalidInputError(
-                f"hint: student feature {s_shape[1:]} and teacher feature {feats.shape[1:]} do not line up "
-                "(Keras features are channels-last; pick layers with matching spatial sizes)"
-            )
-        if s_shape[-1] != feats.shape[-1]:
-            regressor = keras.layers.Dense(int(feats.shape[-1]), name="hint_regressor")
-            regressor.build(s_shape)
-        feats = feats.astype(np.float32)
-    variables = list(tap.view.trainable_variables) + (list(regressor.trainable_variables) if regressor else [])
-    opt = keras.optimizers.AdamW(learning_rate=config.lr, weight_decay=config.weight_decay)
-    opt.build(variables)
-    T, a, hw = float(config.temperature), float(config.alpha), float(config.hint_weight)
-    use_kd = t_logits is not None
-    use_hint = feats is not None
-
-    tb_dim = int(t_logits.shape[1]) if t_logits is not None else 1
-    fb_shape = tuple(feats.shape[1:]) if feats is not None else (1,)
-    signature = [
-        tf.TensorSpec((None, *x_tr.shape[1:]), tf.float32),
-        tf.TensorSpec((None,), tf.int32),
-        tf.TensorSpec((None, tb_dim), tf.float32),
-        tf.TensorSpec((None, *fb_shape), tf.float32),
-    ]
-
-    # One trace for every batch size; autograph off: the step has no tensor-dependent branches.
-    @tf.function(input_signature=signature, autograph=False)
-    def train_step(xb: Any, yb: Any, tb: Any, fb: Any) -> Any:
-        with tf.GradientTape() as tape:
-            s, f = tap(xb, training=True)
-            ce = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=s)
-            )
-            loss = ce
-            if use_kd:
-                log_ps = tf.nn.log_softmax(s / T, axis=1)
-                log_pt = tf.nn.log_softmax(tb / T, axis=1)
-                kd = tf.reduce_mean(tf.reduce_sum(tf.exp(log_pt) * (log_pt - log_ps), axis=1)) * (T * T)
-                loss = a * kd + (1.0 - a) * ce
-            if use_hint:
-                pred = regressor(f) if regressor is not None else f
-                loss = loss + hw * tf.reduce_mean(tf.square(pred - fb))
-        grads = tape.gradient(loss, variables)
-        opt.apply_gradients(zip(grads, variables))
-        return loss
-
-    n = len(x_tr)
-    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
-    warm = steps_per_epoch * config.warmup_epochs
-    rng = np.random.default_rng(config.seed)
-    stopper = EarlyStopping(config.patience)
-    best = student.get_weights()
-    losses: list[float] = []
-    accs: list[float] = []
-    vlosses: list[float] = []
-    y_tr32 = y_tr.astype(np.int32)
-    dummy_t = np.zeros((n, 1), np.float32)
-    step = 0
-    stopped = False
-    lr = config.lr
-    for epoch in range(config.epochs):
-        perm = rng.permutation(n)
-        total_loss = 0.0
-        for i in range(0, n, config.batch_size):
-            idx = perm[i : i + config.batch_size]
-            lr = lr_at(step, total, warm, config.lr)
-            opt.learning_rate.assign(lr)
-            tb = t_logits[idx] if t_logits is not None else dummy_t[idx]
-            fb = feats[idx] if feats is not None else dummy_t[idx]
-            loss = train_step(x_tr[idx], y_tr32[idx], tb, fb)
-            total_loss += float(loss) * len(idx)
-            step += 1
-        acc, vloss = _evaluate(tap, x_val, y_val)
-        losses.append(total_loss / n)
-        accs.append(acc)
-        vlosses.append(vloss)
-        if stopper.update(epoch, acc, vloss):
-            best = student.get_weights()
-        if progress is not None:
-            progress(EpochLog(epoch + 1, config.epochs, losses[-1], acc, vloss, lr, mode))
-        if stopper.should_stop:
-            stopped = epoch + 1 < config.epochs
-            log.info("early stop after epoch %d (best %d)", epoch + 1, stopper.best_epoch + 1)
-            break
-    student.set_weights(best)
-    parts = []
-    if handling != "none":
-        parts.append(f"teacher: {handling}")
-    if s_softmax != "none":
-        parts.append(f"student: {s_softmax} (the exported student keeps its softmax)")
-    hist = DistillHistory(
-        train_loss=tuple(losses),
-        val_accuracy=tuple(accs),
-        best_epoch=stopper.best_epoch,
-        stopped_early=stopped,
-        val_loss=tuple(vlosses),
-        softmax_handling="; ".join(parts) or "none",
-        mode=mode,
-    )
     return student, hist
+
+
+class _KerasBackend:
+    """The Keras side of the shared loop: AdamW, the Hinton loss in one traced tf.function."""
+
+    def __init__(self, student: Any, tap: _Tap, data: TrainingSet, config: DistillConfig) -> None:
+        keras = require_keras()
+        self.student, self.tap, self.data = student, tap, data
+        s_feat = self._probe()
+        # The regressor (if any) is built before the optimizer: its initial weights draw from
+        # the seed set in prepare().
+        self.regressor, self.feats = _hint_target(s_feat, data.teacher_features)
+        variables = list(tap.view.trainable_variables)
+        if self.regressor is not None:
+            variables += list(self.regressor.trainable_variables)
+        self.opt = keras.optimizers.AdamW(learning_rate=config.lr, weight_decay=config.weight_decay)
+        self.opt.build(variables)
+        self._step = self._make_step(variables, config)
+        n = len(data.x_train)
+        self.rng = np.random.default_rng(config.seed)
+        self.y_tr32 = data.y_train.astype(np.int32)
+        self.dummy_t = np.zeros((n, 1), np.float32)  # fills the unused teacher arguments of the step
+
+    def _probe(self) -> Any:
+        """Run the student on two samples: check its logits; return its hint feature (or None)."""
+        x_tr = self.data.x_train
+        try:
+            s_out, s_feat = self.tap(x_tr[:2], training=False)
+        except Exception as e:
+            raise InvalidInputError(f"data of shape {tuple(x_tr.shape)} does not fit the student: {_short(e)}") from e
+        check_student_logits(tuple(s_out.shape), self.data)
+        return s_feat
+
+    def _make_step(self, variables: list[Any], config: DistillConfig) -> Any:
+        """The traced training step: (x, y, teacher logits, teacher features) -> loss."""
+        import tensorflow as tf
+
+        tap, regressor, opt = self.tap, self.regressor, self.opt
+        T, a, hw = float(config.temperature), float(config.alpha), float(config.hint_weight)
+        t_logits, feats = self.data.teacher_logits, self.feats
+        use_kd = t_logits is not None
+        use_hint = feats is not None
+        tb_dim = int(t_logits.shape[1]) if t_logits is not None else 1
+        fb_shape = tuple(feats.shape[1:]) if feats is not None else (1,)
+        signature = [
+            tf.TensorSpec((None, *self.data.x_train.shape[1:]), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((None, tb_dim), tf.float32),
+            tf.TensorSpec((None, *fb_shape), tf.float32),
+        ]
+
+        # One trace for every batch size; autograph off: the step has no tensor-dependent branches.
+        @tf.function(input_signature=signature, autograph=False)
+        def train_step(xb: Any, yb: Any, tb: Any, fb: Any) -> Any:
+            with tf.GradientTape() as tape:
+                s, f = tap(xb, training=True)
+                ce = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=s)
+                )
+                loss = ce
+                if use_kd:
+                    log_ps = tf.nn.log_softmax(s / T, axis=1)
+                    log_pt = tf.nn.log_softmax(tb / T, axis=1)
+                    kd = tf.reduce_mean(tf.reduce_sum(tf.exp(log_pt) * (log_pt - log_ps), axis=1)) * (T * T)
+                    loss = a * kd + (1.0 - a) * ce
+                if use_hint:
+                    pred = regressor(f) if regressor is not None else f
+                    loss = loss + hw * tf.reduce_mean(tf.square(pred - fb))
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables))
+            return loss
+
+        return train_step
+
+    def start_epoch(self) -> Any:
+        """A permutation from the seeded numpy generator (Keras takes training=True per call)."""
+        return self.rng.permutation(len(self.data.x_train))
+
+    def train_step(self, idx: Any, lr: float) -> float:
+        """One AdamW step on cross-entropy, the tempered KL term and the hint MSE."""
+        self.opt.learning_rate.assign(lr)
+        t_logits = self.data.teacher_logits
+        tb = t_logits[idx] if t_logits is not None else self.dummy_t[idx]
+        fb = self.feats[idx] if self.feats is not None else self.dummy_t[idx]
+        return float(self._step(self.data.x_train[idx], self.y_tr32[idx], tb, fb))
+
+    def evaluate(self) -> tuple[float, float]:
+        """Accuracy and cross-entropy on the validation split."""
+        return _evaluate(self.tap, self.data.x_val, self.data.y_val)
+
+    def get_weights(self) -> Any:
+        """The student's weights (numpy copies)."""
+        return self.student.get_weights()
+
+    def set_weights(self, weights: Any) -> None:
+        """Restore weights from get_weights."""
+        self.student.set_weights(weights)
+
+
+def _hint_target(s_feat: Any, t_feats: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
+    """(Dense regressor or None, teacher features pooled to the student's size) for the hint loss."""
+    if t_feats is None:
+        return None, None
+    if s_feat is None:
+        raise InvalidInputError("hint: the student layer produced no output")
+    keras = require_keras()
+    s_shape = tuple(int(d) for d in s_feat.shape)
+    feats = pool_features(t_feats, s_shape[1:-1], channels_last=True) if len(s_shape) == 4 else t_feats
+    if len(s_shape) != feats.ndim or s_shape[1:-1] != feats.shape[1:-1]:
+        raise InvalidInputError(
+            f"hint: student feature {s_shape[1:]} and teacher feature {feats.shape[1:]} do not line up "
+            "(Keras features are channels-last; pick layers with matching spatial sizes)"
+        )
+    regressor = None
+    if s_shape[-1] != feats.shape[-1]:
+        regressor = keras.layers.Dense(int(feats.shape[-1]), name="hint_regressor")
+        regressor.build(s_shape)
+    return regressor, feats.astype(np.float32)
 
 
 def _evaluate(tap: _Tap, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> tuple[float, float]:

@@ -1,4 +1,8 @@
-"""Hinton distillation of a PyTorch student from a PyTorch or ONNX teacher (logits cached once)."""
+"""Hinton distillation of a PyTorch student from a PyTorch or ONNX teacher (logits cached once).
+
+The torch back end of onnxopt.distillation.loop: the teacher/student taps, the loss and the
+optimizer step live here; epochs, schedule, early stopping and history live in the loop.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,12 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.distillation.core import (
-    Data,
-    DistillConfig,
-    DistillHistory,
-    EarlyStopping,
-    EpochLog,
-    ProgressFn,
-    check_classes,
-    check_data,
-    lr_at,
-    pool_features,
+from onnxopt.distillation.core import Data, DistillConfig, DistillHistory, ProgressFn, pool_features
+from onnxopt.distillation.loop import (
+    TrainingSet,
+    check_student_logits,
+    prepare,
+    run_epochs,
 )
 from onnxopt.distillation.teacher import as_logits, teacher_outputs
 from onnxopt.frameworks import require_torch
@@ -114,8 +113,6 @@ def teacher_cache(
     return out, (np.concatenate(feats) if hint else None), handling
 
 
-
-
 def _regressor(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> Any:
     """A learned 1x1 conv / linear map from student to teacher channels (None when equal)."""
     torch = require_torch()
@@ -150,173 +147,125 @@ def distill(
     """
     torch = require_torch()
     config = config or DistillConfig()
-    check_data(train_data, val_data)
-    x_tr, y_tr = (np.asarray(a) for a in train_data)
-    x_val, y_val = (np.asarray(a) for a in val_data)
-    x_tr = x_tr.astype(np.float32, copy=False)
-    x_val = x_val.astype(np.float32, copy=False)
-    labels_only = (teacher is None and teacher_logits is None) or (
-        config.alpha == 0 and config.hint is None
-    )
-    mode = "labels-only" if labels_only else "distill"
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        _seed(config.seed)
-        t_logits: np.ndarray | None = None
-        t_feats: np.ndarray | None = None
-        handling = "none"
-        t_hint = config.hint[0] if config.hint and not labels_only else None
-        if not labels_only:
-            if teacher_logits is not None and t_hint is None:
-                t_logits = np.asarray(teacher_logits, np.float32)
-            else:
-                t_logits, t_feats, handling = teacher_cache(teacher, x_tr, t_hint)
-            if len(t_logits) != len(x_tr):
-                raise InvalidInputError(
-                    f"{len(t_logits)} teacher logits for {len(x_tr)} training samples"
-                )
-        tap = _Tap(student, config.hint[1] if t_hint and config.hint else None, "student")
+        data = prepare(teacher, train_data, val_data, config, teacher_logits=teacher_logits,
+                       cache=teacher_cache, seed=_seed)
+        tap = _Tap(student, data.student_hint, "student")
         try:
-            return _train(student, tap, x_tr, y_tr, x_val, y_val, t_logits, t_feats, handling,
-                          config, mode, progress)
+            hist = run_epochs(_TorchBackend(student, tap, data, config), data, config,
+                              student_softmax=tap.softmax_handling, progress=progress)
         finally:
             tap.close()
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.set_num_threads(prev_threads)
-
-
-def _train(
-    student: Any,
-    tap: _Tap,
-    x_tr: np.ndarray,
-    y_tr: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    t_logits: np.ndarray | None,
-    t_feats: np.ndarray | None,
-    handling: str,
-    config: DistillConfig,
-    mode: str,
-    progress: ProgressFn | None,
-) -> tuple[Any, DistillHistory]:
-    torch = require_torch()
-    F = torch.nn.functional
-    xt = torch.from_numpy(np.ascontiguousarray(x_tr))
-    yt = torch.from_numpy(y_tr.astype(np.int64))
-    xv = torch.from_numpy(np.ascontiguousarray(x_val))
-    yv = torch.from_numpy(y_val.astype(np.int64))
     student.eval()
-    try:
-        with torch.no_grad():
-            s_out, s_feat = tap(student, xt[:2])
-    except Exception as e:
-        raise InvalidInputError(
-            f"data of shape {tuple(x_tr.shape)} does not fit the student: {_short(e)}"
-        ) from e
-    if s_out.ndim != 2:
-        raise InvalidInputError(f"student output must be [batch, classes] logits; got shape {tuple(s_out.shape)}")
-    check_classes(None if t_logits is None else int(t_logits.shape[1]), int(s_out.shape[1]),
-                  np.concatenate([y_tr, y_val]))
-    s_softmax = tap.softmax_handling
-    params = list(student.parameters())
-    regressor = None
-    tf_t: Any = None
-    if t_feats is not None:
-        if s_feat is None:
-            raise InvalidInputError("hint: the student layer produced no output")
-        tfe = pool_features(t_feats, tuple(s_feat.shape[2:]), channels_last=False)
-        regressor = _regressor(tuple(s_feat.shape), tfe.shape)
-        if regressor is None and tuple(s_feat.shape[1:]) != tfe.shape[1:]:
-            raise InvalidInputError(
-                f"hint: student feature {tuple(s_feat.shape[1:])} does not match teacher {tfe.shape[1:]}"
-            )
-        if regressor is not None:
-            params += list(regressor.parameters())
-        tf_t = torch.from_numpy(np.ascontiguousarray(tfe))
-    tl_t = torch.from_numpy(t_logits) if t_logits is not None else None
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    n = len(xt)
-    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
-    warm = steps_per_epoch * config.warmup_epochs
-    T, a = float(config.temperature), float(config.alpha)
-    gen = torch.Generator().manual_seed(config.seed)
-    stopper = EarlyStopping(config.patience)
-    best_state = copy.deepcopy(student.state_dict())
-    losses: list[float] = []
-    accs: list[float] = []
-    vlosses: list[float] = []
-    step = 0
-    stopped = False
-    for epoch in range(config.epochs):
-        student.train()
-        if regressor is not None:
-            regressor.train()
-        perm = torch.randperm(n, generator=gen)
-        total_loss = 0.0
-        for i in range(0, n, config.batch_size):
-            idx = perm[i : i + config.batch_size]
-            lr = lr_at(step, total, warm, config.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            s, feat = tap(student, xt[idx])
-            ce = F.cross_entropy(s, yt[idx])
-            if tl_t is not None:
-                kd = F.kl_div(
-                    F.log_softmax(s / T, dim=1),
-                    F.log_softmax(tl_t[idx] / T, dim=1),
-                    log_target=True,
-                    reduction="batchmean",
-                ) * (T * T)
-                loss = a * kd + (1 - a) * ce
-            else:
-                loss = ce
-            if tf_t is not None:
-                pred = regressor(feat) if regressor is not None else feat
-                loss = loss + config.hint_weight * F.mse_loss(pred, tf_t[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += float(loss.detach()) * len(idx)
-            step += 1
-        acc, vloss = _evaluate(student, tap, xv, yv)
-        losses.append(total_loss / n)
-        accs.append(acc)
-        vlosses.append(vloss)
-        if stopper.update(epoch, acc, vloss):
-            best_state = copy.deepcopy(student.state_dict())
-        if progress is not None:
-            progress(EpochLog(epoch + 1, config.epochs, losses[-1], acc, vloss, lr, mode))
-        if stopper.should_stop:
-            stopped = epoch + 1 < config.epochs
-            log.info("early stop after epoch %d (best %d)", epoch + 1, stopper.best_epoch + 1)
-            break
-    student.load_state_dict(best_state)
-    student.eval()
-    hist = DistillHistory(
-        train_loss=tuple(losses),
-        val_accuracy=tuple(accs),
-        best_epoch=stopper.best_epoch,
-        stopped_early=stopped,
-        val_loss=tuple(vlosses),
-        softmax_handling=_describe_handling(handling, s_softmax),
-        mode=mode,
-    )
     return student, hist
 
 
-def _describe_handling(teacher: str, student: str) -> str:
-    parts = []
-    if teacher != "none":
-        parts.append(f"teacher: {teacher}")
-    if student != "none":
-        parts.append(f"student: {student} (the exported student keeps its softmax)")
-    return "; ".join(parts) or "none"
+class _TorchBackend:
+    """The torch side of the shared loop: AdamW on the student (and a hint regressor), the Hinton loss."""
+
+    def __init__(self, student: Any, tap: _Tap, data: TrainingSet, config: DistillConfig) -> None:
+        torch = require_torch()
+        self.student, self.tap, self.config = student, tap, config
+        self.xt = torch.from_numpy(np.ascontiguousarray(data.x_train))
+        self.yt = torch.from_numpy(data.y_train.astype(np.int64))
+        self.xv = torch.from_numpy(np.ascontiguousarray(data.x_val))
+        self.yv = torch.from_numpy(data.y_val.astype(np.int64))
+        s_feat = self._probe(data)
+        params = list(student.parameters())
+        # Built before the optimizer and the shuffling generator: the regressor's initial
+        # weights draw from torch's global generator, seeded in prepare().
+        self.regressor, self.t_feats = _hint_target(s_feat, data.teacher_features)
+        if self.regressor is not None:
+            params += list(self.regressor.parameters())
+        t_logits = data.teacher_logits
+        self.t_logits = torch.from_numpy(t_logits) if t_logits is not None else None
+        self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.gen = torch.Generator().manual_seed(config.seed)
+
+    def _probe(self, data: TrainingSet) -> Any:
+        """Run the student on two samples: check its logits; return its hint feature (or None)."""
+        torch = require_torch()
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                s_out, s_feat = self.tap(self.student, self.xt[:2])
+        except Exception as e:
+            raise InvalidInputError(
+                f"data of shape {tuple(data.x_train.shape)} does not fit the student: {_short(e)}"
+            ) from e
+        check_student_logits(tuple(s_out.shape), data)
+        return s_feat
+
+    def start_epoch(self) -> Any:
+        """Training mode; a permutation from the seeded generator."""
+        torch = require_torch()
+        self.student.train()
+        if self.regressor is not None:
+            self.regressor.train()
+        return torch.randperm(len(self.xt), generator=self.gen)
+
+    def train_step(self, idx: Any, lr: float) -> float:
+        """One AdamW step on cross-entropy, the tempered KL term and the hint MSE."""
+        F = require_torch().nn.functional
+        config = self.config
+        T, a = float(config.temperature), float(config.alpha)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        s, feat = self.tap(self.student, self.xt[idx])
+        ce = F.cross_entropy(s, self.yt[idx])
+        if self.t_logits is not None:
+            kd = F.kl_div(
+                F.log_softmax(s / T, dim=1),
+                F.log_softmax(self.t_logits[idx] / T, dim=1),
+                log_target=True,
+                reduction="batchmean",
+            ) * (T * T)
+            loss = a * kd + (1 - a) * ce
+        else:
+            loss = ce
+        if self.t_feats is not None:
+            pred = self.regressor(feat) if self.regressor is not None else feat
+            loss = loss + config.hint_weight * F.mse_loss(pred, self.t_feats[idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def evaluate(self) -> tuple[float, float]:
+        """Accuracy and cross-entropy on the validation split."""
+        return _evaluate(self.student, self.tap, self.xv, self.yv)
+
+    def get_weights(self) -> Any:
+        """A deep copy of the student's state dict."""
+        return copy.deepcopy(self.student.state_dict())
+
+    def set_weights(self, weights: Any) -> None:
+        """Load a state dict from get_weights."""
+        self.student.load_state_dict(weights)
+
+
+def _hint_target(s_feat: Any, t_feats: np.ndarray | None) -> tuple[Any, Any]:
+    """(regressor or None, teacher features pooled to the student's size as a tensor) for the hint loss."""
+    if t_feats is None:
+        return None, None
+    if s_feat is None:
+        raise InvalidInputError("hint: the student layer produced no output")
+    torch = require_torch()
+    tfe = pool_features(t_feats, tuple(s_feat.shape[2:]), channels_last=False)
+    regressor = _regressor(tuple(s_feat.shape), tfe.shape)
+    if regressor is None and tuple(s_feat.shape[1:]) != tfe.shape[1:]:
+        raise InvalidInputError(
+            f"hint: student feature {tuple(s_feat.shape[1:])} does not match teacher {tfe.shape[1:]}"
+        )
+    return regressor, torch.from_numpy(np.ascontiguousarray(tfe))
 
 
 def _evaluate(student: Any, tap: _Tap, x: Any, y: Any, batch_size: int = 512) -> tuple[float, float]:

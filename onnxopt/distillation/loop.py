@@ -1,0 +1,196 @@
+"""The one distillation training loop, shared by the PyTorch and Keras back ends.
+
+The loop owns what does not depend on the framework: checking and casting the data, caching
+the teacher's targets, the epochs and batches, the per-step learning-rate schedule (`lr_at`),
+early stopping, best-weights tracking and the history. A framework plugs in through a
+`Backend` (frameworks/torch_distill.py, frameworks/keras_distill.py) that runs one optimizer
+step on a batch of sample indices and evaluates the student on the validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.distillation.core import (
+    Data,
+    DistillConfig,
+    DistillHistory,
+    EarlyStopping,
+    EpochLog,
+    ProgressFn,
+    check_classes,
+    check_data,
+    lr_at,
+)
+
+log = logging.getLogger(__name__)
+
+# (teacher, training inputs, teacher hint layer or None) -> (logits, hint features, softmax handling)
+TeacherCache = Callable[[Any, np.ndarray, str | None], tuple[np.ndarray, np.ndarray | None, str]]
+
+
+class Backend(Protocol):
+    """What the loop needs from a framework: one step, one evaluation, the student's weights."""
+
+    def start_epoch(self) -> Any:
+        """Put the trained models in training mode; return this epoch's sample order (sliceable)."""
+        ...
+
+    def train_step(self, idx: Any, lr: float) -> float:
+        """One optimizer step at learning rate lr on the samples idx; the batch's mean loss."""
+        ...
+
+    def evaluate(self) -> tuple[float, float]:
+        """(accuracy percent, mean cross-entropy) of the student on the validation split."""
+        ...
+
+    def get_weights(self) -> Any:
+        """A copy of the student's weights (kept while they are the best so far)."""
+        ...
+
+    def set_weights(self, weights: Any) -> None:
+        """Restore weights from get_weights."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The checked float32 splits and the cached teacher targets a back end trains on."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    teacher_logits: np.ndarray | None  # None: labels only
+    teacher_features: np.ndarray | None  # the teacher's hint layer output, when a hint is used
+    teacher_handling: str  # how a teacher softmax was handled ("none" when there was none)
+    mode: str  # "distill" | "labels-only"
+    student_hint: str | None  # the student layer matched to teacher_features
+
+
+def prepare(
+    teacher: Any,
+    train_data: Data,
+    val_data: Data,
+    config: DistillConfig,
+    *,
+    teacher_logits: np.ndarray | None,
+    cache: TeacherCache,
+    seed: Callable[[int], None],
+) -> TrainingSet:
+    """Check the splits, seed the framework, then cache the teacher's logits (and hint features).
+
+    Labels only when there is no teacher (nor precomputed teacher_logits), or when alpha is 0
+    and no hint is asked for. teacher_logits skip the teacher pass unless a hint needs it.
+    """
+    check_data(train_data, val_data)
+    x_tr, y_tr = (np.asarray(a) for a in train_data)
+    x_val, y_val = (np.asarray(a) for a in val_data)
+    x_tr = x_tr.astype(np.float32, copy=False)
+    x_val = x_val.astype(np.float32, copy=False)
+    labels_only = (teacher is None and teacher_logits is None) or (
+        config.alpha == 0 and config.hint is None
+    )
+    seed(config.seed)
+    t_logits: np.ndarray | None = None
+    t_feats: np.ndarray | None = None
+    handling = "none"
+    t_hint = config.hint[0] if config.hint and not labels_only else None
+    if not labels_only:
+        if teacher_logits is not None and t_hint is None:
+            t_logits = np.asarray(teacher_logits, np.float32)
+        else:
+            t_logits, t_feats, handling = cache(teacher, x_tr, t_hint)
+        if len(t_logits) != len(x_tr):
+            raise InvalidInputError(f"{len(t_logits)} teacher logits for {len(x_tr)} training samples")
+    return TrainingSet(
+        x_train=x_tr,
+        y_train=y_tr,
+        x_val=x_val,
+        y_val=y_val,
+        teacher_logits=t_logits,
+        teacher_features=t_feats,
+        teacher_handling=handling,
+        mode="labels-only" if labels_only else "distill",
+        student_hint=config.hint[1] if t_hint and config.hint else None,
+    )
+
+
+def check_student_logits(shape: tuple[int, ...], data: TrainingSet) -> None:
+    """Raise InvalidInputError unless the student returns [batch, classes] logits that fit the labels."""
+    if len(shape) != 2:
+        raise InvalidInputError(f"student output must be [batch, classes] logits; got shape {shape}")
+    t_classes = None if data.teacher_logits is None else int(data.teacher_logits.shape[1])
+    check_classes(t_classes, int(shape[1]), np.concatenate([data.y_train, data.y_val]))
+
+
+def describe_handling(teacher: str, student: str) -> str:
+    """The history's softmax_handling: what was done about a teacher's and a student's softmax."""
+    parts = []
+    if teacher != "none":
+        parts.append(f"teacher: {teacher}")
+    if student != "none":
+        parts.append(f"student: {student} (the exported student keeps its softmax)")
+    return "; ".join(parts) or "none"
+
+
+def run_epochs(
+    backend: Backend,
+    data: TrainingSet,
+    config: DistillConfig,
+    *,
+    student_softmax: str = "none",
+    progress: ProgressFn | None = None,
+) -> DistillHistory:
+    """Train for config.epochs (early stopping), restore the best weights, return the history.
+
+    student_softmax: how the back end handled a final softmax of the student (for the history).
+    """
+    n = len(data.x_train)
+    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    warm = steps_per_epoch * config.warmup_epochs
+    stopper = EarlyStopping(config.patience)
+    best = backend.get_weights()
+    losses: list[float] = []
+    accs: list[float] = []
+    vlosses: list[float] = []
+    step = 0
+    stopped = False
+    lr = config.lr
+    for epoch in range(config.epochs):
+        order = backend.start_epoch()
+        total_loss = 0.0
+        for i in range(0, n, config.batch_size):
+            idx = order[i : i + config.batch_size]
+            lr = lr_at(step, total, warm, config.lr)
+            total_loss += backend.train_step(idx, lr) * len(idx)
+            step += 1
+        acc, vloss = backend.evaluate()
+        losses.append(total_loss / n)
+        accs.append(acc)
+        vlosses.append(vloss)
+        if stopper.update(epoch, acc, vloss):
+            best = backend.get_weights()
+        if progress is not None:
+            progress(EpochLog(epoch + 1, config.epochs, losses[-1], acc, vloss, lr, data.mode))
+        if stopper.should_stop:
+            stopped = epoch + 1 < config.epochs
+            log.info("early stop after epoch %d (best %d)", epoch + 1, stopper.best_epoch + 1)
+            break
+    backend.set_weights(best)
+    return DistillHistory(
+        train_loss=tuple(losses),
+        val_accuracy=tuple(accs),
+        best_epoch=stopper.best_epoch,
+        stopped_early=stopped,
+        val_loss=tuple(vlosses),
+        softmax_handling=describe_handling(data.teacher_handling, student_softmax),
+        mode=data.mode,
+    )
