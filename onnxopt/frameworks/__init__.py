@@ -7,8 +7,7 @@
 
 These modules import torch, tensorflow and keras only inside functions, through
 require_torch / require_keras (which name the extra to install), so importing them, or
-onnxopt, stays fast. Elsewhere in onnxopt only nas.evaluate imports tensorflow (inside a
-function, to set its thread counts).
+onnxopt, stays fast. No module outside this package imports a framework.
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from onnxopt.core.checks import check_labels
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.feeds import load_npz
+from onnxopt.core.feeds import load_labelled_npz
 
 Data = tuple[np.ndarray, np.ndarray]
-_LABEL_KEYS = ("labels", "label", "y", "targets")
 
 
 @dataclass(frozen=True)
@@ -88,30 +88,14 @@ class EvalConfig:
 
 
 def load_split(path: str | os.PathLike[str]) -> Data:
-    """(inputs float32, labels int64) from an .npz with an input array and a `labels` array."""
-    arrays = load_npz(path)
-    label_key = next((k for k in _LABEL_KEYS if k in arrays), None)
-    if label_key is None:
-        raise InvalidInputError(
-            f"{path}: no labels array (looked for {', '.join(_LABEL_KEYS)}); save it as labels=..."
-        )
-    inputs = [k for k in arrays if k not in _LABEL_KEYS]
-    key = "input" if "input" in arrays else (inputs[0] if len(inputs) == 1 else None)
-    if key is None:
-        raise InvalidInputError(
-            f"{path}: cannot tell which array is the input (has {', '.join(arrays)}); name it input=..."
-        )
-    x = np.ascontiguousarray(arrays[key], dtype=np.float32)
-    y = np.asarray(arrays[label_key])
+    """(inputs float32 [N, C, H, W], labels int64) from an .npz with an input and a `labels` array."""
+    x, y = load_labelled_npz(path)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 4:
         raise InvalidInputError(f"{path}: input must be images [N, C, H, W]; got shape {x.shape}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise InvalidInputError(f"{path}: {len(x)} inputs but labels of shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise InvalidInputError(f"{path}: labels must be non-negative class indices, got {y.dtype}")
     if len(x) == 0:
         raise InvalidInputError(f"{path}: no samples")
-    return x, y.astype(np.int64)
+    return x, check_labels(y, len(x), str(path))
 
 
 def genome_id(genome: Mapping[str, Any]) -> str:
