@@ -57,7 +57,8 @@ def test_markdown_has_the_table_gates_and_warning(result: OptimizeResult) -> Non
     lines = md.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| stage |"))
     assert lines[header + 1].startswith("|---|")
-    rows = [line for line in lines[header + 2 :] if line.startswith("| ")]
+    end = next(i for i in range(header, len(lines)) if not lines[i].startswith("|"))  # the stage table
+    rows = [line for line in lines[header + 2 : end] if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows] == ["original", "constants-folded", "graph-optimized"]
     assert all(r.count("|") == len(report.COLUMNS) + 1 for r in rows)
     assert "❌ min_speedup" in md and "✅ min_cosine" in md

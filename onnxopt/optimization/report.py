@@ -59,6 +59,8 @@ def report_dict(result: OptimizeResult, provenance: Provenance | None = None, sa
     """The JSON report as a dict: the result's fields plus `provenance`."""
     prov = provenance or provenance_of(result)
     return {**result.to_dict(samples=samples), "provenance": prov.to_dict()}
+
+
 def _size(n: int) -> str:
     if n >= 10**6:
         return f"{n / 1e6:.2f} MB"
