@@ -128,15 +128,18 @@ def command(
 
     from onnxopt.optimization import report
 
+    prov = report.provenance_of(
+        result, model_path=model, feed=val[0] if val is not None else None, invocation=_command_line(ctx)
+    )
     if report_json is not None:
-        report.write_text(report_json, report.to_json(result))
+        report.write_text(report_json, report.to_json(result, provenance=prov))
     if report_md is not None:
-        report.write_text(report_md, report.to_markdown(result))
+        report.write_text(report_md, report.to_markdown(result, provenance=prov))
     if report_html is not None:
-        report.write_text(report_html, report.to_html(result))
+        report.write_text(report_html, report.to_html(result, provenance=prov))
 
     if as_json:
-        d = result.to_dict()
+        d = report.report_dict(result, prov)
         d["output"] = str(written) if written else None
         echo_json(d)
     else:
@@ -150,6 +153,25 @@ def command(
         )
         details = "; ".join(g.describe() for g in result.failed_gates)
         raise GateFailedError(f"gate failed: {names}: {details}; {where}")
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as given (options the user set, in canonical spelling), for the reports."""
+    import shlex
+
+    words = ctx.command_path.split()
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name or "")
+        value = ctx.params.get(param.name or "")
+        if source is not click.core.ParameterSource.COMMANDLINE or value is None:
+            continue
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif isinstance(param, click.Option) and param.is_flag:
+            words.append(param.opts[-1] if value else (param.secondary_opts or param.opts)[-1])
+        elif isinstance(param, click.Option):
+            words += [param.opts[-1], str(value)]
+    return shlex.join(words)
 
 
 def _print_table(result: Any, written: Path | None, out: Path) -> None:

@@ -1,4 +1,9 @@
-"""Reports of an optimize() run: JSON, Markdown (CI job summaries) and self-contained HTML with plots."""
+"""Reports of an optimize() run: JSON, Markdown (CI job summaries) and self-contained HTML with plots.
+
+Every format carries the run's provenance (onnxopt.core.provenance): the input model's name,
+sha256 and size, the machine, the software versions, the timed shapes and batch, the date and
+the command line or API call, so a reader can tell what was measured.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,48 @@ from typing import Any
 
 from onnxopt.core.errors import MissingExtraError
 from onnxopt.core.jsonable import json_default
+from onnxopt.core.provenance import Provenance
 from onnxopt.optimization.types import OptimizeResult
 
 COLUMNS = ("stage", "size", "p50 ms", "speedup [95% CI]", "cosine", "top-1 agree", "accuracy", "pass time", "kept")
 
+
+def provenance_of(
+    result: OptimizeResult,
+    *,
+    model_path: str | os.PathLike[str] | None = None,
+    feed: Any = None,
+    invocation: str | None = None,
+) -> Provenance:
+    """The provenance of an optimize() run.
+
+    model_path: the input file (hashed as it is on disk; default: the serialized input model).
+    feed: the verification inputs given to optimize() as `val[0]` (the timed shapes come from
+    it when the batch axis is dynamic). invocation: the command line; default: the API call.
+    """
+    from onnxopt.core.provenance import collect, timed_shapes
+
+    original = result.stages[0]
+    bench = next((s.bench for s in result.stages if s.bench is not None), None)
+    if invocation is None:
+        invocation = (
+            f"onnxopt.optimize(model, recipe={result.recipe.description or 'custom'!r}, "
+            f"config={result.config!r})"
+        )
+    return collect(
+        original.model,
+        path=model_path,
+        shapes=timed_shapes(original.model, feed),
+        batch=bench.batch if bench is not None else 1,
+        threads=bench.threads if bench is not None else result.config.threads,
+        invocation=invocation,
+    )
+
+
+def report_dict(result: OptimizeResult, provenance: Provenance | None = None, samples: bool = False) -> dict[str, Any]:
+    """The JSON report as a dict: the result's fields plus `provenance`."""
+    prov = provenance or provenance_of(result)
+    return {**result.to_dict(samples=samples), "provenance": prov.to_dict()}
 
 
 def _size(n: int) -> str:
@@ -94,9 +137,9 @@ def summary_line(result: OptimizeResult) -> str:
     return ", ".join(parts)
 
 
-def to_json(result: OptimizeResult, samples: bool = True) -> str:
-    """The full result as indented JSON."""
-    return json.dumps(result.to_dict(samples=samples), indent=2, default=_default)
+def to_json(result: OptimizeResult, samples: bool = True, provenance: Provenance | None = None) -> str:
+    """The full result as indented JSON, with its provenance (schema: README, "Reports")."""
+    return json.dumps(report_dict(result, provenance, samples=samples), indent=2, default=_default)
 
 
 def _default(o: Any) -> Any:
@@ -110,9 +153,10 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_markdown(result: OptimizeResult, title: str = "onnxopt optimize") -> str:
+def to_markdown(result: OptimizeResult, title: str = "onnxopt optimize", provenance: Provenance | None = None) -> str:
     """A GitHub-flavoured Markdown report (fits $GITHUB_STEP_SUMMARY)."""
-    lines = [f"### {title}", ""]
+    prov = provenance or provenance_of(result)
+    lines = [f"### {title}", "", _md_escape(prov.headline()), ""]
     status = "passed" if result.gates_passed else "FAILED"
     if result.gates:
         lines.append(f"**Gates {status}**")
@@ -139,7 +183,18 @@ def to_markdown(result: OptimizeResult, title: str = "onnxopt optimize") -> str:
         "Speedup: p50 of the input / p50 of the stage, measured interleaved; 95% bootstrap CI."
     )
     lines.append("")
+    lines += ["| provenance | |", "|---|---|"]
+    lines += [f"| {label} | {_md_escape(_md_code(text) if label in _CODE else text)} |" for label, text in prov.summary_lines()]
+    lines.append("")
     return "\n".join(lines)
+
+
+_CODE = ("sha256", "invocation")
+
+
+def _md_code(text: str) -> str:
+    tick = "``" if "`" in text else "`"
+    return f"{tick}{text}{tick}"
 
 
 def check_html_available() -> None:
@@ -204,9 +259,10 @@ def plots(result: OptimizeResult) -> dict[str, str]:
     return out
 
 
-def to_html(result: OptimizeResult, title: str = "onnxopt optimize") -> str:
-    """A self-contained HTML page: table, gates, warnings and embedded PNG plots."""
+def to_html(result: OptimizeResult, title: str = "onnxopt optimize", provenance: Provenance | None = None) -> str:
+    """A self-contained HTML page: table, gates, warnings, embedded PNG plots and provenance."""
     images = plots(result)
+    prov = provenance or provenance_of(result)
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -215,9 +271,11 @@ def to_html(result: OptimizeResult, title: str = "onnxopt optimize") -> str:
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}.warn{background:#fff3bf;padding:8px;font-weight:bold}"
-        ".fail{color:#c92a2a;font-weight:bold}.pass{color:#2b8a3e}</style>",
+        ".fail{color:#c92a2a;font-weight:bold}.pass{color:#2b8a3e}"
+        ".provenance td,.provenance th{text-align:left}.provenance code{word-break:break-all}</style>",
         "</head><body>",
         f"<h1>{e(title)}</h1>",
+        f"<p class='provenance'>{e(prov.headline())}</p>",
     ]
     for w in result.warnings:
         parts.append(f"<p class='warn'>Warning: {e(w)}</p>")
@@ -236,6 +294,11 @@ def to_html(result: OptimizeResult, title: str = "onnxopt optimize") -> str:
         if key in images:
             parts.append(f"<h2>{e(caption)}</h2><img alt='{e(caption)}' src='data:image/png;base64,{images[key]}'>")
     parts.append("<h2>Recipe</h2><pre>" + e(result.recipe.to_toml()) + "</pre>")
+    parts.append("<h2>Provenance</h2><table class='provenance'>")
+    for label, text in prov.summary_lines():
+        value = f"<code>{e(text)}</code>" if label in _CODE else e(text)
+        parts.append(f"<tr><th>{e(label)}</th><td>{value}</td></tr>")
+    parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
