@@ -10,6 +10,8 @@ nothing left behind after a failure; inputs unchanged; bad input refused). The l
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -93,13 +95,19 @@ def test_worker_runs_cases_and_sees_changes() -> None:
     clobber = Case(3, "prune", "files", "files:output=model(-o)", "mlp",
                    ("prune", "in/model.onnx", "-o", "in/model.onnx", "--min-elements", "0"), (model,),
                    ("in/model.onnx",), REJECT)  # fmt: skip
-    outcomes = run_cases([ok, usage, clobber], timeout=60)
+    slow = Case(4, "bench", "option", "option:--duration=60", "mlp",
+                ("bench", "in/model.onnx", "--runs", "2", "--warmup", "0", "--duration", "60"), (model,), (), None)  # fmt: skip
+    again = replace(ok, index=5)
+    outcomes = run_cases([ok, usage, clobber, slow, again], timeout=4)
     assert [(o.status, o.rc) for o in outcomes[:2]] == [("exit", 0), ("exit", 2)]
     assert judge(outcomes[0]) == [] and judge(outcomes[1]) == []
     assert "Gemm" in outcomes[0].stdout
     # Whatever prune does with -o == its input, the rules see it: refused, or flagged.
-    last = outcomes[2]
-    assert last.rc != 0 or {f.category for f in judge(last)} >= {"accepted", "input-modified"}
+    clobbered = outcomes[2]
+    assert clobbered.rc != 0 or {f.category for f in judge(clobbered)} >= {"accepted", "input-modified"}
+    # A case over the timeout is a hang; the worker is replaced and the next case runs.
+    assert [f.category for f in judge(outcomes[3])] == ["hang"]
+    assert (outcomes[4].status, outcomes[4].rc) == ("exit", 0)
 
 
 @pytest.mark.slow

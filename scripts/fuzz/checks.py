@@ -107,7 +107,9 @@ def judge(o: Outcome) -> list[Failure]:
     if o.status == "crash":
         sig = -(o.rc or 0)
         name = signal.Signals(sig).name if sig in signal.valid_signals() else f"exit {o.rc}"
-        out.append(Failure("crash", f"{name} at {_location(list(_FRAME.finditer(o.stderr)))} ({c.command})"))
+        # faulthandler lists the most recent call first: reverse to traceback order.
+        frames = list(_FRAME.finditer(o.stderr))[::-1]
+        out.append(Failure("crash", f"{name} at {_location(frames)} ({c.command})"))
     elif o.status == "hang":
         out.append(Failure("hang", f"hang: {what}"))
     elif o.status == "exit" and o.rc not in (0, 1, 2, 3):
