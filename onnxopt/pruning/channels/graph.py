@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
+from onnxopt.core.model import subgraph_inputs
+
 
 class Unsafe(Exception):
     """A group's channels cannot be traced safely; the message says where and why."""
@@ -71,7 +73,7 @@ class GraphIndex:
                     self.consumers.setdefault(name, []).append((i, j))
         self.outputs = {o.name for o in g.output}
         self.graph_inputs = {i.name for i in g.input}
-        self.subgraph_refs = subgraph_names(g)
+        self.subgraph_refs = subgraph_inputs(g.node)
         self.shapes = _infer_shapes(model)
         self._const_cache: dict[str, np.ndarray | None] = {}
 
@@ -121,18 +123,6 @@ class GraphIndex:
         """A node's name for messages."""
         n = self.nodes[i]
         return n.name or f"{n.op_type}#{i}"
-
-
-def subgraph_names(g: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for n in g.node:
-        for a in n.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for sg in subs:
-                for sn in sg.node:
-                    names.update(sn.input)
-                names |= subgraph_names(sg)
-    return names
 
 
 def _infer_shapes(model: ModelProto) -> dict[str, tuple[int | None, ...]]:
