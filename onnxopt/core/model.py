@@ -110,8 +110,6 @@ def _uses_external_data(model: ModelProto) -> bool:
     )
 
 
-
-
 def validate_model(model: ModelProto | str | os.PathLike[str], *, check_runtime: bool = True) -> None:
     """Run onnx.checker and (optionally) create an onnxruntime session; raise InvalidModelError."""
     name = str(model) if not isinstance(model, ModelProto) else (model.graph.name or "model")

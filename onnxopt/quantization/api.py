@@ -46,11 +46,6 @@ from onnxopt.quantization.session import QuantSession, built_entry
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
 @dataclass(frozen=True)
 class QuantizeResult:
     """The model to keep, whether it holds int8 nodes, whether the budget holds, and the report."""
@@ -61,10 +56,6 @@ class QuantizeResult:
     report: dict[str, Any]  # JSON-serializable
 
 
-
-
-
-
 def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
     known = {n.name for n in model.graph.node}
     unknown = [n for n in names if n not in known]
@@ -73,8 +64,6 @@ def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
             f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model; "
             "list node names with `onnxopt inspect --json` or Netron"
         )
-
-
 
 
 def _eval_data(model: ModelProto, source: CalibrationSource | None, val: tuple[Feed, np.ndarray | None] | None,
@@ -187,10 +176,6 @@ def int8_floor(model: ModelProto) -> int:
         int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
     )
     return int(model_size(model) - 0.75 * f32)
-
-
-
-
 
 
 def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: BenchConfig | None

@@ -347,8 +347,6 @@ def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) 
     return quantized, left
 
 
-
-
 def model_size(model: ModelProto) -> int:
     """Serialized size in bytes (the file size when saved without external data)."""
     return int(model.ByteSize())

@@ -1,14 +1,12 @@
-"""Graph index and data types of channel pruning: constants, shapes, sources, groups and cuts.
+"""What channel pruning knows about a graph, and the records it fills in.
 
-A group starts at a *source* (a Conv with group=1, or a Gemm/MatMul with a constant 2-D weight)
-whose output channels could be removed, and is flooded forward and backward through the graph:
-element-wise ops, activations, pools, BatchNormalization and depthwise Conv carry the channels
-on; residual Add/Mul pull the other operand's producer into the same group; Concat shifts the
-channels by an offset; Flatten/Reshape turn each channel into a block of H*W features; Conv,
-Gemm and MatMul consumers end the group (they lose input channels). Each tensor a group
-reaches records `positions`: an int array (channels, m) giving, for every group channel, the
-m positions it occupies on the tensor's channel axis. Anything the rules do not cover marks
-the group unsafe with a reason; unsafe groups are left alone.
+GraphIndex indexes a model's main graph once: producers and consumers of every tensor, constant
+values (initializers, Identity of one, Constant nodes), inferred shapes and the names subgraphs
+read. Group is one dependency group (built in onnxopt.pruning.channels.groups): its sources, the
+tensors it reaches with the `positions` of its channels on each, and the ParamCut records of the
+constants that lose entries; Unsafe is raised where the channels cannot be followed.
+is_source, source_output and source_cuts say which nodes (Conv with group=1, Gemm/MatMul with a
+constant 2-D weight) start a group and which of their parameters lose output channels.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Structured channel pruning of an ONNX graph: remove whole output channels and everything they feed.
 
-For each dependency group (onnxopt.channel_graph) the channels are scored by the group sum of
+For each dependency group (onnxopt.pruning.channels.groups) the channels are scored by the group sum of
 the L1 or L2 norms of the sources' output-channel weights; the lowest-scoring `ratio` of them
 are removed from every parameter in the group: the sources' weights and biases, BatchNorm
 parameters, per-channel constants, depthwise Conv weights (and `group`), and the consumers'
