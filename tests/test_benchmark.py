@@ -182,7 +182,7 @@ def test_needs_custom_ops(mlp_model: onnx.ModelProto) -> None:
 
 def test_peak_rss_is_the_workers_own(mlp_model: onnx.ModelProto) -> None:
     # ru_maxrss survives execve: a worker must not report the peak of the process that started it.
-    from onnxopt.measure.benchmark import measure_peak_rss
+    from onnxopt.measure.isolation import measure_peak_rss
 
     big = np.ones(25_000_000)  # ~200 MB touched in this process
     assert big[-1] == 1.0

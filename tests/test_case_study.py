@@ -49,8 +49,15 @@ def test_case_study_smoke(tmp_path: Path) -> None:
     # every pass of the recipe that changed the model is a row, ending with int8
     assert [n for n in names if n.startswith("5.")][-1].startswith("5. + quantized")
     assert results["final"] in names and results["final"].endswith("= final")
-    for r in results["rows"]:
-        assert 0.0 <= r["accuracy"] <= 100.0
+    # each row's accuracy is the saved model's, recomputed here from the test split's labels
+    x, y = cs.load_data(0)["test"]
+    stage_files = sorted(out.glob("final_*_*.onnx"), key=lambda p: int(p.name.split("_")[1]))
+    files = [out / f for f in ("teacher.onnx", "student_keras_labels_only.onnx", "student_keras.onnx",
+                                "student_torch.onnx", "search_best.onnx")] + stage_files
+    assert len(files) == len(results["rows"])
+    for f, r in zip(files, results["rows"]):
+        pred = run_batched(load_model(f), {"input": x})[0].argmax(axis=1)
+        assert r["accuracy"] == pytest.approx(100.0 * float((pred == y).mean()), abs=1e-9), (f.name, r["model"])
         assert r["p50_ms"] > 0 and r["file_size"] > 0 and r["params"] > 0
         lo, hi = r["speedup_ci"]
         assert lo <= r["speedup"] <= hi

@@ -84,7 +84,8 @@ def test_bench_data_and_memory_subprocess(digits_cnn: Path, digits_val: Path) ->
     assert code == 0, out
     r = json.loads(out)["results"][0]
     assert r["isolation"] == "subprocess" and r["batch"] == 4
-    assert r["peak_rss_mb"] is not None and r["peak_rss_mb"] >= 0
+    # a session of this small CNN adds some memory, far less than a GiB
+    assert r["peak_rss_mb"] is not None and 0 < r["peak_rss_mb"] < 1024
 
 
 def test_bench_plot(tmp_path: Path, digits_cnn: Path) -> None:

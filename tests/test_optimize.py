@@ -180,22 +180,17 @@ def test_default_output_is_beside_the_input() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kw", "needle"),
+    ("cls", "kw", "needle"),
     [
-        ({"objective": "speed"}, "--objective"),
-        ({"bench_runs": 1}, "--bench-runs"),
-        ({"gates": None}, None),
+        (OptimizeConfig, {"objective": "speed"}, "--objective"),
+        (OptimizeConfig, {"bench_runs": 1}, "--bench-runs"),
+        (Gates, {"min_cosine": 2.0}, "--min-cosine"),
+        (Gates, {"max_size_mb": -1.0}, "--max-size-mb"),
     ],
 )
-def test_config_validation(kw: dict, needle: str | None) -> None:
-    if needle is None:
-        with pytest.raises(InvalidInputError, match="--min-cosine"):
-            Gates(min_cosine=2.0)
-        with pytest.raises(InvalidInputError, match="--max-size-mb"):
-            Gates(max_size_mb=-1.0)
-        return
+def test_config_validation(cls: type, kw: dict, needle: str) -> None:
     with pytest.raises(InvalidInputError, match=needle):
-        OptimizeConfig(**kw)
+        cls(**kw)
 
 
 def test_postprocessed_stages_are_verified_against_postprocessed_input(digits: tuple) -> None:

@@ -170,10 +170,14 @@ def test_fold_constants_nothing_to_do(mlp_model: ModelProto) -> None:
 
 
 def test_fold_constants_respects_max_bytes() -> None:
-    r = FoldConstantsPass(max_bytes=8)(parser.parse_model(FOLDABLE), PassContext())
-    # Each folded tensor (4 floats, 16 bytes) is above the limit; the scalar Constant is not.
-    assert r.report.get("folded_nodes", 0) <= 1
-    assert "Sqrt" in {n.op_type for n in r.model.graph.node}
+    m = parser.parse_model(FOLDABLE)
+    r = FoldConstantsPass(max_bytes=8)(m, PassContext())
+    # Each folded tensor (4 floats, 16 bytes) is above the limit; the scalar Constant (4 bytes) is not.
+    assert r.modified and r.report["folded_nodes"] == 1 and r.report["folded_ops"] == {"Constant": 1}
+    assert r.report["skipped_too_big"] == 2
+    assert [n.op_type for n in r.model.graph.node] == ["Mul", "Sqrt", "Add"]
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(run(m, {"x": x})[0], run(r.model, {"x": x})[0])
 
 
 def test_fold_constants_option_validation() -> None:

@@ -25,7 +25,8 @@ COMMANDS = {
     "optimize": "optimize_cmd",
 }
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+# The other exit codes come from the errors themselves (OnnxoptError.exit_code: 1, or 3 for a gate).
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 class LazyGroup(click.Group):

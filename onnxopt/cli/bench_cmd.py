@@ -9,12 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxopt.cli._options import echo_json, human_bytes, json_option, session_options
+from onnxopt.cli._options import BenchOptions, bench_options, echo_json, human_bytes, json_option
 
 if TYPE_CHECKING:
-    from onnx import ModelProto
-
-    from onnxopt.core.feeds import Feed
     from onnxopt.measure.benchmark import BenchConfig, BenchResult
     from onnxopt.measure.stats import RatioCI
 
@@ -22,125 +19,6 @@ MODE_TEXT = {
     "interleaved": "interleaved rounds in one process (spinning off, start order rotated each round)",
     "subprocess": "each model in its own fresh process, alternating blocks",
 }
-
-
-def parse_threads(text: str | None) -> list[int] | None:
-    """'1,2' -> [1, 2]; None -> None (the default: physical cores)."""
-    from onnxopt.core.errors import InvalidInputError
-
-    if text is None:
-        return None
-    try:
-        values = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError as e:
-        raise InvalidInputError(f"--threads {text!r}: expected integers like 1,2") from e
-    if not values or any(v < 0 for v in values):
-        raise InvalidInputError(f"--threads {text!r}: expected non-negative integers like 1,2")
-    return list(dict.fromkeys(values))
-
-
-def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by bench and compare: measurement settings and inputs."""
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthesized inputs.")(f)
-    f = click.option(
-        "--ratio-quantile",
-        type=click.FloatRange(0.0, 1.0),
-        default=0.5,
-        show_default=True,
-        help="Latency quantile ratios compare (0.5: medians; 0.25 is steadier on a busy machine).",
-    )(f)
-    f = click.option(
-        "--spin/--no-spin",
-        default=False,
-        show_default=True,
-        help="Let idle intra-op threads spin (onnxruntime's default). Honoured for a single session "
-        "or --isolation subprocess; interleaved runs of several sessions always turn it off.",
-    )(f)
-    f = click.option(
-        "--memory", is_flag=True, help="Also measure peak RSS of each session (fresh subprocess; slower)."
-    )(f)
-    f = click.option(
-        "--isolation",
-        type=click.Choice(["interleaved", "subprocess"]),
-        default="interleaved",
-        show_default=True,
-        help="Interleaved rounds in one process, or each model in its own process.",
-    )(f)
-    f = click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs per model first.")(f)
-    f = click.option(
-        "--duration", type=float, default=None, help="Keep measuring for this many seconds (at least --runs)."
-    )(f)
-    f = click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per model.")(f)
-    f = click.option(
-        "--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..", help="Concrete shape of an input."
-    )(f)
-    f = click.option("--batch", type=int, default=1, show_default=True, help="Batch size of each run.")(f)
-    f = click.option(
-        "--threads", default=None, metavar="N[,N..]", help="Intra-op threads; a list sweeps (default: physical cores)."
-    )(f)
-    return session_options(f)
-
-
-def make_config(
-    threads: list[int] | None,
-    provider: str,
-    inter_threads: int,
-    opt_level: str,
-    batch: int,
-    shapes: Sequence[str],
-    runs: int,
-    duration: float | None,
-    warmup: int,
-    isolation: str,
-    memory: bool,
-    seed: int,
-    spin: bool = False,
-) -> BenchConfig:
-    """A BenchConfig from the CLI options (the first thread count is the session's)."""
-    from onnxopt.core.feeds import parse_shape_overrides
-    from onnxopt.core.runtime import SessionConfig, physical_cores
-    from onnxopt.measure.benchmark import BenchConfig
-
-    session = SessionConfig(
-        provider=provider,
-        intra_op_threads=threads[0] if threads else physical_cores(),
-        inter_op_threads=inter_threads,
-        opt_level=opt_level,
-        allow_spinning=spin,
-    )
-    return BenchConfig(
-        session=session,
-        warmup=warmup,
-        runs=runs,
-        duration_s=duration,
-        batch=batch,
-        seed=seed,
-        isolation=isolation,
-        measure_memory=memory,
-        shape_overrides=parse_shape_overrides(shapes) or None,
-    )
-
-
-def load_data_feed(model: ModelProto, data: Path, batch: int, labels_key: str = "labels") -> Feed:
-    """The first `batch` samples of an .npz for the model's inputs (checked; one line per mismatch)."""
-    from onnxopt.core.errors import InvalidInputError
-    from onnxopt.core.feeds import (
-        check_feed,
-        first_batch,
-        load_npz,
-        model_feed_from_npz,
-        with_free_batch,
-    )
-
-    arrays = load_npz(data)
-    arrays.pop(labels_key, None)
-    feed = model_feed_from_npz(with_free_batch(model), arrays, source=str(data))
-    n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
-    if n < batch:
-        raise InvalidInputError(f"{data}: has {n} samples, fewer than --batch {batch}")
-    out = first_batch(feed, batch)
-    check_feed(model, out, f"{data} (first {batch} samples; --batch)")
-    return out
 
 
 @contextmanager
@@ -300,20 +178,7 @@ def results_json(
 @json_option
 def command(
     models: tuple[Path, ...],
-    threads: str | None,
-    provider: str,
-    inter_threads: int,
-    opt_level: str,
-    batch: int,
-    shapes: tuple[str, ...],
-    runs: int,
-    duration: float | None,
-    warmup: int,
-    isolation: str,
-    memory: bool,
-    seed: int,
-    ratio_quantile: float,
-    spin: bool,
+    bench: BenchOptions,
     data: Path | None,
     show_compare: bool,
     plot: Path | None,
@@ -340,13 +205,10 @@ def command(
         raise click.UsageError("give at least one MODEL (or --list-providers)")
     from onnxopt.core.errors import InvalidInputError
     from onnxopt.core.model import load_model
-    from onnxopt.measure.benchmark import benchmark
+    from onnxopt.measure.benchmark import benchmark, data_feed
 
-    thread_list = parse_threads(threads)
-    config = make_config(thread_list, provider, inter_threads, opt_level, batch, shapes, runs, duration,
-                         warmup, isolation, memory, seed, spin)
-    protos = [load_model(m) for m in models]
-    feed = load_data_feed(protos[0], data, batch) if data is not None else None
+    config = bench.config()
+    feed = data_feed(load_model(models[0]), data, bench.batch) if data is not None else None
     if plot is not None:
         from onnxopt.measure.plots import require_matplotlib
 
@@ -357,9 +219,9 @@ def command(
     with progress_bar(not as_json, "benchmarking") as cb:
         results = benchmark(
             [str(m) for m in models], config, feed=feed, names=names, progress=cb,
-            threads=thread_list if thread_list and len(thread_list) > 1 else None,
+            threads=bench.threads if bench.threads and len(bench.threads) > 1 else None,
         )
-    comps = comparisons(results, ratio_quantile) if show_compare and len(results) > 1 else []
+    comps = comparisons(results, bench.ratio_quantile) if show_compare and len(results) > 1 else []
     if plot is not None:
         from onnxopt.measure.plots import latency_plot
 

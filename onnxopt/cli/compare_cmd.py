@@ -7,30 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxopt.cli._options import echo_json, json_option
-from onnxopt.cli.bench_cmd import bench_options
+from onnxopt.cli._options import BenchOptions, bench_options, echo_json, json_option
 
 if TYPE_CHECKING:
+    from onnxopt.measure.benchmark import BenchConfig
+    from onnxopt.measure.compare import Comparison
     from onnxopt.measure.fidelity import FidelityReport
-
-
-def check_gates(
-    report: FidelityReport,
-    speedup: float | None,
-    max_accuracy_drop: float | None,
-    min_speedup: float | None,
-    min_cosine: float | None,
-) -> list[str]:
-    """Messages of the gates that failed (empty when every requested gate passed)."""
-    failed = []
-    drop = report.accuracy_drop
-    if max_accuracy_drop is not None and drop is not None and drop > max_accuracy_drop:
-        failed.append(f"accuracy drop {drop:.2f} pp > --max-accuracy-drop {max_accuracy_drop:g}")
-    if min_cosine is not None and report.min_cosine < min_cosine:
-        failed.append(f"min cosine {report.min_cosine:.6f} < --min-cosine {min_cosine:g}")
-    if min_speedup is not None and speedup is not None and speedup < min_speedup:
-        failed.append(f"speedup {speedup:.3f}x < --min-speedup {min_speedup:g}")
-    return failed
 
 
 def print_fidelity(report: FidelityReport, feed_source: str) -> None:
@@ -84,20 +66,7 @@ def command(
     min_speedup: float | None,
     min_cosine: float | None,
     no_latency: bool,
-    threads: str | None,
-    provider: str,
-    inter_threads: int,
-    opt_level: str,
-    batch: int,
-    shapes: tuple[str, ...],
-    runs: int,
-    duration: float | None,
-    warmup: int,
-    isolation: str,
-    memory: bool,
-    seed: int,
-    ratio_quantile: float,
-    spin: bool,
+    bench: BenchOptions,
     as_json: bool,
 ) -> None:
     """Compare CANDIDATE to REFERENCE: outputs on the same inputs, accuracy, then latency.
@@ -111,75 +80,44 @@ def command(
       onnxopt compare model.onnx model.int8.onnx --data val.npz
       onnxopt compare model.onnx model.int8.onnx --data val.npz --max-accuracy-drop 0.5 --min-speedup 1.2
     """
-    from onnxopt.cli.bench_cmd import (
-        load_data_feed,
-        make_config,
-        parse_threads,
-        print_comparisons,
-        print_results,
-        progress_bar,
-        results_json,
-    )
+    from onnxopt.cli.bench_cmd import progress_bar
     from onnxopt.core.errors import GateFailedError, InvalidInputError
-    from onnxopt.core.feeds import parse_shape_overrides, synthesize_feed
-    from onnxopt.core.model import load_model
-    from onnxopt.measure.benchmark import benchmark
-    from onnxopt.measure.fidelity import check_same_inputs, compare_models, load_eval_data
-    from onnxopt.measure.stats import latency_ratio
+    from onnxopt.measure.compare import CompareGates, compare_files
 
-    if n_samples < 1:
-        raise InvalidInputError(f"--samples must be >= 1, got {n_samples}")
-    if min_speedup is not None and no_latency:
-        raise InvalidInputError("--min-speedup needs the latency comparison: drop --no-latency")
-    thread_list = parse_threads(threads)
-    if thread_list and len(thread_list) > 1:
+    if bench.threads and len(bench.threads) > 1:
         raise InvalidInputError("compare takes one --threads value; use `onnxopt bench --threads 1,2` to sweep")
-    config = make_config(thread_list, provider, inter_threads, opt_level, batch, shapes, runs, duration,
-                         warmup, isolation, memory, seed, spin)
-    ref = load_model(reference)
-    cand = load_model(candidate)
-    check_same_inputs(ref, cand)
-    labels = None
-    if data is not None:
-        feed, labels = load_eval_data(ref, data, labels_key)
-        if labels is None and labels_key != "labels":
-            raise InvalidInputError(f"{data}: no array named {labels_key!r} (--labels-key)")
-        source = str(data)
-    else:
-        feed = synthesize_feed(ref, batch=n_samples, overrides=parse_shape_overrides(shapes) or None, seed=seed)
-        source = f"synthesized, seed {seed}"
-    if max_accuracy_drop is not None and labels is None:
-        raise InvalidInputError(
-            f"--max-accuracy-drop needs labels: pass --data with a {labels_key!r} array (or set --labels-key)"
+    config = bench.config()
+    with progress_bar(not as_json and not no_latency, "benchmarking") as cb:
+        result = compare_files(
+            reference, candidate, config, latency=not no_latency, data=data, labels_key=labels_key,
+            samples=n_samples, quantile=bench.ratio_quantile,
+            gates=CompareGates(max_accuracy_drop, min_speedup, min_cosine), progress=cb,
         )
-    fid = compare_models(ref, cand, feed, labels)
-
-    results: list[Any] = []
-    ratio = None
-    if not no_latency:
-        bench_feed = load_data_feed(ref, data, batch, labels_key) if data is not None else None
-        with progress_bar(not as_json, "benchmarking") as cb:
-            results = benchmark([ref, cand], config, feed=bench_feed,
-                                names=[reference.name, candidate.name], progress=cb)
-        ratio = latency_ratio(results[1], results[0], quantile=ratio_quantile)
-    failed = check_gates(fid, ratio.speedup if ratio else None, max_accuracy_drop, min_speedup, min_cosine)
-
     if as_json:
-        doc: dict[str, Any] = {
-            "reference": str(reference),
-            "candidate": str(candidate),
-            "data": source,
-            "fidelity": fid.to_dict(),
-        }
-        if results and ratio is not None:
-            doc["latency"] = results_json(results, config, [(results[1], results[0], ratio)])
-            doc["speedup"] = ratio.speedup
-        doc["gates_failed"] = failed
-        echo_json(doc)
+        echo_json(_json(result, reference, candidate, config))
     else:
-        print_fidelity(fid, source)
-        if results and ratio is not None:
-            print_results(results, config)
-            print_comparisons([(results[1], results[0], ratio)])
-    if failed:
-        raise GateFailedError("gate failed: " + "; ".join(failed))
+        from onnxopt.cli.bench_cmd import print_comparisons, print_results
+
+        print_fidelity(result.fidelity, result.data)
+        if result.results and result.ratio is not None:
+            print_results(result.results, config)
+            print_comparisons([(result.results[1], result.results[0], result.ratio)])
+    if result.failed:
+        raise GateFailedError("gate failed: " + "; ".join(result.failed))
+
+
+def _json(result: Comparison, reference: Path, candidate: Path, config: BenchConfig) -> dict[str, Any]:
+    """The document `compare --json` prints."""
+    from onnxopt.cli.bench_cmd import results_json
+
+    doc: dict[str, Any] = {
+        "reference": str(reference),
+        "candidate": str(candidate),
+        "data": result.data,
+        "fidelity": result.fidelity.to_dict(),
+    }
+    if result.results and result.ratio is not None:
+        doc["latency"] = results_json(result.results, config, [(result.results[1], result.results[0], result.ratio)])
+        doc["speedup"] = result.ratio.speedup
+    doc["gates_failed"] = list(result.failed)
+    return doc

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from onnxopt.cli._options import echo_json, model_argument
+from onnxopt.cli._options import (
+    echo_json,
+    json_option,
+    model_argument,
+    output_option,
+    seed_option,
+    threads_option,
+)
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
@@ -18,13 +25,13 @@ def _gate(name: str, help_text: str) -> Any:
 
 @click.command("optimize")
 @model_argument
-@click.option("-o", "--output", type=_PATH, default=None, help="Output .onnx (default: MODEL.opt.onnx beside the input).")
+@output_option(required=False, help="Output .onnx (default: MODEL.opt.onnx beside the input).")
 @click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Recipe TOML (default: chosen for the model; see --show-recipe).")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Validation .npz (inputs + optional 'labels') for verification and accuracy.")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None, help="Calibration data for static quantization (.npz, folder of .npy/.npz or images).")
 @click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True, help="latency: keep int8 only when measured faster; size: always keep int8.")
 @click.option("--show-recipe", is_flag=True, help="Print the recipe that would run, as TOML, and exit.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic inputs, calibration and the bootstrap.")
+@seed_option("Seed for synthetic inputs, calibration and the bootstrap.")
 @_gate("--max-accuracy-drop", "Gate: max accuracy points lost (needs --data with labels).")
 @_gate("--min-cosine", "Gate: min output cosine similarity vs the input model.")
 @_gate("--min-speedup", "Gate: min p50 speedup (point estimate) vs the input model.")
@@ -34,10 +41,10 @@ def _gate(name: str, help_text: str) -> Any:
 @click.option("--report-md", type=_PATH, default=None, help="Write a Markdown report (fits $GITHUB_STEP_SUMMARY).")
 @click.option("--report-html", type=_PATH, default=None, help="Write a self-contained HTML report with plots (report extra).")
 @click.option("--no-output-on-fail", is_flag=True, help="Do not write the model when a gate fails.")
-@click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads for benchmarking (0: physical cores).")
+@threads_option("Intra-op threads for benchmarking (0: physical cores).")
 @click.option("--bench-runs", type=int, default=50, show_default=True, help="Minimum timed runs per stage (interleaved).")
 @click.option("--bench-seconds", type=float, default=2.0, show_default=True, help="Benchmark for at least this long (more rounds: tighter CIs).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@json_option
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -46,22 +53,13 @@ def command(
     recipe: Path | None,
     data: Path | None,
     calib_data: Path | None,
-    objective: str,
     show_recipe: bool,
-    seed: int,
-    max_accuracy_drop: float | None,
-    min_cosine: float | None,
-    min_speedup: float | None,
-    max_size_mb: float | None,
-    max_latency_ms: float | None,
     report_json: Path | None,
     report_md: Path | None,
     report_html: Path | None,
     no_output_on_fail: bool,
-    threads: int,
-    bench_runs: int,
-    bench_seconds: float,
     as_json: bool,
+    **settings: Any,
 ) -> None:
     """Optimize MODEL for CPU inference: run a recipe of passes, verify every stage against
     MODEL, benchmark all stages side by side, keep int8 only where it is faster, check gates.
@@ -75,84 +73,70 @@ def command(
       onnxopt optimize model.onnx --recipe recipe.toml --data val.npz \\
           --max-accuracy-drop 0.5 --min-speedup 1.2 --report-md summary.md
     """
-    from onnxopt.core.errors import GateFailedError, InvalidInputError
+    from onnxopt.core.errors import MissingLabelsError
     from onnxopt.core.model import load_model, same_file
+    from onnxopt.optimization import run
     from onnxopt.optimization.recipe import load_recipe
-    from onnxopt.optimization.run import default_output, default_recipe, optimize, save_result
-    from onnxopt.optimization.types import Gates, OptimizeConfig
 
-    if max_accuracy_drop is not None and data is None:
-        raise click.UsageError(
-            "--max-accuracy-drop needs labelled data: pass --data val.npz with a 'labels' array"
-        )
-    quiet = bool((ctx.obj or {}).get("quiet"))
-    try:
-        gates = Gates(max_accuracy_drop, min_cosine, min_speedup, max_size_mb, max_latency_ms)
-        config = OptimizeConfig(
-            objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
-            bench_seconds=bench_seconds, gates=gates,
-        )
-    except InvalidInputError as e:
-        raise click.UsageError(str(e)) from e
+    config = _config(**settings)
     proto = load_model(model)
-    rec = load_recipe(recipe) if recipe is not None else default_recipe(proto, objective)
+    decided = run.plan(proto, load_recipe(recipe) if recipe is not None else None, config)
     if show_recipe:
-        click.echo(rec.to_toml(), nl=False)
+        click.echo(decided.recipe.to_toml(), nl=False)
         return
     if report_html is not None:
         from onnxopt.optimization.report import check_html_available
 
         check_html_available()
-    out = output or default_output(model)
+    out = output or run.default_output(model)
     if same_file(out, model):
         raise click.UsageError(f"-o {out}: that is the input model; choose another output path")
-    val = None
-    if data is not None:
-        from onnxopt.measure.fidelity import load_eval_data
-
-        val = load_eval_data(proto, data)
-        if max_accuracy_drop is not None and val[1] is None:
-            raise click.UsageError(
-                f"--max-accuracy-drop needs labelled data: {data} has no 'labels' array"
-            )
-    calib = None
-    if calib_data is not None:
-        from onnxopt.quantization.calibration import open_calibration
-
-        calib = open_calibration(proto, calib_data)
-
-    progress = None if (as_json or quiet) else (lambda msg: click.echo(f"... {msg}", err=True))
-    # recipe None: the default recipe, which also gets the never-slower fallback
-    result = optimize(proto, rec if recipe is not None else None, config, val=val, calib=calib, progress=progress)
-    written = save_result(result, out, input_path=model, write_on_gate_failure=not no_output_on_fail)
-
+    val, calib = run.load_data(proto, data, calib_data)
+    quiet = as_json or bool((ctx.obj or {}).get("quiet"))
+    progress = None if quiet else (lambda msg: click.echo(f"... {msg}", err=True))
+    try:
+        result = run.run_plan(proto, decided, val=val, calib=calib, progress=progress)
+    except MissingLabelsError as e:  # a missing --data is a usage error here, as for the other options
+        raise click.UsageError(str(e)) from e
+    written = run.save_result(result, out, input_path=model, write_on_gate_failure=not no_output_on_fail)
     from onnxopt.optimization import report
 
     prov = report.provenance_of(
         result, model_path=model, feed=val[0] if val is not None else None, invocation=_command_line(ctx)
     )
-    if report_json is not None:
-        report.write_text(report_json, report.to_json(result, provenance=prov))
-    if report_md is not None:
-        report.write_text(report_md, report.to_markdown(result, provenance=prov))
-    if report_html is not None:
-        report.write_text(report_html, report.to_html(result, provenance=prov))
-
+    _write_reports(result, prov, report_json, report_md, report_html)
     if as_json:
-        d = report.report_dict(result, prov)
-        d["output"] = str(written) if written else None
-        echo_json(d)
+        echo_json({**report.report_dict(result, prov), "output": str(written) if written else None})
     else:
         _print_table(result, written, out)
     if not result.gates_passed:
-        names = ", ".join(g.gate for g in result.failed_gates)
-        where = (
-            f"output written to {written} but marked (metadata onnxopt.gate_failed)"
-            if written
-            else "output not written (--no-output-on-fail)"
+        raise run.gate_error(result, written)
+
+
+def _config(
+    objective: str, seed: int, threads: int, bench_runs: int, bench_seconds: float, **gates: float | None
+) -> Any:
+    """The OptimizeConfig of the options; an out-of-range value is a usage error."""
+    from onnxopt.core.errors import InvalidInputError
+    from onnxopt.optimization.types import Gates, OptimizeConfig
+
+    try:
+        return OptimizeConfig(
+            objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
+            bench_seconds=bench_seconds, gates=Gates(**gates),
         )
-        details = "; ".join(g.describe() for g in result.failed_gates)
-        raise GateFailedError(f"gate failed: {names}: {details}; {where}")
+    except InvalidInputError as e:
+        raise click.UsageError(str(e)) from e
+
+
+def _write_reports(
+    result: Any, prov: Any, json_path: Path | None, md_path: Path | None, html_path: Path | None
+) -> None:
+    from onnxopt.optimization import report
+
+    for path, render in ((json_path, report.to_json), (md_path, report.to_markdown), (html_path, report.to_html)):
+        if path is not None:
+            report.write_text(path, render(result, provenance=prov))
 
 
 def _command_line(ctx: click.Context) -> str:

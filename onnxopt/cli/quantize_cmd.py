@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from onnxopt.cli._options import echo_json, human_bytes, json_option, model_argument, output_option
+from onnxopt.cli._options import (
+    echo_json,
+    human_bytes,
+    json_option,
+    model_argument,
+    output_option,
+    threads_option,
+)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -56,7 +63,7 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Image calibration: pixel scale.")
 @click.option("--grid", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
               help="auto: a CPU-ordered shortlist of candidates; full: onnxruntime's whole quantizer grid.")
-@click.option("--threads", type=int, default=0, help="Benchmark intra-op threads (0: physical cores).")
+@threads_option("Benchmark intra-op threads (0: physical cores).")
 @click.option("--runs", type=int, default=30, show_default=True, help="Timed rounds for the finalists.")
 @click.option("--no-bench", is_flag=True, help="dynamic/static: skip the latency measurement.")
 @click.option("--force", is_flag=True, help="Quantize even if the model already holds quantized ops.")
@@ -83,10 +90,11 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     """
     from onnxopt.core.errors import GateFailedError, InvalidInputError
     from onnxopt.core.model import load_model, same_file, save_model
-    from onnxopt.core.runtime import SessionConfig, physical_cores
+    from onnxopt.core.runtime import bench_session
     from onnxopt.measure.benchmark import BenchConfig
+    from onnxopt.measure.fidelity import load_eval_data
     from onnxopt.quantization.api import quantize
-    from onnxopt.quantization.calibration import ImageSpec, load_labelled, open_calibration
+    from onnxopt.quantization.calibration import ImageSpec, open_calibration
     from onnxopt.quantization.config import QuantizeConfig
 
     if same_file(output, model):
@@ -109,11 +117,10 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
         spec = ImageSpec(size=size, layout=layout, mean=_floats(mean, "--mean") or (0.0,),
                          std=_floats(std, "--std") or (1.0,), scale=scale)
         calib = open_calibration(proto, calib_data, samples=calib_samples, image=spec)
-    val = load_labelled(proto, val_data) if val_data is not None else None
+    val = load_eval_data(proto, val_data) if val_data is not None else None
     bench = None
     if mode == "auto" or not no_bench:
-        bench = BenchConfig(session=SessionConfig(intra_op_threads=threads or physical_cores(), allow_spinning=False),
-                            runs=max(2, runs))
+        bench = BenchConfig(session=bench_session(threads), runs=max(2, runs))
     result = quantize(proto, config, calib=calib, val=val, bench=bench)
     save_model(result.model, output, input_path=model)
     report: dict[str, Any] = dict(result.report)

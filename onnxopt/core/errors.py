@@ -23,6 +23,10 @@ class InvalidOptionError(InvalidInputError):
     exit_code = 2
 
 
+class MissingLabelsError(InvalidInputError):
+    """An accuracy gate was asked for without labelled data to measure it on."""
+
+
 class MissingExtraError(OnnxoptError):
     """An optional dependency is not installed; the message gives the pip command."""
 
@@ -52,13 +56,3 @@ def short_message(e: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message (or its type name), cut to limit."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(e).__name__)[:limit]
-
-
-def require(module: str, extra: str) -> object:
-    """Import an optional module or raise MissingExtraError naming the extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingExtraError(module.split(".")[0], extra) from e

@@ -184,6 +184,20 @@ def first_batch(feed: Feed, batch_size: int) -> Feed:
     return {k: v[:batch_size] for k, v in feed.items()}
 
 
+def add_batch_axis(model: ModelProto, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays, with a leading batch axis added to those one rank short of their input (a single sample).
+
+    A key that is not an input name matches the input of a single-input model.
+    """
+    specs = graph_inputs(model)
+    out = dict(data)
+    for key, arr in data.items():
+        spec = next((s for s in specs if s.name == key), specs[0] if len(specs) == 1 else None)
+        if spec is not None and len(spec.shape) == arr.ndim + 1:
+            out[key] = arr[None]
+    return out
+
+
 def with_free_batch(model: ModelProto) -> ModelProto:
     """An inputs-only view of a model whose fixed leading (batch) dims are made symbolic.
 

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,6 @@ def _uses_external_data(model: ModelProto) -> bool:
     )
 
 
-
-
 def validate_model(model: ModelProto | str | os.PathLike[str], *, check_runtime: bool = True) -> None:
     """Run onnx.checker and (optionally) create an onnxruntime session; raise InvalidModelError."""
     name = str(model) if not isinstance(model, ModelProto) else (model.graph.name or "model")
@@ -164,17 +163,62 @@ def graph_outputs(model: ModelProto) -> tuple[TensorSpec, ...]:
     return tensor_specs(model.graph.output)
 
 
+def fixed_batch(model: ModelProto) -> int | None:
+    """The batch size the model's inputs are fixed at: their one positive leading dimension,
+    or None when it is dynamic (or the inputs disagree, so there is no single batch)."""
+    sizes = {s.shape[0] for s in graph_inputs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    return int(sizes.pop()) if len(sizes) == 1 else None
+
+
+def node_subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds in its attributes (If branches, Loop/Scan bodies)."""
+    graphs: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
 def all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
     """graph and every subgraph inside it (If/Loop/Scan bodies), depth first."""
     graphs = [graph]
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                graphs.extend(all_graphs(attr.g))
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    graphs.extend(all_graphs(g))
+        for sub in node_subgraphs(node):
+            graphs.extend(all_graphs(sub))
     return graphs
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of graph and of its subgraphs."""
+    for g in all_graphs(graph):
+        yield from g.node
+
+
+def subgraph_inputs(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    """Tensor names read inside the subgraphs of nodes, at any depth (outer-scope values included)."""
+    return {
+        name
+        for node in nodes
+        for sub in node_subgraphs(node)
+        for inner in all_nodes(sub)
+        for name in inner.input
+    }
+
+
+def prune_opset_imports(model: ModelProto) -> ModelProto:
+    """Drop the opset imports of domains no node or function uses, in place; returns model.
+
+    onnxruntime's optimizer and quantizer write every domain they have registered (a dozen,
+    varying by process); the default domain is always kept.
+    """
+    used = {n.domain or "" for n in all_nodes(model.graph)} | {f.domain or "" for f in model.functions}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    return model
 
 
 def initializer_stats(model: ModelProto) -> tuple[int, int]:

@@ -90,6 +90,12 @@ class SessionConfig:
             )
 
 
+def bench_session(threads: int = 0) -> SessionConfig:
+    """The session settings of a measurement: `threads` intra-op threads (0: one per physical
+    core), no spinning (an idle spinning session steals the cores of the one being timed)."""
+    return SessionConfig(intra_op_threads=threads or physical_cores(), allow_spinning=False)
+
+
 def session_options(config: SessionConfig) -> ort.SessionOptions:
     """SessionOptions for a config."""
     so = ort.SessionOptions()

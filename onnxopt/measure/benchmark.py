@@ -9,18 +9,14 @@ Two isolation modes:
 * ``subprocess``: each model is timed in its own fresh Python process, one after the other,
   repeated in alternating blocks (A B, B A, ...). Slower to start, nothing else shares the process.
 
-Peak memory (``measure_memory``) is always measured in a fresh subprocess: the peak resident set
-size during session creation and a few runs, minus the resident size just before.
+Peak memory (``measure_memory``) is always measured in a fresh subprocess. The fresh-process
+machinery (workers, peak RSS) lives in onnxopt.measure.isolation.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -30,31 +26,28 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
-from onnxopt.core.feeds import Feed, check_feed, synthesize_feed
+from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.feeds import Feed, check_feed, first_batch, synthesize_feed
 from onnxopt.core.model import graph_inputs, load_model
 from onnxopt.core.runtime import (
     SessionConfig,
+    bench_session,
     create_session,
     lean_session,
-    physical_cores,
     session_options,
 )
+from onnxopt.measure.isolation import Entry, measure_peak_rss, run_once, time_in_subprocesses
 
 log = logging.getLogger(__name__)
 
 ISOLATION_MODES = ("interleaved", "subprocess")
 
 
-def _default_session() -> SessionConfig:
-    return SessionConfig(intra_op_threads=physical_cores(), allow_spinning=False)
-
-
 @dataclass(frozen=True)
 class BenchConfig:
     """How to benchmark: session settings, warm-up, number of timed runs, isolation, inputs."""
 
-    session: SessionConfig = field(default_factory=_default_session)
+    session: SessionConfig = field(default_factory=bench_session)
     warmup: int = 5
     runs: int = 50  # timed runs per model (minimum when duration_s is set)
     duration_s: float | None = None  # keep running rounds until this many seconds in total
@@ -158,15 +151,6 @@ class BenchResult:
 # ----------------------------------------------------------------------------- inputs
 
 
-@dataclass
-class _Entry:
-    name: str
-    path: str | None
-    proto: ModelProto
-    file_size: int
-    session: SessionConfig
-
-
 def _resolve_models(
     models: Sequence[ModelProto | str | Path], names: Sequence[str] | None
 ) -> list[tuple[str, str | None, ModelProto, int]]:
@@ -209,6 +193,19 @@ def model_feed(model: ModelProto, config: BenchConfig, feed: Feed | None = None)
     return sub
 
 
+def data_feed(model: ModelProto, path: str | os.PathLike[str], batch: int, labels_key: str = "labels") -> Feed:
+    """The first `batch` samples of an .npz (labels dropped) for the model's inputs, checked."""
+    from onnxopt.measure.fidelity import load_eval_data
+
+    feed, _ = load_eval_data(model, path, labels_key)
+    n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
+    if n < batch:
+        raise InvalidInputError(f"{path}: has {n} samples, fewer than --batch {batch}")
+    out = first_batch(feed, batch)
+    check_feed(model, out, f"{path} (first {batch} samples; --batch)")
+    return out
+
+
 # ----------------------------------------------------------------------------- measurement
 
 
@@ -236,7 +233,7 @@ def benchmark(
         log.info("interleaved benchmark: intra-op spinning turned off")
         cfg = replace(cfg, session=replace(cfg.session, allow_spinning=False))
     entries = [
-        _Entry(name, path, proto, size, lean_session(proto, replace(cfg.session, intra_op_threads=t)))
+        Entry(name, path, proto, size, lean_session(proto, replace(cfg.session, intra_op_threads=t)))
         for name, path, proto, size in resolved
         for t in sweep
     ]
@@ -245,7 +242,10 @@ def benchmark(
     if cfg.isolation == "interleaved":
         samples, create_ms = _interleaved(entries, feeds, cfg, progress)
     else:
-        samples, create_ms = _subprocess_blocks(entries, feeds, cfg, progress, blocks)
+        samples, create_ms = time_in_subprocesses(
+            entries, feeds, runs=cfg.runs, blocks=cfg.blocks, warmup=cfg.warmup, duration_s=cfg.duration_s,
+            progress=progress, block_sizes=blocks,
+        )
     rss: list[float | None] = [None] * len(entries)
     if cfg.measure_memory:
         rss = [measure_peak_rss(e.proto, f, e.session) for e, f in zip(entries, feeds)]
@@ -271,12 +271,6 @@ def benchmark(
     return results
 
 
-def _run_once(sess: Any, feed: Feed, out_names: list[str] | None = None) -> float:
-    t0 = time.perf_counter_ns()
-    sess.run(out_names, feed)
-    return (time.perf_counter_ns() - t0) / 1e6
-
-
 def _create(proto: ModelProto, session: SessionConfig, path: str | None = None) -> tuple[Any, float]:
     # From the file when there is one: that is what a deployment does (and no serialization is timed).
     src: ModelProto | str = path if path is not None else proto
@@ -286,7 +280,7 @@ def _create(proto: ModelProto, session: SessionConfig, path: str | None = None) 
 
 
 def _interleaved(
-    entries: list[_Entry],
+    entries: list[Entry],
     feeds: list[Feed],
     cfg: BenchConfig,
     progress: Callable[[int, int], None] | None,
@@ -301,7 +295,7 @@ def _interleaved(
         create_ms.append(ms)
     for s, f in zip(sessions, feeds):
         for _ in range(cfg.warmup):
-            _run_once(s, f)
+            run_once(s, f)
     n = len(sessions)
     samples: list[list[float]] = [[] for _ in range(n)]
     total_rounds = cfg.runs
@@ -310,7 +304,7 @@ def _interleaved(
     while True:
         for k in range(n):
             i = (r + k) % n
-            samples[i].append(_run_once(sessions[i], feeds[i]))
+            samples[i].append(run_once(sessions[i], feeds[i]))
         r += 1
         elapsed = time.perf_counter() - start
         if cfg.duration_s is not None:
@@ -325,202 +319,3 @@ def _interleaved(
             break
     log.info("interleaved: %d models x %d rounds in %.1f s", n, r, time.perf_counter() - start)
     return samples, create_ms
-
-
-# ----------------------------------------------------------------------------- subprocesses
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    pkg_parent = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _run_worker(spec: dict[str, Any], workdir: Path, tag: str) -> dict[str, Any]:
-    spec_path = workdir / f"spec_{tag}.json"
-    spec_path.write_text(json.dumps(spec))
-    proc = subprocess.run(
-        [sys.executable, "-m", "onnxopt.measure.benchmark", "worker", str(spec_path)],
-        capture_output=True,
-        text=True,
-        env=_worker_env(),
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        err = proc.stderr.strip().splitlines()
-        raise OnnxoptError(f"benchmark worker failed: {err[-1] if err else proc.returncode}")
-    try:
-        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError) as e:
-        raise OnnxoptError(f"benchmark worker returned no result: {proc.stdout[-200:]!r}") from e
-    if "error" in result:
-        raise OnnxoptError(result["error"])
-    return result
-
-
-def _stage(entries: list[_Entry], feeds: list[Feed], workdir: Path) -> list[tuple[str, str]]:
-    staged = []
-    for i, (e, f) in enumerate(zip(entries, feeds)):
-        if e.path is not None:
-            mpath = e.path
-        else:
-            mpath = str(workdir / f"model_{i}.onnx")
-            if not Path(mpath).exists():
-                Path(mpath).write_bytes(e.proto.SerializeToString())
-        fpath = workdir / f"feed_{i}.npz"
-        np.savez(fpath, **f)  # type: ignore[arg-type]
-        staged.append((str(Path(mpath).resolve()), str(fpath)))
-    return staged
-
-
-def _subprocess_blocks(
-    entries: list[_Entry],
-    feeds: list[Feed],
-    cfg: BenchConfig,
-    progress: Callable[[int, int], None] | None,
-    block_sizes: list[list[int]] | None = None,
-) -> tuple[list[list[float]], list[float]]:
-    n = len(entries)
-    blocks = min(cfg.blocks, cfg.runs)
-    per_block = [cfg.runs // blocks + (1 if b < cfg.runs % blocks else 0) for b in range(blocks)]
-    duration = cfg.duration_s / blocks / n if cfg.duration_s else None
-    samples: list[list[float]] = [[] for _ in range(n)]
-    creates: list[list[float]] = [[] for _ in range(n)]
-    done = 0
-    with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
-        workdir = Path(tmp)
-        staged = _stage(entries, feeds, workdir)
-        for b in range(blocks):
-            order = list(range(n)) if b % 2 == 0 else list(reversed(range(n)))
-            for i in order:
-                spec = {
-                    "model": staged[i][0],
-                    "feed": staged[i][1],
-                    "session": asdict(entries[i].session),
-                    "warmup": cfg.warmup,
-                    "runs": per_block[b],
-                    "duration_s": duration,
-                    "memory": False,
-                }
-                res = _run_worker(spec, workdir, f"{b}_{i}")
-                samples[i].extend(res["samples_ms"])
-                if block_sizes is not None:
-                    block_sizes[i].append(len(res["samples_ms"]))
-                creates[i].append(res["session_create_ms"])
-                done += 1
-                if progress is not None:
-                    progress(done, blocks * n)
-    return samples, [float(np.median(c)) for c in creates]
-
-
-def measure_peak_rss(
-    model: ModelProto | str | Path, feed: Feed, session: SessionConfig | None = None, runs: int = 3
-) -> float:
-    """Peak resident memory in MB added by creating a session and running it, in a fresh process."""
-    proto = model if isinstance(model, ModelProto) else load_model(model)
-    entry = _Entry(
-        "m",
-        None if isinstance(model, ModelProto) else str(model),
-        proto,
-        0,
-        lean_session(proto, session or _default_session()),
-    )
-    with tempfile.TemporaryDirectory(prefix="onnxopt-mem-") as tmp:
-        workdir = Path(tmp)
-        (mpath, fpath), = _stage([entry], [feed], workdir)
-        spec = {
-            "model": mpath,
-            "feed": fpath,
-            "session": asdict(entry.session),
-            "warmup": 0,
-            "runs": max(1, runs),
-            "duration_s": None,
-            "memory": True,
-        }
-        res = _run_worker(spec, workdir, "mem")
-    return float(res["peak_rss_mb"])
-
-
-def _rss_mb() -> float:
-    try:
-        import psutil
-
-        return float(psutil.Process().memory_info().rss) / 2**20
-    except Exception:  # pragma: no cover - psutil is a dependency; be safe anyway
-        return 0.0
-
-
-def _reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process image in MB.
-
-    Linux: VmHWM from /proc (ru_maxrss is unusable here: it survives execve, so a fresh worker
-    would inherit the peak of the process that started it).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return float(peak) / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _worker(spec_path: str) -> dict[str, Any]:
-    """Measure one model in this (fresh) process as described by a JSON spec."""
-    spec = json.loads(Path(spec_path).read_text())
-    with np.load(spec["feed"], allow_pickle=False) as z:
-        feed = {k: z[k] for k in z.files}
-    session = SessionConfig(**spec["session"])
-    session_options(session)  # load libraries before the baseline and the timed creation
-    base = _rss_mb()
-    if spec["memory"]:
-        _reset_peak_rss()
-    t0 = time.perf_counter_ns()
-    sess = create_session(spec["model"], session)
-    create_ms = (time.perf_counter_ns() - t0) / 1e6
-    for _ in range(spec["warmup"]):
-        _run_once(sess, feed)
-    samples = []
-    start = time.perf_counter()
-    while True:
-        samples.append(_run_once(sess, feed))
-        if len(samples) >= spec["runs"] and (
-            spec["duration_s"] is None or time.perf_counter() - start >= spec["duration_s"]
-        ):
-            break
-    out: dict[str, Any] = {"samples_ms": samples, "session_create_ms": create_ms}
-    if spec["memory"]:
-        out["peak_rss_mb"] = max(0.0, _peak_rss_mb() - base)
-    return out
-
-
-def _worker_main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "worker":
-        print("usage: python -m onnxopt.measure.benchmark worker SPEC.json", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.ERROR)
-    try:
-        result = _worker(argv[1])
-    except (OnnxoptError, InvalidModelError) as e:
-        result = {"error": str(e)}
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker_main(sys.argv[1:]))

@@ -5,22 +5,22 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnx import ModelProto
 
-from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.errors import InvalidInputError, MissingLabelsError
 from onnxopt.core.feeds import (
     Feed,
+    add_batch_axis,
     batches,
     check_feed,
     load_npz,
     model_feed_from_npz,
     with_free_batch,
 )
-from onnxopt.core.model import TensorSpec, graph_inputs, graph_outputs, load_model
+from onnxopt.core.model import TensorSpec, fixed_batch, graph_inputs, graph_outputs, load_model
 from onnxopt.core.runtime import SessionConfig, create_session
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,6 @@ ModelLike = ModelProto | str | os.PathLike[str]
 
 def _proto(model: ModelLike) -> ModelProto:
     return model if isinstance(model, ModelProto) else load_model(model)
-
-
-def _fixed_batch(model: ModelProto) -> int | None:
-    """The batch size a model's inputs are fixed at (None when the batch dim is dynamic)."""
-    fixed = [s.shape[0] for s in graph_inputs(model) if s.shape and isinstance(s.shape[0], int)]
-    return int(fixed[0]) if fixed and fixed[0] > 0 else None
 
 
 def run_batched(
@@ -54,7 +48,7 @@ def run_batched(
     wanted = {s.name for s in graph_inputs(proto)}
     sub = {k: v for k, v in feed.items() if k in wanted}
     check_feed(with_free_batch(proto), sub, "the feed")
-    fixed = _fixed_batch(proto)
+    fixed = fixed_batch(proto)
     bs = fixed if fixed is not None else batch_size
     from onnxopt.core.runtime import lean_session
 
@@ -259,12 +253,14 @@ def compare_models(
 
 
 def load_eval_data(
-    model: ModelProto, path: str | Path, labels_key: str = "labels"
+    model: ModelProto, path: str | os.PathLike[str], labels_key: str = "labels"
 ) -> tuple[Feed, np.ndarray | None]:
-    """The model's inputs and (if present under labels_key) the labels from an .npz file."""
+    """Labelled validation data: the model's inputs and (if present under labels_key) the labels
+    from an .npz file. Any number of samples fits a model with a fixed batch (run in chunks of it);
+    an array one rank short of its input is one sample."""
     data = load_npz(path)
     labels = data.pop(labels_key, None)
-    feed = model_feed_from_npz(with_free_batch(model), data, source=str(path))
+    feed = model_feed_from_npz(with_free_batch(model), add_batch_axis(model, data), source=str(path))
     if labels is not None:
         n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
         if labels.shape[0] != n:
@@ -272,3 +268,12 @@ def load_eval_data(
                 f"{path}: {labels_key!r} has {labels.shape[0]} entries but the inputs have {n} samples"
             )
     return feed, labels
+
+
+def require_labels(labels: np.ndarray | None, labels_key: str = "labels") -> None:
+    """Raise MissingLabelsError when an accuracy gate (--max-accuracy-drop) has no labels to measure on."""
+    if labels is None:
+        raise MissingLabelsError(
+            f"--max-accuracy-drop needs labelled data (accuracy needs labels): pass --data val.npz with a "
+            f"{labels_key!r} array, or use --min-cosine without labels"
+        )

@@ -26,8 +26,6 @@ from onnxopt.passes.base import StageResult
 log = logging.getLogger(__name__)
 
 
-
-
 def decide_stages(
     stages: list[Stage], stage_results: tuple[StageResult, ...], cfg: OptimizeConfig
 ) -> tuple[list[Stage], list[str]]:

@@ -1,4 +1,8 @@
-"""Run a recipe on a model, verify and benchmark every stage, decide what to keep, apply gates."""
+"""Run a recipe on a model, verify and benchmark every stage, decide what to keep, apply gates.
+
+plan() makes the run's decisions once (recipe, never-slower, model family); run_plan() does the
+work; optimize() is the two in one call.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,15 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto, StringStringEntryProto
 
-from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.errors import GateFailedError
 from onnxopt.core.feeds import Feed, first_batch, synthesize_feed
-from onnxopt.core.model import graph_inputs, save_model
+from onnxopt.core.model import (
+    copy_model,
+    graph_inputs,
+    model_family,
+    prune_opset_imports,
+    save_model,
+)
 from onnxopt.optimization.decide import check_gates, decide_stages, mark_gate_failed, never_slower
 from onnxopt.optimization.recipe import PassSpec, Recipe
 from onnxopt.optimization.types import (
@@ -23,6 +33,7 @@ from onnxopt.optimization.types import (
     RECIPE_KEY,
     OptimizeConfig,
     OptimizeResult,
+    Plan,
     Stage,
 )
 from onnxopt.passes.base import PassContext, StageResult
@@ -39,18 +50,6 @@ STAGE_LABELS = {
 }
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def default_recipe(model: ModelProto, objective: str = "latency") -> Recipe:
     """The recipe used without --recipe: graph optimization, then quantization fit for the model.
 
@@ -58,14 +57,29 @@ def default_recipe(model: ModelProto, objective: str = "latency") -> Recipe:
     (RNN/attention/MatMul-heavy) and MLPs: dynamic int8. With objective latency the int8 model
     is a candidate kept only when measured faster; with objective size it is always kept.
     """
-    from onnxopt.core.model import model_family
+    return _family_recipe(model_family(model), objective)
 
-    family = model_family(model)
+
+def _family_recipe(family: str, objective: str) -> Recipe:
     quant: dict[str, Any] = {"mode": "auto"}
     if family == "conv":
         quant["per_channel"] = True
     passes = [PassSpec("optimize_graph", {}), PassSpec("quantize", quant)]
     return Recipe(tuple(passes), description=f"default recipe for a {family} model (objective {objective})")
+
+
+def plan(model: ModelProto, recipe: Recipe | None = None, config: OptimizeConfig | None = None) -> Plan:
+    """Decide, once and before any work, what optimize() runs.
+
+    recipe None: the default recipe for the model's family. config.never_slower None becomes
+    explicit: on for the default recipe with objective latency, off for a given recipe (whose
+    output bytes then never depend on timing).
+    """
+    cfg = config or OptimizeConfig()
+    family = model_family(model)
+    if cfg.never_slower is None:
+        cfg = replace(cfg, never_slower=recipe is None and cfg.objective == "latency")
+    return Plan(recipe or _family_recipe(family, cfg.objective), cfg, family)
 
 
 def stage_label(pass_name: str, report: dict[str, Any]) -> str:
@@ -103,83 +117,56 @@ def optimize(
     calib: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
-    """Run the recipe, verify each stage against the input, benchmark all stages interleaved,
-    keep measured candidates only when faster, and check the gates on the final model."""
-    cfg = config or OptimizeConfig()
+    """Run the recipe (default: chosen for the model), verify each stage against the input,
+    benchmark all stages interleaved, keep measured candidates only when faster, and check the
+    gates on the final model: run_plan(model, plan(model, recipe, config), ...)."""
+    return run_plan(model, plan(model, recipe, config), val=val, calib=calib, progress=progress)
+
+
+def run_plan(
+    model: ModelProto,
+    decided: Plan,
+    *,
+    val: tuple[Feed, np.ndarray | None] | None = None,
+    calib: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> OptimizeResult:
+    """optimize() with its decisions made beforehand by plan() (the CLI shows the recipe first).
+
+    Raises MissingLabelsError when --max-accuracy-drop is set and val has no labels.
+    """
+    from onnxopt.measure.fidelity import require_labels
+
+    cfg, rec = decided.config, decided.recipe
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
     warnings: list[str] = []
-    if cfg.gates.max_accuracy_drop is not None and (val is None or val[1] is None):
-        raise InvalidInputError(
-            "--max-accuracy-drop needs labelled data: pass --data val.npz with a 'labels' array"
-        )
-    rec = recipe or default_recipe(model, cfg.objective)
+    if cfg.gates.max_accuracy_drop is not None:
+        require_labels(val[1] if val is not None else None)
     feed, labels, data_desc = _eval_feed(model, val, cfg)
-    if calib is None and _needs_calibration(rec, model):
-        if val is None:
-            if _needs_calibration(rec, model, explicit_only=True):
-                raise InvalidInputError(
-                    "the recipe quantizes with mode static, which needs calibration data: "
-                    "pass --calib-data calib.npz (or --data val.npz)"
-                )
-        else:
-            calib = val[0]
-            warnings.append("no --calib-data: calibrating static quantization on the --data inputs")
     context = PassContext(
-        calib=calib,
+        calib=_calibration(rec, decided.family, calib, val, warnings),
         val=val[0] if val is not None else None,
         labels=labels,
         seed=cfg.seed,
         objective=cfg.objective,
+        family=decided.family,
     )
     pipeline = rec.pipeline()
     say(f"running {pipeline!r}")
     t0 = time.perf_counter()
     result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"))
-    passes_s = time.perf_counter() - t0
-
-    seen: set[str] = set()
-    stages = [
-        Stage(_unique("original", seen), None, {}, False, model, model.ByteSize(), 0.0, {})
-    ]
-    for sr in result.stages:
-        stages.append(_stage_from(sr, seen))
-
-    for s in stages:
-        if s.pass_name == "quantize" and not s.modified and s.report.get("reason"):
-            warnings.append(f"int8 quantization skipped: {s.report['reason']}")
-    measured = [s for s in stages if s.modified or s.pass_name is None]
-    t0 = time.perf_counter()
-    if cfg.verify:
-        say("verifying every stage against the input model")
-        fids = _verify(model, measured[1:], feed, labels, cfg.eval_batch)
-        by_name = dict(zip([s.name for s in measured[1:]], fids))
-        stages = [replace(s, fidelity=by_name[s.name]) if s.name in by_name else s for s in stages]
-    verify_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    bench_by_name: dict[str, Any] = {}
-    if cfg.benchmark:
-        say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
-        bench_by_name = _bench(measured, feed, cfg)
-        stages = [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
-    bench_s = time.perf_counter() - t0
-
+    timings = {"passes": time.perf_counter() - t0}
+    stages = _measure(model, _stages(model, result.stages, warnings), feed, labels, cfg, say, timings)
     stages, decide_warnings = decide_stages(stages, result.stages, cfg)
     warnings.extend(decide_warnings)
-    guard = cfg.never_slower if cfg.never_slower is not None else (recipe is None and cfg.objective == "latency")
-    if guard:
+    if cfg.never_slower:
         stages, guard_warnings = never_slower(stages)
         warnings.extend(guard_warnings)
     final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
     final_model = _with_recipe(final_stage.model, rec)
     gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize())
-    timings = {
-        "passes": passes_s,
-        "verify": verify_s,
-        "benchmark": bench_s,
-        "total": time.perf_counter() - t_start,
-    }
+    timings["total"] = time.perf_counter() - t_start
     return OptimizeResult(
         model=final_model,
         stages=tuple(stages),
@@ -193,18 +180,63 @@ def optimize(
     )
 
 
-def _needs_calibration(recipe: Recipe, model: ModelProto, *, explicit_only: bool = False) -> bool:
-    """Whether a quantize pass of the recipe would run static (explicit_only: mode = "static")."""
+def _calibration(
+    recipe: Recipe, family: str, calib: Any, val: tuple[Feed, np.ndarray | None] | None, warnings: list[str]
+) -> Any:
+    """The calibration data the passes get: the given data, else the --data inputs when a quantize
+    pass would calibrate; raises when a pass must calibrate (mode static) and there is nothing."""
+    from onnxopt.quantization.api import require_calibration
     from onnxopt.quantization.recipe_pass import QuantizePass
 
-    ctx = PassContext(calib={})
-    for p in recipe.pipeline(check=False).passes:
-        if not isinstance(p, QuantizePass):
-            continue
-        mode = p.mode if explicit_only else p.concrete_mode(model, ctx)
-        if mode == "static":
-            return True
-    return False
+    if calib is not None:
+        return calib
+    quant = [p for p in recipe.pipeline(check=False).passes if isinstance(p, QuantizePass)]
+    if not any(p.concrete_mode(family, has_calib=True) == "static" for p in quant):
+        return None
+    if val is not None:
+        warnings.append("no --calib-data: calibrating static quantization on the --data inputs")
+        return val[0]
+    for p in quant:
+        require_calibration(p.concrete_mode(family, has_calib=False), None)
+    return None
+
+
+def _stages(model: ModelProto, stage_results: tuple[StageResult, ...], warnings: list[str]) -> list[Stage]:
+    """The input model's stage, then one per pass (with a warning for a skipped quantization)."""
+    seen: set[str] = set()
+    stages = [Stage(_unique("original", seen), None, {}, False, model, model.ByteSize(), 0.0, {})]
+    stages.extend(_stage_from(sr, seen) for sr in stage_results)
+    for s in stages:
+        if s.pass_name == "quantize" and not s.modified and s.report.get("reason"):
+            warnings.append(f"int8 quantization skipped: {s.report['reason']}")
+    return stages
+
+
+def _measure(
+    model: ModelProto,
+    stages: list[Stage],
+    feed: Feed,
+    labels: np.ndarray | None,
+    cfg: OptimizeConfig,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+) -> list[Stage]:
+    """The stages with their fidelity to the input and their latency attached (as the config asks)."""
+    measured = [s for s in stages if s.modified or s.pass_name is None]
+    t0 = time.perf_counter()
+    if cfg.verify:
+        say("verifying every stage against the input model")
+        fids = _verify(model, measured[1:], feed, labels, cfg.eval_batch)
+        by_name = dict(zip([s.name for s in measured[1:]], fids))
+        stages = [replace(s, fidelity=by_name[s.name]) if s.name in by_name else s for s in stages]
+    timings["verify"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if cfg.benchmark:
+        say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
+        bench_by_name = _bench(measured, feed, cfg)
+        stages = [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
+    timings["benchmark"] = time.perf_counter() - t0
+    return stages
 
 
 def _stage_from(sr: StageResult, seen: set[str]) -> Stage:
@@ -252,12 +284,11 @@ def _verify(
 
 
 def _bench(measured: list[Stage], feed: Feed, cfg: OptimizeConfig) -> dict[str, Any]:
-    from onnxopt.core.runtime import SessionConfig, physical_cores
+    from onnxopt.core.runtime import bench_session
     from onnxopt.measure.benchmark import BenchConfig, benchmark
 
-    session = SessionConfig(intra_op_threads=cfg.threads or physical_cores(), allow_spinning=False)
     bcfg = BenchConfig(
-        session=session, warmup=cfg.warmup, runs=cfg.bench_runs, duration_s=cfg.bench_seconds, seed=cfg.seed
+        session=bench_session(cfg.threads), warmup=cfg.warmup, runs=cfg.bench_runs, duration_s=cfg.bench_seconds, seed=cfg.seed
     )
     one = first_batch(feed, 1) if _dynamic_batch(measured[0].model) else None
     results = benchmark([s.model for s in measured], bcfg, feed=one, names=[s.name for s in measured])
@@ -268,18 +299,9 @@ def _dynamic_batch(model: ModelProto) -> bool:
     return all(not (s.shape and isinstance(s.shape[0], int)) for s in graph_inputs(model))
 
 
-
-
-
-
-
-
 def _with_recipe(model: ModelProto, recipe: Recipe) -> ModelProto:
     """A copy of the model with the recipe recorded in metadata_props, unused opset imports
     dropped (onnxruntime adds every domain it has registered, which varies by process)."""
-    from onnxopt.core.model import copy_model
-    from onnxopt.passes.graph import prune_opset_imports
-
     m = copy_model(model)
     prune_opset_imports(m)
     entries = [p for p in m.metadata_props if p.key not in (RECIPE_KEY, GATE_FAILED_KEY)]
@@ -289,8 +311,19 @@ def _with_recipe(model: ModelProto, recipe: Recipe) -> ModelProto:
     return m
 
 
+def load_data(
+    model: ModelProto,
+    data: str | os.PathLike[str] | None = None,
+    calib_data: str | os.PathLike[str] | None = None,
+) -> tuple[tuple[Feed, np.ndarray | None] | None, Any]:
+    """(val, calib) for optimize() from their paths: labelled validation data (.npz) and
+    calibration data (.npz, a folder of arrays or of images); None where no path is given."""
+    from onnxopt.measure.fidelity import load_eval_data
+    from onnxopt.quantization.calibration import open_calibration
 
-
+    val = load_eval_data(model, data) if data is not None else None
+    calib = open_calibration(model, calib_data) if calib_data is not None else None
+    return val, calib
 
 
 def save_result(
@@ -314,3 +347,15 @@ def default_output(model_path: str | os.PathLike[str]) -> Path:
     p = Path(model_path)
     stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
     return p.with_name(f"{stem}.opt.onnx")
+
+
+def gate_error(result: OptimizeResult, written: Path | None) -> GateFailedError:
+    """The error a run whose gates failed ends with: the gates, their values, and what became of the output."""
+    names = ", ".join(g.gate for g in result.failed_gates)
+    where = (
+        f"output written to {written} but marked (metadata onnxopt.gate_failed)"
+        if written
+        else "output not written (--no-output-on-fail)"
+    )
+    details = "; ".join(g.describe() for g in result.failed_gates)
+    return GateFailedError(f"gate failed: {names}: {details}; {where}")

@@ -1,4 +1,4 @@
-"""The data of an optimize run: Gates, OptimizeConfig, Stage, OptimizeResult."""
+"""The data of an optimize run: Gates, OptimizeConfig, Plan, Stage, OptimizeResult."""
 
 from __future__ import annotations
 
@@ -86,9 +86,9 @@ class OptimizeConfig:
     synthetic_samples: int = 16  # inputs synthesized for fidelity when no --data is given
     verify: bool = True
     benchmark: bool = True
-    # Return the input model rather than one measured slower (CI upper end > 1.02x the input's
-    # latency). None: on for the default recipe with objective latency, off for explicit recipes
-    # (whose output bytes then never depend on timing).
+    # Return the input model rather than one measured slower (CI upper end > NOT_SLOWER x the
+    # input's latency). None: plan() sets it, on for the default recipe with objective latency,
+    # off for a given recipe (whose output bytes then never depend on timing).
     never_slower: bool | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +102,15 @@ class OptimizeConfig:
             raise InvalidInputError("--warmup and --threads must be >= 0")
         if self.synthetic_samples < 1 or self.eval_batch < 1:
             raise InvalidInputError("synthetic_samples and eval_batch must be >= 1")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an optimize run will do, decided once by run.plan() before any work."""
+
+    recipe: Recipe
+    config: OptimizeConfig  # never_slower is a bool here
+    family: str  # core.model.model_family of the input model (conv | sequence | dense)
 
 
 @dataclass(frozen=True)

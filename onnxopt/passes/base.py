@@ -25,12 +25,14 @@ OBJECTIVES = ("latency", "size")
 class PassContext:
     """What passes may need besides the model: data, seed, objective, benchmark settings."""
 
-    calib: Any = None  # Feed | onnxopt.calibration.CalibrationSource | None
+    calib: Any = None  # Feed | onnxopt.quantization.calibration.CalibrationSource | None
     val: Feed | None = None
     labels: np.ndarray | None = None
     seed: int = 0
     objective: str = "latency"
-    bench: Any = None  # onnxopt.benchmark.BenchConfig | None (typed loosely: imported lazily)
+    bench: Any = None  # onnxopt.measure.benchmark.BenchConfig | None (typed loosely: imported lazily)
+    prior: tuple[str, ...] = ()  # names of the passes that ran before this one (set by Pipeline.run)
+    family: str | None = None  # the input model's core.model.model_family, when the caller computed it once
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -113,7 +115,7 @@ class Pipeline:
         for p in self.passes:
             start = time.perf_counter()
             try:
-                result = p(current, ctx)
+                result = p(current, dataclasses.replace(ctx, prior=tuple(done)))
                 if not isinstance(result, PassResult):
                     raise TypeError(f"returned {type(result).__name__}, not PassResult")
                 if self.check and result.modified:

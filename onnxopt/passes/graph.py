@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -29,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper, numpy_helper
 
-from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.model import copy_model, op_histogram
+from onnxopt.core.errors import InvalidInputError, InvalidModelError, short_message
+from onnxopt.core.model import copy_model, op_histogram, prune_opset_imports, subgraph_inputs
 from onnxopt.passes.base import PassContext, PassResult, register_pass
 
 log = logging.getLogger(__name__)
@@ -44,27 +43,6 @@ _NON_DETERMINISTIC = {
     "Multinomial",
     "Bernoulli",
 }
-
-
-def prune_opset_imports(model: ModelProto) -> None:
-    """Drop opset imports of domains no node uses (onnxruntime adds every domain it knows)."""
-    used = {n.domain or "" for n in _all_nodes(model.graph)}
-    for f in model.functions:
-        used.add(f.domain or "")
-    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _all_nodes(g)
 
 
 def _copy_model_info(src: ModelProto, dst: ModelProto) -> None:
@@ -83,12 +61,10 @@ def ort_optimize(model: ModelProto, level: str = "basic") -> ModelProto:
     """The model as onnxruntime's offline optimizer writes it at a level (basic|extended|all)."""
     import onnxruntime as ort
 
-    from onnxopt.core.runtime import SessionConfig, session_options
+    from onnxopt.core.runtime import SessionConfig, needs_custom_ops, session_options
 
     if level not in GRAPH_LEVELS:
         raise InvalidInputError(f"unknown graph level {level!r}; choose one of {', '.join(GRAPH_LEVELS)}")
-    from onnxopt.core.runtime import needs_custom_ops
-
     so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(model)))
     with tempfile.TemporaryDirectory(prefix="onnxopt-graph-") as tmp:
         out = Path(tmp) / "optimized.onnx"
@@ -97,7 +73,10 @@ def ort_optimize(model: ModelProto, level: str = "basic") -> ModelProto:
             so.add_session_config_entry(
                 "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
             )
-        ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {short_message(e)}") from e
         result = onnx.load(str(out))
     prune_opset_imports(result)
     _copy_model_info(model, result)
@@ -160,16 +139,6 @@ class FoldConstantsPass:
         return fold_constants(model, self.max_bytes)
 
 
-def _subgraph_names(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for a in node.attribute:
-        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-        for g in graphs:
-            for n in _all_nodes(g):
-                names.update(n.input)
-    return names
-
-
 def fold_constants(model: ModelProto, max_bytes: int = 64 * 2**20) -> PassResult:
     """Constant folding (see the module docstring); a model with nothing to fold is returned as is."""
     g = model.graph
@@ -205,7 +174,7 @@ def fold_constants(model: ModelProto, max_bytes: int = 64 * 2**20) -> PassResult
     for idx, n in enumerate(g.node):
         if idx not in folded_set:
             consumed.update(n.input)
-            consumed.update(_subgraph_names(n))
+            consumed.update(subgraph_inputs([n]))
     new = copy_model(model)
     ng = new.graph
     kept_nodes = [n for idx, n in enumerate(ng.node) if idx not in folded_set]

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, MissingExtraError, UnsupportedModelError
-from onnxopt.core.model import copy_model, default_opset, graph_outputs
+from onnxopt.core.model import copy_model, default_opset, graph_outputs, prune_opset_imports
 from onnxopt.passes.base import PassContext, PassResult, register_pass
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,6 @@ class AddPostprocessingPass:
         processor = ppp.PrePostProcessor(None, max(default_opset(model), 13))
         processor.add_post_processing([makers[s]() for s in self.steps])
         new = processor.run(copy_model(model))
-        from onnxopt.passes.graph import prune_opset_imports
-
         prune_opset_imports(new)
         after = graph_outputs(new)
         return PassResult(

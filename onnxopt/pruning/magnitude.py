@@ -1,10 +1,10 @@
-"""Graph-level pruning: magnitude (unstructured) pruning of weight initializers, and channels.
+"""Magnitude (unstructured) pruning of weight initializers.
 
 Magnitude pruning sets the smallest-|w| entries of Conv/Gemm/MatMul weights to zero: per
 tensor (each reaches `sparsity` exactly), globally (one threshold over all candidates, the
 total reaches `sparsity` exactly) or below an absolute `threshold`. Zeros alone do not make
 onnxruntime's dense CPU kernels faster; they make the file compressible (`sparse_storage`).
-Structured channel pruning, which does change latency, lives in onnxopt.channel_prune.
+Structured channel pruning, which does change latency, lives in onnxopt.pruning.channels.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.model import copy_model
-from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
 from onnxopt.pruning.result import PruneResult
 from onnxopt.pruning.sparse_storage import compress_initializers, model_sizes
-
-__all__ = ["ChannelConfig", "MagnitudeConfig", "PruneResult", "prune_channels", "prune_magnitude"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +162,40 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
     arrays = {name: numpy_helper.to_array(inits[name]) for name in chosen}
     flats = {name: a.reshape(-1).copy() for name, a in arrays.items()}
     zeros_before = {name: int(np.count_nonzero(f == 0)) for name, f in flats.items()}
+    _zero_smallest(flats, config)
+    modified = False
+    tot_n = tot_before = tot_after = 0
+    for name, f in flats.items():  # empty when only sparse storage is asked for
+        zeros_after = int(np.count_nonzero(f == 0))
+        tot_n, tot_before, tot_after = tot_n + f.size, tot_before + zeros_before[name], tot_after + zeros_after
+        if zeros_after != zeros_before[name]:
+            modified = True
+            inits[name].CopyFrom(numpy_helper.from_array(f.reshape(arrays[name].shape), name))
+        report["tensors"].append({
+            "name": name,
+            "nodes": chosen[name],
+            "shape": list(arrays[name].shape),
+            "elements": f.size,
+            "sparsity_before": zeros_before[name] / f.size,
+            "sparsity_after": zeros_after / f.size,
+        })
+    if tot_n:
+        report["total"] = {"elements": tot_n, "zeros_before": tot_before, "zeros_after": tot_after,
+                           "sparsity_before": tot_before / tot_n, "sparsity_after": tot_after / tot_n}
+    encoded: list[dict] = []
+    if config.sparse_storage:
+        # every mostly-zero initializer, so an int8 model quantized after pruning shrinks too
+        out, storage = compress_initializers(out, None, gzip=False)
+        encoded = storage["encoded"]
+        modified = modified or bool(encoded)
+    report["storage"] = _storage(model, out, encoded, config.measure_gzip)
+    log.info("magnitude pruning: %d tensors, %d zeros -> %d", len(flats), tot_before, tot_after)
+    return PruneResult(out, modified, report)
+
+
+def _zero_smallest(flats: dict[str, np.ndarray], config: MagnitudeConfig) -> None:
+    """Set entries of the flat weight arrays to zero in place: below the threshold, the smallest
+    over all arrays (global) or the smallest of each array (per layer)."""
     if config.threshold is not None:
         for f in flats.values():
             f[np.abs(f) < config.threshold] = 0
@@ -182,42 +213,12 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         assert config.sparsity is not None
         for f in flats.values():
             f[_smallest(np.abs(f), int(round(config.sparsity * f.size)))] = 0
-    modified = False
-    tot_n = tot_before = tot_after = 0
-    for name, f in flats.items():  # empty when only sparse storage is asked for
-        zeros_after = int(np.count_nonzero(f == 0))
-        n = f.size
-        if zeros_after != zeros_before[name]:
-            modified = True
-            new = numpy_helper.from_array(f.reshape(arrays[name].shape), name)
-            inits[name].CopyFrom(new)
-        tot_n += n
-        tot_before += zeros_before[name]
-        tot_after += zeros_after
-        report["tensors"].append({
-            "name": name,
-            "nodes": chosen[name],
-            "shape": list(arrays[name].shape),
-            "elements": n,
-            "sparsity_before": zeros_before[name] / n,
-            "sparsity_after": zeros_after / n,
-        })
-    if tot_n:
-        report["total"] = {
-            "elements": tot_n,
-            "zeros_before": tot_before,
-            "zeros_after": tot_after,
-            "sparsity_before": tot_before / tot_n,
-            "sparsity_after": tot_after / tot_n,
-        }
-    encoded: list[dict] = []
-    if config.sparse_storage:
-        # every mostly-zero initializer, so an int8 model quantized after pruning shrinks too
-        out, storage = compress_initializers(out, None, gzip=False)
-        encoded = storage["encoded"]
-        modified = modified or bool(encoded)
-    before, after = model_sizes(model, config.measure_gzip), model_sizes(out, config.measure_gzip)
-    report["storage"] = {
+
+
+def _storage(model: ModelProto, out: ModelProto, encoded: list[dict], gzip: bool) -> dict:
+    """The file sizes (and gzip sizes when asked) before and after, and the storage format."""
+    before, after = model_sizes(model, gzip), model_sizes(out, gzip)
+    return {
         "format": "bitmask" if encoded else "dense",
         "encoded": encoded,
         "size_before": before.size,
@@ -227,5 +228,3 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         "gzip_after": after.gzip,
         "gzip_ratio": after.gzip / before.gzip if after.gzip is not None and before.gzip else None,
     }
-    log.info("magnitude pruning: %d tensors, %d zeros -> %d", len(flats), tot_before, tot_after)
-    return PruneResult(out, modified, report)

@@ -16,13 +16,13 @@ from onnx import ModelProto
 from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.core.feeds import Feed, synthesize_feed
-from onnxopt.core.model import copy_model
+from onnxopt.core.model import copy_model, fixed_batch
 from onnxopt.measure.benchmark import BenchConfig, benchmark
+from onnxopt.measure.fidelity import require_labels
 from onnxopt.measure.stats import latency_ratio
 from onnxopt.quantization.calibration import (
     CalibrationSource,
     check_samples,
-    fixed_batch,
     from_feed,
 )
 from onnxopt.quantization.config import (
@@ -46,11 +46,6 @@ from onnxopt.quantization.session import QuantSession, built_entry
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
 @dataclass(frozen=True)
 class QuantizeResult:
     """The model to keep, whether it holds int8 nodes, whether the budget holds, and the report."""
@@ -61,10 +56,6 @@ class QuantizeResult:
     report: dict[str, Any]  # JSON-serializable
 
 
-
-
-
-
 def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
     known = {n.name for n in model.graph.node}
     unknown = [n for n in names if n not in known]
@@ -73,8 +64,6 @@ def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
             f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in the model; "
             "list node names with `onnxopt inspect --json` or Netron"
         )
-
-
 
 
 def _eval_data(model: ModelProto, source: CalibrationSource | None, val: tuple[Feed, np.ndarray | None] | None,
@@ -101,18 +90,28 @@ def _as_source(model: ModelProto, calib: Feed | CalibrationSource | None, config
     return src
 
 
+def require_calibration(mode: str, calib: object) -> None:
+    """Raise InvalidInputError when static quantization has no calibration data (the one place this is decided)."""
+    if mode == "static" and calib is None:
+        raise InvalidInputError("static quantization needs calibration data: pass --calib-data (an .npz or a folder)")
+
+
 def quantize(
     model: ModelProto,
     config: QuantizeConfig | None = None,
     calib: Feed | CalibrationSource | None = None,
     val: tuple[Feed, np.ndarray | None] | None = None,
     bench: BenchConfig | None = None,
+    *,
+    graph_optimized: bool = False,
 ) -> QuantizeResult:
     """Quantize a model with onnxruntime; the input is never modified.
 
     calib: calibration inputs (a feed or a streaming CalibrationSource) for static quantization.
     val: (inputs, labels or None) to measure fidelity / accuracy; defaults to calibration inputs.
     bench: benchmark settings (auto mode always measures; other modes measure only when given).
+    graph_optimized: the model already went through onnxruntime's basic graph optimization
+    (an optimize_graph pass), so quantization does not run it a second time.
     """
     cfg = config or QuantizeConfig()
     t0 = time.perf_counter()
@@ -121,13 +120,9 @@ def quantize(
         ops = ", ".join(f"{k} x{v}" for k, v in list(already.items())[:4])
         raise InvalidInputError(f"the model is already quantized (found {ops}): nothing to do; pass --force to quantize anyway")
     budget = cfg.budget
-    if cfg.max_accuracy_drop is not None and (val is None or val[1] is None):
-        raise InvalidInputError(
-            "--max-accuracy-drop needs labelled validation data (--data with a 'labels' array); "
-            "without labels use --min-cosine"
-        )
-    if cfg.mode == "static" and calib is None:
-        raise InvalidInputError("--mode static needs calibration data: pass --calib-data (an .npz or a folder)")
+    if cfg.max_accuracy_drop is not None:
+        require_labels(val[1] if val is not None else None)
+    require_calibration(cfg.mode, calib)
     _check_node_names(model, cfg.exclude_nodes)
     require_min_opset(model)
     notes: list[str] = []
@@ -142,7 +137,7 @@ def quantize(
         start = check_opset(original, needs_per_channel_qdq=needs_pc_qdq)
         if start is not original:
             notes.append("upgraded the model to opset 13 (per-channel QDQ needs it)")
-        variants = prepare(start, wd, notes)
+        variants = prepare(start, wd, notes, graph_optimized=graph_optimized and start is original)
         sess = QuantSession(original, variants, source, evaluator, wd, notes)
         if cfg.mode == "auto":
             from onnxopt.quantization.auto import run_auto
@@ -181,10 +176,6 @@ def int8_floor(model: ModelProto) -> int:
         int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
     )
     return int(model_size(model) - 0.75 * f32)
-
-
-
-
 
 
 def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: BenchConfig | None

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 def candidate_grid(cpu: CpuFeatures, *, has_calib: bool, config: QuantizeConfig) -> list[Candidate]:
     """The candidates to try, best first for this CPU (or onnxruntime's whole grid when config.grid='full')."""
     common = {"op_types": config.op_types, "exclude_nodes": config.exclude_nodes, "calib_method": config.calib_method}

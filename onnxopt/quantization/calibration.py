@@ -15,8 +15,8 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, MissingExtraError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.core.feeds import Feed, check_feed, load_npz, select_inputs
-from onnxopt.core.model import TensorSpec, graph_inputs
+from onnxopt.core.feeds import Feed, add_batch_axis, check_feed, load_npz, select_inputs
+from onnxopt.core.model import TensorSpec, fixed_batch, graph_inputs
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,6 @@ def _feed_len(feed: Feed) -> int:
     return min(int(v.shape[0]) for v in feed.values()) if feed else 0
 
 
-def fixed_batch(model: ModelProto) -> int | None:
-    """The batch size the model's inputs are fixed at, or None when the batch dimension is dynamic."""
-    sizes = {s.shape[0] for s in graph_inputs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-    return int(sizes.pop()) if len(sizes) == 1 else None
-
-
 def check_samples(model: ModelProto, feed: Feed, source: str) -> None:
     """check_feed that accepts any number of samples for models with a fixed batch size (run batch by batch)."""
     fixed = fixed_batch(model)
@@ -124,26 +118,6 @@ def fit_feed(model: ModelProto, data: dict[str, np.ndarray], source: str) -> Fee
     return feed
 
 
-def load_labelled(model: ModelProto, path: str | os.PathLike[str], labels_key: str = "labels"
-                  ) -> tuple[Feed, np.ndarray | None]:
-    """Inputs and (when present) labels from an .npz, for fidelity and accuracy checks."""
-    data = load_npz(path)
-    labels = data.pop(labels_key, None)
-    feed = fit_feed(model, _fix_ranks(model, data), str(path))
-    n = _feed_len(feed)
-    if labels is not None and labels.shape[0] != n:
-        raise InvalidInputError(f"{path}: {labels_key!r} has {labels.shape[0]} entries but the inputs have {n} samples")
-    return feed, labels
-
-
-def model_batch_size(model: ModelProto, default: int = DEFAULT_BATCH) -> int:
-    """The batch size a model accepts: its fixed batch dimension, else `default`."""
-    sizes = {s.shape[0] for s in graph_inputs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-    if len(sizes) == 1:
-        return int(sizes.pop())
-    return default
-
-
 def from_feed(model: ModelProto, feed: Feed, *, samples: int | None = None, batch_size: int | None = None,
               description: str = "calibration data") -> CalibrationSource:
     """A CalibrationSource over an in-memory feed (checked against the model's inputs)."""
@@ -151,7 +125,7 @@ def from_feed(model: ModelProto, feed: Feed, *, samples: int | None = None, batc
     n = _feed_len(feed)
     if n == 0:
         raise InvalidInputError(f"{description}: contains 0 samples")
-    bs = batch_size or model_batch_size(model)
+    bs = batch_size or fixed_batch(model) or DEFAULT_BATCH
 
     def factory(size: int) -> Iterator[Feed]:
         for start in range(0, n, size):
@@ -177,10 +151,10 @@ def open_calibration(
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"{p}: calibration data not found (give an .npz file or a folder)")
-    bs = batch_size or model_batch_size(model)
+    bs = batch_size or fixed_batch(model) or DEFAULT_BATCH
     if p.is_file():
         data = load_npz(p)
-        feed = fit_feed(model, _fix_ranks(model, data), source=str(p))
+        feed = fit_feed(model, add_batch_axis(model, data), source=str(p))
         src = from_feed(model, feed, samples=samples, batch_size=bs, description=str(p))
         return src
     files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in ARRAY_SUFFIXES + IMAGE_SUFFIXES)
@@ -208,21 +182,10 @@ def open_calibration(
     return src
 
 
-def _fix_ranks(model: ModelProto, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add a batch axis to arrays that are one rank short of their input (a single sample)."""
-    specs = graph_inputs(model)
-    out = dict(data)
-    for key, arr in data.items():
-        spec = next((s for s in specs if s.name == key), specs[0] if len(specs) == 1 else None)
-        if spec is not None and len(spec.shape) == arr.ndim + 1:
-            out[key] = arr[None]
-    return out
-
-
 def _array_folder_factory(model: ModelProto, files: Sequence[Path]) -> Callable[[int], Iterator[Feed]]:
     def samples() -> Iterator[Feed]:
         for f in files:
-            data = _fix_ranks(model, load_npz(f))
+            data = add_batch_axis(model, load_npz(f))
             if "" in data:  # a bare .npy: the single input
                 specs = graph_inputs(model)
                 if len(specs) != 1:
@@ -316,10 +279,6 @@ class FeedReader:
 
     def __len__(self) -> int:
         return len(self._feeds)
-
-    def rewind(self) -> None:
-        """Start again from the first batch."""
-        self._it = iter(self._feeds)
 
 
 def compute_ranges(

@@ -9,14 +9,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError
 from onnxopt.core.errors import short_message as _short
 from onnxopt.core.feeds import Feed
-from onnxopt.core.model import all_graphs, copy_model, default_opset, op_histogram
+from onnxopt.core.model import (
+    all_graphs,
+    copy_model,
+    default_opset,
+    fixed_batch,
+    op_histogram,
+    prune_opset_imports,
+)
 from onnxopt.core.runtime import SessionConfig, create_session
 
 log = logging.getLogger(__name__)
@@ -131,37 +137,6 @@ def check_opset(model: ModelProto, *, needs_per_channel_qdq: bool) -> ModelProto
         return model
 
 
-def fold_constants(model: ModelProto, out: Path) -> ModelProto:
-    """onnxruntime's basic (portable) graph optimization: constant folding, redundant node removal."""
-    import onnxruntime as ort
-
-    src = out.with_name(out.stem + ".in.onnx")
-    onnx.save(model, str(src))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(out)
-    so.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {_short(e)}") from e
-    finally:
-        src.unlink(missing_ok=True)
-    folded = prune_opset_imports(onnx.load(str(out)))
-    onnx.save(folded, str(out))
-    return folded
-
-
-def prune_opset_imports(model: ModelProto) -> ModelProto:
-    """Drop the opset imports no node uses (onnxruntime's optimizer writes a dozen unused ones)."""
-    used = {n.domain or "" for g in all_graphs(model.graph) for n in g.node} | {""}
-    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
-    if len(keep) != len(model.opset_import):
-        del model.opset_import[:]
-        model.opset_import.extend(keep)
-    return model
-
-
 def _skip_torch_import() -> None:
     """Let quant_pre_process import onnxruntime.tools without it importing torch (~10 s, unused here).
 
@@ -179,21 +154,27 @@ def _skip_torch_import() -> None:
     sys.modules["onnxruntime.tools"] = importlib.util.module_from_spec(spec)
 
 
-def prepare(model: ModelProto, workdir: Path, notes: list[str]) -> list[Prepared]:
-    """Float starting points in order of preference: quant_pre_process output, then constants folded only."""
+def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimized: bool = False) -> list[Prepared]:
+    """Float starting points in order of preference: quant_pre_process output, then constants folded only.
+
+    The folded model is onnxruntime's basic (portable) graph optimization of the input: constant
+    folding, redundant node removal. graph_optimized: the input already is that (an optimize_graph
+    stage ran just before), so it is used as it is rather than optimized a second time.
+    """
     _skip_torch_import()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    base = workdir / "float_input.onnx"
-    onnx.save(model, str(base))
+    from onnxopt.passes.graph import ort_optimize
+
     folded_path = workdir / "float_folded.onnx"
-    folded = fold_constants(model, folded_path)
+    folded = prune_opset_imports(copy_model(model)) if graph_optimized else ort_optimize(model, "basic")
+    onnx.save(folded, str(folded_path))
     variants: list[Prepared] = []
     pre_path = workdir / "float_preprocessed.onnx"
     for kwargs, label in (({}, "defaults"), ({"skip_symbolic_shape": True}, "skip_symbolic_shape=True")):
         try:
-            with quiet_quantizer():
-                quant_pre_process(str(folded_path), str(pre_path), **kwargs)
+            with quiet_quantizer():  # its input is optimized already: skip its own basic optimization
+                quant_pre_process(str(folded_path), str(pre_path), skip_optimization=True, **kwargs)
             variants.append(Prepared("preprocessed", pre_path, onnx.load(str(pre_path))))
             if kwargs:
                 notes.append(
@@ -287,8 +268,7 @@ def calibration_cache(prep: Prepared, method: str, source: Any, workdir: Path) -
 
     if method in prep.calib_cache:
         return prep.calib_cache[method]
-    if source is None:
-        raise InvalidInputError("static quantization needs calibration data: pass --calib-data (an .npz or a folder)")
+    assert source is not None, "quantize() refuses static quantization without calibration data"
     sub = workdir / f"calib-{prep.variant}"
     sub.mkdir(exist_ok=True)
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
@@ -304,8 +284,6 @@ def check_runs(model: ModelProto, feed: Feed) -> None:
 
         cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
         sess = create_session(model, cfg)
-        from onnxopt.quantization.calibration import fixed_batch
-
         n = fixed_batch(model) or 2
         sess.run(None, {k: v[:n] for k, v in feed.items()})
     except InvalidModelError as e:
@@ -369,8 +347,6 @@ def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) 
     return quantized, left
 
 
-
-
 def model_size(model: ModelProto) -> int:
     """Serialized size in bytes (the file size when saved without external data)."""
     return int(model.ByteSize())
@@ -383,10 +359,3 @@ def strip_quant_metadata(model: ModelProto) -> ModelProto:
     del m.metadata_props[:]
     m.metadata_props.extend(keep)
     return m
-
-
-
-
-def float_feed_ok(feed: Feed) -> bool:
-    """True when every float array of a feed is finite (NaN/Inf would poison calibration)."""
-    return all(np.isfinite(v).all() for v in feed.values() if np.issubdtype(v.dtype, np.floating))

@@ -8,7 +8,6 @@ import logging
 
 from onnx import ModelProto
 
-from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.model import model_family
 from onnxopt.passes.base import ConfigPass, PassContext, PassResult, config_pass
 from onnxopt.quantization.api import quantize
@@ -25,32 +24,36 @@ class _QuantizePass(ConfigPass):
     def __post_init__(self) -> None:
         self.config(objective="latency", seed=0)
 
-    def concrete_mode(self, model: ModelProto, context: PassContext) -> str:
-        """The mode actually used: auto picks static for conv nets with calibration data, else dynamic."""
+    def concrete_mode(self, family: str, *, has_calib: bool) -> str:
+        """The mode actually used: auto picks static for conv nets with calibration data, else dynamic.
+
+        The one rule for whether this pass calibrates: optimize() asks it with has_calib=True to
+        decide whether calibration data is wanted.
+        """
         mode: str = self.mode
         if mode != "auto":
             return mode
-        return "static" if model_family(model) == "conv" and context.calib is not None else "dynamic"
+        return "static" if family == "conv" and has_calib else "dynamic"
 
     def __call__(self, model: ModelProto, context: PassContext) -> PassResult:
         """Quantize; in auto mode the result is a candidate kept only if measured faster."""
         requested: str = self.mode
-        mode = self.concrete_mode(model, context)
-        if requested == "auto" and context.objective == "latency" and model_family(model) == "conv" and context.calib is None:
+        family = context.family or model_family(model)
+        if requested == "auto" and context.objective == "latency" and family == "conv" and context.calib is None:
             reason = (
                 "conv net without calibration data: pass --calib-data for static int8 "
                 "(dynamic int8 convolutions, ConvInteger, are slower than float on CPUs)"
             )
             return PassResult(model, False, {"mode": "skipped", "requested_mode": requested, "reason": reason})
-        if mode == "static" and context.calib is None:
-            raise InvalidInputError(
-                "static quantization needs calibration data: pass --calib-data calib.npz"
-            )
+        mode = self.concrete_mode(family, has_calib=context.calib is not None)
         config: QuantizeConfig = dataclasses.replace(
             self.config(objective=context.objective, seed=context.seed), mode=mode
         )
         val = (context.val, context.labels) if context.val is not None else None
-        result = quantize(model, config, calib=context.calib if mode == "static" else None, val=val, bench=None)
+        result = quantize(
+            model, config, calib=context.calib if mode == "static" else None, val=val, bench=None,
+            graph_optimized=context.prior[-1:] == ("optimize_graph",),
+        )
         report = dict(result.report)
         report.setdefault("mode", mode)
         report["requested_mode"] = requested

@@ -1,14 +1,12 @@
-"""Graph index and data types of channel pruning: constants, shapes, sources, groups and cuts.
+"""What channel pruning knows about a graph, and the records it fills in.
 
-A group starts at a *source* (a Conv with group=1, or a Gemm/MatMul with a constant 2-D weight)
-whose output channels could be removed, and is flooded forward and backward through the graph:
-element-wise ops, activations, pools, BatchNormalization and depthwise Conv carry the channels
-on; residual Add/Mul pull the other operand's producer into the same group; Concat shifts the
-channels by an offset; Flatten/Reshape turn each channel into a block of H*W features; Conv,
-Gemm and MatMul consumers end the group (they lose input channels). Each tensor a group
-reaches records `positions`: an int array (channels, m) giving, for every group channel, the
-m positions it occupies on the tensor's channel axis. Anything the rules do not cover marks
-the group unsafe with a reason; unsafe groups are left alone.
+GraphIndex indexes a model's main graph once: producers and consumers of every tensor, constant
+values (initializers, Identity of one, Constant nodes), inferred shapes and the names subgraphs
+read. Group is one dependency group (built in onnxopt.pruning.channels.groups): its sources, the
+tensors it reaches with the `positions` of its channels on each, and the ParamCut records of the
+constants that lose entries; Unsafe is raised where the channels cannot be followed.
+is_source, source_output and source_cuts say which nodes (Conv with group=1, Gemm/MatMul with a
+constant 2-D weight) start a group and which of their parameters lose output channels.
 """
 
 from __future__ import annotations
@@ -20,6 +18,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
+
+from onnxopt.core.model import subgraph_inputs
 
 
 class Unsafe(Exception):
@@ -71,7 +71,7 @@ class GraphIndex:
                     self.consumers.setdefault(name, []).append((i, j))
         self.outputs = {o.name for o in g.output}
         self.graph_inputs = {i.name for i in g.input}
-        self.subgraph_refs = subgraph_names(g)
+        self.subgraph_refs = subgraph_inputs(g.node)
         self.shapes = _infer_shapes(model)
         self._const_cache: dict[str, np.ndarray | None] = {}
 
@@ -121,18 +121,6 @@ class GraphIndex:
         """A node's name for messages."""
         n = self.nodes[i]
         return n.name or f"{n.op_type}#{i}"
-
-
-def subgraph_names(g: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for n in g.node:
-        for a in n.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for sg in subs:
-                for sn in sg.node:
-                    names.update(sn.input)
-                names |= subgraph_names(sg)
-    return names
 
 
 def _infer_shapes(model: ModelProto) -> dict[str, tuple[int | None, ...]]:

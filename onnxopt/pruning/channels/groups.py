@@ -2,7 +2,7 @@
 
 A group starts at a *source* (a Conv with group=1, or a Gemm/MatMul with a constant 2-D weight)
 whose output channels could be removed, and is flooded forward and backward through the graph
-with the per-op rules of onnxopt.channel_ops: element-wise ops, activations, pools,
+with the per-op rules of onnxopt.pruning.channels.ops: element-wise ops, activations, pools,
 BatchNormalization and depthwise Conv carry the channels on; residual Add/Mul pull the other
 operand's producer into the same group; Concat shifts the channels by an offset;
 Flatten/Reshape turn each channel into a block of H*W features; Conv, Gemm and MatMul consumers

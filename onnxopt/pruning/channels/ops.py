@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+from onnx import NodeProto
 
 from onnxopt.pruning.channels.graph import GraphIndex, Group, ParamCut, Unsafe, is_depthwise
 
@@ -24,8 +25,6 @@ UNARY = {
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "PRelu", "Pow"}
 NORMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
-
-
 
 
 class Flood(Protocol):
@@ -196,14 +195,18 @@ def _fw_matmul(t: Flood, grp: Group, i: int, j: int, axis: int, pos: np.ndarray)
     grp.cuts.append(ParamCut(i, 1, 0, pos))
 
 
-def _fw_concat(t: Flood, grp: Group, i: int, j: int, axis: int, pos: np.ndarray) -> None:
-    ix = t.ix
-    n = ix.nodes[i]
-    rank = _rank(t, n.output[0])
-    cat = int(ix.attr(n, "axis", 0))
-    cat = cat + rank if cat < 0 else cat
+def _channel_concat(t: Flood, i: int, axis: int) -> NodeProto:
+    """Concat node i, which must join its inputs along the channel axis."""
+    n = t.ix.nodes[i]
+    cat = int(t.ix.attr(n, "axis", 0))
+    cat = cat + _rank(t, n.output[0]) if cat < 0 else cat
     if cat != axis:
-        raise Unsafe(f"{ix.label(i)}: Concat along axis {cat}, not the channel axis {axis}")
+        raise Unsafe(f"{t.ix.label(i)}: Concat along axis {cat}, not the channel axis {axis}")
+    return n
+
+
+def _fw_concat(t: Flood, grp: Group, i: int, j: int, axis: int, pos: np.ndarray) -> None:
+    n = _channel_concat(t, i, axis)
     offset = 0
     for k in range(j):
         offset += _known_dim(t, n.input[k], axis)
@@ -211,13 +214,7 @@ def _fw_concat(t: Flood, grp: Group, i: int, j: int, axis: int, pos: np.ndarray)
 
 
 def _bw_concat(t: Flood, grp: Group, p: int, axis: int, pos: np.ndarray) -> None:
-    ix = t.ix
-    n = ix.nodes[p]
-    rank = _rank(t, n.output[0])
-    cat = int(ix.attr(n, "axis", 0))
-    cat = cat + rank if cat < 0 else cat
-    if cat != axis:
-        raise Unsafe(f"{ix.label(p)}: Concat along axis {cat}, not the channel axis {axis}")
+    n = _channel_concat(t, p, axis)
     offset = 0
     lo, hi = int(pos.min()), int(pos.max())
     for name in n.input:
@@ -226,7 +223,7 @@ def _bw_concat(t: Flood, grp: Group, p: int, axis: int, pos: np.ndarray) -> None
             t.push(name, axis, pos - offset)
             return
         offset += size
-    raise Unsafe(f"{ix.label(p)}: channels span several Concat inputs")
+    raise Unsafe(f"{t.ix.label(p)}: channels span several Concat inputs")
 
 
 def _known_dim(t: Flood, name: str, axis: int) -> int:

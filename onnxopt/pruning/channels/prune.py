@@ -1,6 +1,6 @@
 """Structured channel pruning of an ONNX graph: remove whole output channels and everything they feed.
 
-For each dependency group (onnxopt.channel_graph) the channels are scored by the group sum of
+For each dependency group (onnxopt.pruning.channels.groups) the channels are scored by the group sum of
 the L1 or L2 norms of the sources' output-channel weights; the lowest-scoring `ratio` of them
 are removed from every parameter in the group: the sources' weights and biases, BatchNorm
 parameters, per-channel constants, depthwise Conv weights (and `group`), and the consumers'
@@ -20,8 +20,8 @@ import onnx
 from onnx import ModelProto, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError, OnnxoptError
-from onnxopt.core.model import copy_model, initializer_stats
-from onnxopt.pruning.channels.graph import GraphIndex, Group, subgraph_names
+from onnxopt.core.model import copy_model, initializer_stats, subgraph_inputs
+from onnxopt.pruning.channels.graph import GraphIndex, Group
 from onnxopt.pruning.channels.groups import build_groups
 from onnxopt.pruning.result import PruneResult
 
@@ -159,7 +159,7 @@ def _remove_dead(model: ModelProto) -> None:
     g = model.graph
     while True:
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        used |= subgraph_names(g)
+        used |= subgraph_inputs(g.node)
         dead = [n for n in g.node if n.op_type in ("Identity", "Constant") and not any(o in used for o in n.output)]
         if not dead:
             break
