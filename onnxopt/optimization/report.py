@@ -18,6 +18,7 @@ from typing import Any
 from onnxopt.core.errors import MissingExtraError
 from onnxopt.core.jsonable import json_default
 from onnxopt.core.provenance import Provenance
+from onnxopt.measure.plots import require_matplotlib
 from onnxopt.optimization.types import OptimizeResult
 
 COLUMNS = ("stage", "size", "p50 ms", "speedup [95% CI]", "cosine", "top-1 agree", "accuracy", "pass time", "kept")
@@ -205,17 +206,6 @@ def check_html_available() -> None:
         raise MissingExtraError("matplotlib", "report")
 
 
-def _require_matplotlib() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise MissingExtraError("matplotlib", "report") from e
-    return plt
-
-
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
@@ -224,7 +214,7 @@ def _png(fig: Any) -> str:
 
 def plots(result: OptimizeResult) -> dict[str, str]:
     """Base64 PNGs: latency distributions per stage and per-stage bars (latency, size)."""
-    plt = _require_matplotlib()
+    plt = require_matplotlib()
     measured = [s for s in result.stages if s.bench is not None and (s.modified or s.pass_name is None)]
     out: dict[str, str] = {}
     if measured:
