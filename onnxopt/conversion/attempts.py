@@ -24,7 +24,7 @@ from onnxopt.conversion.edits import (
     simplify,
 )
 from onnxopt.conversion.parity import ParityError, ParityReport, check_parity, parity_message
-from onnxopt.conversion.types import Candidate, ConvertOptions, ExportError, Source
+from onnxopt.conversion.types import Candidate, ConvertOptions, ExportError, ExportRequest, Source
 from onnxopt.core.errors import OnnxoptError
 from onnxopt.core.errors import short_message as _short
 from onnxopt.core.feeds import Feed
@@ -51,19 +51,14 @@ def try_exporters(
     """
     attempts: list[dict[str, Any]] = []
     candidates: list[Candidate] = []
+    request = ExportRequest(opset=options.opset, dynamic_batch=options.dynamic_batch,
+                            input_names=in_names, output_names=out_names, examples=examples)
     for name in exporters:
         attempt: dict[str, Any] = {"exporter": name}
         attempts.append(attempt)
         t = time.perf_counter()
         try:
-            model = source.export(
-                name,
-                opset=options.opset,
-                dynamic_batch=options.dynamic_batch,
-                input_names=in_names,
-                output_names=out_names,
-                examples=examples,
-            )
+            model = source.export(name, request)
             model = _normalize(model, in_names, out_names, options.dynamic_batch)
         except OnnxoptError as e:
             attempt.update(ok=False, error=str(e), export_s=round(time.perf_counter() - t, 3))

@@ -53,6 +53,17 @@ class ConvertOptions:
 
 
 @dataclass(frozen=True)
+class ExportRequest:
+    """What Source.export is asked for: the same for every exporter tried on one model."""
+
+    opset: int
+    dynamic_batch: bool
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    examples: Sequence[np.ndarray]  # one example array per input, in call order
+
+
+@dataclass(frozen=True)
 class ConvertResult:
     """The converted model, its parity figures, the exporter used, and a JSON report."""
 
@@ -85,16 +96,7 @@ class Source(Protocol):
         """Run the source model in inference mode on inputs given in call order."""
         ...
 
-    def export(
-        self,
-        exporter: str,
-        *,
-        opset: int,
-        dynamic_batch: bool,
-        input_names: Sequence[str],
-        output_names: Sequence[str],
-        examples: Sequence[np.ndarray],
-    ) -> ModelProto:
+    def export(self, exporter: str, request: ExportRequest) -> ModelProto:
         """Export with the named exporter; raise an UnsupportedModelError with a short, actionable message."""
         ...
 

@@ -7,7 +7,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,11 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
+from onnxopt.conversion.types import ExportRequest
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.frameworks import require_keras
-from onnxopt.frameworks.quiet import quiet_exporter
+from onnxopt.frameworks.quiet import exporting, quiet_exporter
+from onnxopt.frameworks.quiet import shorten_error as _shorten
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,19 @@ _PATTERNS = (
 
 def shorten_error(e: BaseException, limit: int = 240) -> str:
     """The exporter's message cut down to what a user can act on."""
-    text = f"{e}\n{e.__cause__ or ''}"
-    for pattern, template in _PATTERNS:
-        m = pattern.search(text)
-        if m:
-            return template.format(*m.groups())[:limit]
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.lower().startswith("traceback"):
-            return f"{type(e).__name__}: {line}"[:limit]
-    return type(e).__name__
+    return _shorten(e, _PATTERNS, limit=limit)
+
+
+def _export_failed(e: BaseException) -> KerasExportError:
+    return KerasExportError(shorten_error(e))
+
+
+@contextlib.contextmanager
+def _exporting() -> Iterator[None]:
+    """Quiet, with the tf2onnx patch applied; any failure inside as a KerasExportError."""
+    with exporting(_NOISY_LOGGERS, _export_failed):
+        _patch_tf2onnx()
+        yield
 
 
 def _clean_name(name: str, fallback: str) -> str:
@@ -170,32 +175,20 @@ class KerasSource:
             order = list(self.model.output_names)
         return [_to_numpy(o) for o in _flatten(out, order)]
 
-    def export(
-        self,
-        exporter: str,
-        *,
-        opset: int,
-        dynamic_batch: bool,
-        input_names: Sequence[str],
-        output_names: Sequence[str],
-        examples: Sequence[np.ndarray],
-    ) -> ModelProto:
+    def export(self, exporter: str, request: ExportRequest) -> ModelProto:
         """model.export(format='onnx') (Keras 3 drives tf2onnx) into a temp dir; load the result."""
         if exporter != "keras":
             raise InvalidInputError(f"unknown Keras exporter {exporter!r}; use keras")
 
-        specs = _tensor_specs(examples, input_names, dynamic_batch)
+        specs = _tensor_specs(request)
         signature = [specs[0]] if len(specs) == 1 else [specs]
         tmp = Path(tempfile.mkdtemp(prefix="onnxopt-keras-"))
         try:
             path = tmp / "model.onnx"
-            with quiet():
-                _patch_tf2onnx()
+            with _exporting():
                 self.model.export(str(path), format="onnx", verbose=False, input_signature=signature,
-                                  opset_version=opset)
-            return onnx.load(str(path))
-        except Exception as e:
-            raise KerasExportError(shorten_error(e)) from e
+                                  opset_version=request.opset)
+                return onnx.load(str(path))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -265,22 +258,13 @@ class SavedModelSource:
         out = self.fn(**{k: tf.constant(a) for k, a in zip(self._in_keys, inputs)})
         return [np.asarray(out[k].numpy()) for k in self._out_keys]
 
-    def export(
-        self,
-        exporter: str,
-        *,
-        opset: int,
-        dynamic_batch: bool,
-        input_names: Sequence[str],
-        output_names: Sequence[str],
-        examples: Sequence[np.ndarray],
-    ) -> ModelProto:
+    def export(self, exporter: str, request: ExportRequest) -> ModelProto:
         """tf2onnx.convert.from_function on a tf.function that calls the signature."""
         import tensorflow as tf
 
         if exporter != "tf2onnx":
             raise InvalidInputError(f"unknown SavedModel exporter {exporter!r}; use tf2onnx")
-        specs = _tensor_specs(examples, input_names, dynamic_batch)
+        specs = _tensor_specs(request)
         fn, keys, out_keys = self.fn, self._in_keys, self._out_keys
 
         @tf.function(input_signature=specs)
@@ -288,22 +272,18 @@ class SavedModelSource:
             out = fn(**dict(zip(keys, args)))
             return [out[k] for k in out_keys]
 
-        try:
-            with quiet():
-                _patch_tf2onnx()
-                import tf2onnx
+        with _exporting():
+            import tf2onnx
 
-                model, _ = tf2onnx.convert.from_function(call, input_signature=specs, opset=opset)
-        except Exception as e:
-            raise KerasExportError(shorten_error(e)) from e
+            model, _ = tf2onnx.convert.from_function(call, input_signature=specs, opset=request.opset)
         return model
 
 
-def _tensor_specs(examples: Sequence[np.ndarray], names: Sequence[str], dynamic_batch: bool) -> list[Any]:
+def _tensor_specs(request: ExportRequest) -> list[Any]:
     """tf.TensorSpecs for the example inputs (batch axis None when dynamic)."""
     import tensorflow as tf
 
     return [
-        tf.TensorSpec((None if dynamic_batch else a.shape[0], *a.shape[1:]), tf.as_dtype(a.dtype), name=n)
-        for a, n in zip(examples, names)
+        tf.TensorSpec((None if request.dynamic_batch else a.shape[0], *a.shape[1:]), tf.as_dtype(a.dtype), name=n)
+        for a, n in zip(request.examples, request.input_names)
     ]

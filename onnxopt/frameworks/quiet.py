@@ -1,12 +1,17 @@
-"""Keep exporters quiet: their warnings, log records and (native) prints go to debug logging."""
+"""Keep exporters quiet (warnings, log records and native prints go to debug logging), and short.
+
+quiet_exporter silences an exporter; exporting also turns its failure into a onnxopt error;
+shorten_error cuts an exporter's long message down to the line a user can act on.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,42 @@ def quiet_exporter(loggers: Sequence[str]) -> Iterator[None]:
         text = (sink.getvalue() + native.get("text", "")).strip()
         if text:
             log.debug("exporter output: %s", text[:2000])
+
+
+@contextlib.contextmanager
+def exporting(loggers: Sequence[str], error: Callable[[BaseException], Exception]) -> Iterator[None]:
+    """quiet_exporter(loggers), re-raising any failure inside as error(e) (from e)."""
+    try:
+        with quiet_exporter(loggers):
+            yield
+    except Exception as e:
+        raise error(e) from e
+
+
+def shorten_error(
+    e: BaseException,
+    patterns: Sequence[tuple[re.Pattern[str], str]],
+    *,
+    limit: int = 240,
+    skip: tuple[str, ...] = ("traceback",),
+    trim: str = "",
+) -> str:
+    """An exporter's message cut down to what a user can act on.
+
+    The first of patterns found in the message (or its cause) gives the text, its template
+    filled with the match's groups; else the first line not starting with one of skip (lower
+    case), with trim's characters stripped from its ends, after the exception's type name.
+    """
+    text = f"{e}\n{e.__cause__ or ''}"
+    for pattern, template in patterns:
+        m = pattern.search(text)
+        if m:
+            return template.format(*m.groups())[:limit]
+    for line in text.splitlines():
+        line = line.strip().strip(trim).strip()
+        if line and not line.lower().startswith(skip):
+            return f"{type(e).__name__}: {line}"[:limit]
+    return type(e).__name__
 
 
 @contextlib.contextmanager

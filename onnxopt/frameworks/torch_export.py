@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import logging
@@ -14,18 +13,15 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
+from onnxopt.conversion.types import ExportRequest
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.frameworks import require_torch
-from onnxopt.frameworks.quiet import quiet_exporter
+from onnxopt.frameworks.quiet import exporting
+from onnxopt.frameworks.quiet import shorten_error as _shorten
 
 log = logging.getLogger(__name__)
 
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript", "onnx_ir")
-
-
-def quiet() -> contextlib.AbstractContextManager[None]:
-    """Silence torch.onnx while it exports (warnings, log records, prints, native output)."""
-    return quiet_exporter(_NOISY_LOGGERS)
 
 
 class TorchExportError(UnsupportedModelError):
@@ -48,16 +44,11 @@ _PATTERNS = (
 
 def shorten_error(e: BaseException, limit: int = 240) -> str:
     """The exporter's message cut down to what a user can act on."""
-    text = f"{e}\n{e.__cause__ or ''}"
-    for pattern, template in _PATTERNS:
-        m = pattern.search(text)
-        if m:
-            return template.format(*m.groups())[:limit]
-    for line in text.splitlines():
-        line = line.strip().strip("#").strip()
-        if line and not line.lower().startswith(("traceback", "failed to export", "see ")):
-            return f"{type(e).__name__}: {line}"[:limit]
-    return type(e).__name__
+    return _shorten(e, _PATTERNS, limit=limit, skip=("traceback", "failed to export", "see "), trim="#")
+
+
+def _export_failed(e: BaseException) -> TorchExportError:
+    return TorchExportError(shorten_error(e))
 
 
 def _flatten(out: Any) -> list[Any]:
@@ -147,78 +138,53 @@ class TorchSource:
             raise InvalidInputError(f"the module returns {bad[0]}; convert needs tensors (or tuples/dicts of them)")
         return [o.detach().cpu().numpy() for o in flat]
 
-    def export(
-        self,
-        exporter: str,
-        *,
-        opset: int,
-        dynamic_batch: bool,
-        input_names: Sequence[str],
-        output_names: Sequence[str],
-        examples: Sequence[np.ndarray],
-    ) -> ModelProto:
+    def export(self, exporter: str, request: ExportRequest) -> ModelProto:
         """Export with torch.onnx ('dynamo' or 'torchscript'); TorchExportError with a short reason."""
         if exporter == "dynamo":
-            return self._export_dynamo(opset, dynamic_batch, input_names, output_names, examples)
+            return self._export_dynamo(request)
         if exporter == "torchscript":
-            return self._export_torchscript(opset, dynamic_batch, input_names, output_names, examples)
+            return self._export_torchscript(request)
         raise InvalidInputError(f"unknown torch exporter {exporter!r}; choose dynamo or torchscript")
 
-    def _export_dynamo(
-        self, opset: int, dynamic: bool, in_names: Sequence[str], out_names: Sequence[str], examples: Sequence[np.ndarray]
-    ) -> ModelProto:
+    def _torch_onnx_export(self, arrays: Sequence[np.ndarray], req: ExportRequest, **kwargs: Any) -> Any:
+        """torch.onnx.export of the module on arrays, quiet; any failure as a TorchExportError."""
         torch = require_torch()
-        arrays = list(examples)
+        with exporting(_NOISY_LOGGERS, _export_failed):
+            return torch.onnx.export(
+                self.module,
+                self._tensors(arrays),
+                input_names=list(req.input_names),
+                output_names=list(req.output_names),
+                opset_version=req.opset,
+                **kwargs,
+            )
+
+    def _export_dynamo(self, req: ExportRequest) -> ModelProto:
+        torch = require_torch()
+        arrays = list(req.examples)
         dynamic_shapes = None
-        if dynamic and self.kind != "exported_program":
+        if req.dynamic_batch and self.kind != "exported_program":
             # torch.export specializes a size-1 dim to a constant: export at batch 2 instead.
             arrays = [np.concatenate([a, a]) if a.ndim and a.shape[0] == 1 else a for a in arrays]
             batch = torch.export.Dim("batch")
             dynamic_shapes = tuple({0: batch} if a.ndim else None for a in arrays)
-        try:
-            with quiet():
-                prog = torch.onnx.export(
-                    self.module,
-                    self._tensors(arrays),
-                    dynamo=True,
-                    input_names=list(in_names),
-                    output_names=list(out_names),
-                    opset_version=opset,
-                    dynamic_shapes=dynamic_shapes,
-                    optimize=True,
-                    verbose=False,
-                    report=False,
-                )
+        prog = self._torch_onnx_export(
+            arrays, req, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False, report=False
+        )
+        with exporting(_NOISY_LOGGERS, _export_failed):  # the proto is built (and may fail) on access
             assert prog is not None
             model = prog.model_proto
-        except Exception as e:
-            raise TorchExportError(shorten_error(e)) from e
-        return _with_opset(model, opset)
+        return _with_opset(model, req.opset)
 
-    def _export_torchscript(
-        self, opset: int, dynamic: bool, in_names: Sequence[str], out_names: Sequence[str], examples: Sequence[np.ndarray]
-    ) -> ModelProto:
-        torch = require_torch()
+    def _export_torchscript(self, req: ExportRequest) -> ModelProto:
         dynamic_axes = None
-        if dynamic:
-            dynamic_axes = {n: {0: "batch"} for n, a in zip(in_names, examples) if a.ndim}
-            dynamic_axes.update({n: {0: "batch"} for n in out_names})
+        if req.dynamic_batch:
+            dynamic_axes = {n: {0: "batch"} for n, a in zip(req.input_names, req.examples) if a.ndim}
+            dynamic_axes.update({n: {0: "batch"} for n in req.output_names})
         buf = io.BytesIO()
-        try:
-            with quiet():
-                torch.onnx.export(
-                    self.module,
-                    self._tensors(examples),
-                    buf,
-                    dynamo=False,
-                    input_names=list(in_names),
-                    output_names=list(out_names),
-                    dynamic_axes=dynamic_axes,
-                    opset_version=opset,
-                    do_constant_folding=True,
-                )
-        except Exception as e:
-            raise TorchExportError(shorten_error(e)) from e
+        self._torch_onnx_export(
+            req.examples, req, f=buf, dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True
+        )
         return onnx.load_from_string(buf.getvalue())
 
 
