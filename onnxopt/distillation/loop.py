@@ -3,20 +3,24 @@
 The loop owns what does not depend on the framework: checking and casting the data, caching
 the teacher's targets, the epochs and batches, the per-step learning-rate schedule (`lr_at`),
 early stopping, best-weights tracking and the history. A framework plugs in through a
-`Backend` (frameworks/torch_distill.py, frameworks/keras_distill.py) that runs one optimizer
-step on a batch of sample indices and evaluates the student on the validation split.
+`Framework` (frameworks/torch_distill.py, frameworks/keras_distill.py): a teacher cache, a
+seeding function, a `Tap` on the student and a `Backend` that runs one optimizer step on a
+batch of sample indices and evaluates the student on the validation split.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.errors import short_message as _short
 from onnxopt.distillation.core import (
     Data,
     DistillConfig,
@@ -28,11 +32,14 @@ from onnxopt.distillation.core import (
     check_data,
     lr_at,
 )
+from onnxopt.distillation.teacher import as_logits, teacher_outputs
 
 log = logging.getLogger(__name__)
 
 # (teacher, training inputs, teacher hint layer or None) -> (logits, hint features, softmax handling)
 TeacherCache = Callable[[Any, np.ndarray, str | None], tuple[np.ndarray, np.ndarray | None, str]]
+# (batch of inputs) -> (float32 logits, float32 hint features or None) of a framework teacher
+TeacherRun = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 class Backend(Protocol):
@@ -56,6 +63,16 @@ class Backend(Protocol):
 
     def set_weights(self, weights: Any) -> None:
         """Restore weights from get_weights."""
+        ...
+
+
+class Tap(Protocol):
+    """A framework's view of a model that yields its logits (bypassing a final softmax) and hint."""
+
+    softmax_handling: str  # "none" or how a final softmax is bypassed
+
+    def close(self) -> None:
+        """Undo what tapping did to the model."""
         ...
 
 
@@ -105,6 +122,9 @@ def prepare(
     if not labels_only:
         if teacher_logits is not None and t_hint is None:
             t_logits = np.asarray(teacher_logits, np.float32)
+        elif isinstance(teacher, (ModelProto, str, os.PathLike)):  # an ONNX teacher runs in onnxruntime
+            res = teacher_outputs(teacher, x_tr, hint=t_hint)
+            t_logits, t_feats, handling = res.logits, res.features, res.softmax_handling
         else:
             t_logits, t_feats, handling = cache(teacher, x_tr, t_hint)
         if len(t_logits) != len(x_tr):
@@ -122,7 +142,42 @@ def prepare(
     )
 
 
-def check_student_logits(shape: tuple[int, ...], data: TrainingSet) -> None:
+def batched_targets(
+    run: TeacherRun, x: np.ndarray, hint: str | None, batch_size: int, softmax_handling: str
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(logits, hint features, softmax handling) of a framework teacher run over x batch by batch.
+
+    A failure other than InvalidInputError is reported as data that does not fit the teacher.
+    """
+    logits: list[np.ndarray] = []
+    feats: list[Any] = []
+    try:
+        for start in range(0, len(x), batch_size):
+            lg, ft = run(x[start : start + batch_size])
+            logits.append(lg)
+            if hint:
+                feats.append(ft)
+    except InvalidInputError:
+        raise
+    except Exception as e:
+        raise InvalidInputError(f"data of shape {tuple(x.shape)} does not fit the teacher: {_short(e)}") from e
+    out, handling = as_logits(np.concatenate(logits), softmax_handling)
+    return out, (np.concatenate(feats) if hint else None), handling
+
+
+def probe_student(run: Callable[[], tuple[Any, Any]], data: TrainingSet) -> Any:
+    """Check the student's logits on two samples (run() gives them and its hint feature); the hint feature."""
+    try:
+        s_out, s_feat = run()
+    except Exception as e:
+        raise InvalidInputError(
+            f"data of shape {tuple(data.x_train.shape)} does not fit the student: {_short(e)}"
+        ) from e
+    _check_student_logits(tuple(s_out.shape), data)
+    return s_feat
+
+
+def _check_student_logits(shape: tuple[int, ...], data: TrainingSet) -> None:
     """Raise InvalidInputError unless the student returns [batch, classes] logits that fit the labels."""
     if len(shape) != 2:
         raise InvalidInputError(f"student output must be [batch, classes] logits; got shape {shape}")
@@ -194,3 +249,35 @@ def run_epochs(
         softmax_handling=describe_handling(data.teacher_handling, student_softmax),
         mode=data.mode,
     )
+
+
+@dataclass(frozen=True)
+class Framework:
+    """How a framework plugs into the loop."""
+
+    cache: TeacherCache  # the targets of a framework teacher (an ONNX one is run by prepare)
+    seed: Callable[[int], None]  # seed the framework's generators
+    tap: Callable[[Any, str | None, str], Tap]  # (model, hint layer or None, who) -> Tap
+    backend: Callable[[Any, Any, TrainingSet, DistillConfig], Backend]  # (student, tap, data, config)
+
+
+def train(
+    framework: Framework,
+    teacher: Any,
+    student: Any,
+    train_data: Data,
+    val_data: Data,
+    config: DistillConfig,
+    *,
+    teacher_logits: np.ndarray | None,
+    progress: ProgressFn | None,
+) -> DistillHistory:
+    """Prepare the data and the teacher's targets, tap the student, run the epochs; the history."""
+    data = prepare(teacher, train_data, val_data, config, teacher_logits=teacher_logits,
+                   cache=framework.cache, seed=framework.seed)
+    tap = framework.tap(student, data.student_hint, "student")
+    try:
+        backend = framework.backend(student, tap, data, config)
+        return run_epochs(backend, data, config, student_softmax=tap.softmax_handling, progress=progress)
+    finally:
+        tap.close()

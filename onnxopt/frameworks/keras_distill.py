@@ -7,22 +7,14 @@ traced optimizer step live here; epochs, schedule, early stopping and history li
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.errors import short_message as _short
 from onnxopt.distillation.core import Data, DistillConfig, DistillHistory, ProgressFn, pool_features
-from onnxopt.distillation.loop import (
-    TrainingSet,
-    check_student_logits,
-    prepare,
-    run_epochs,
-)
-from onnxopt.distillation.teacher import as_logits, teacher_outputs
+from onnxopt.distillation.loop import Framework, TrainingSet, batched_targets, probe_student, train
 from onnxopt.frameworks import require_keras
 
 log = logging.getLogger(__name__)
@@ -112,28 +104,20 @@ def _seed(seed: int) -> None:
 def teacher_cache(
     teacher: Any, x: np.ndarray, hint: str | None, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Teacher logits (and hint features) for every sample, computed once in inference mode."""
-    if isinstance(teacher, (ModelProto, str, os.PathLike)):
-        res = teacher_outputs(teacher, x, hint=hint, batch_size=batch_size)
-        return res.logits, res.features, res.softmax_handling
+    """Logits (and hint features) of a Keras teacher for every sample, computed once in inference mode."""
     tap = _Tap(teacher, hint, "teacher")
-    logits, feats = [], []
+
+    def run(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        lg, ft = tap(xb, training=False)
+        return np.asarray(lg, np.float32), (np.asarray(ft, np.float32) if hint else None)
+
     try:
-        for start in range(0, len(x), batch_size):
-            lg, ft = tap(x[start : start + batch_size], training=False)
-            logits.append(np.asarray(lg, np.float32))
-            if hint:
-                feats.append(np.asarray(ft, np.float32))
-    except InvalidInputError:
-        raise
-    except Exception as e:
-        raise InvalidInputError(f"data of shape {tuple(x.shape)} does not fit the teacher: {_short(e)}") from e
+        return batched_targets(run, x, hint, batch_size, tap.softmax_handling)
     finally:
         tap.close()
-    out, handling = as_logits(np.concatenate(logits), tap.softmax_handling)
-    return out, (np.concatenate(feats) if hint else None), handling
 
 
+# The signature torch_distill.distill has too: onnxopt.distillation.api uses either module as its back end.
 def distill(
     teacher: Any,
     student: Any,
@@ -150,14 +134,8 @@ def distill(
     or None for the labels-only baseline. The best validation weights are restored.
     """
     config = config or DistillConfig()
-    data = prepare(teacher, train_data, val_data, config, teacher_logits=teacher_logits,
-                   cache=teacher_cache, seed=_seed)
-    tap = _Tap(student, data.student_hint, "student")
-    try:
-        hist = run_epochs(_KerasBackend(student, tap, data, config), data, config,
-                          student_softmax=tap.softmax_handling, progress=progress)
-    finally:
-        tap.close()
+    hist = train(_KERAS, teacher, student, train_data, val_data, config,
+                 teacher_logits=teacher_logits, progress=progress)
     return student, hist
 
 
@@ -184,13 +162,7 @@ class _KerasBackend:
 
     def _probe(self) -> Any:
         """Run the student on two samples: check its logits; return its hint feature (or None)."""
-        x_tr = self.data.x_train
-        try:
-            s_out, s_feat = self.tap(x_tr[:2], training=False)
-        except Exception as e:
-            raise InvalidInputError(f"data of shape {tuple(x_tr.shape)} does not fit the student: {_short(e)}") from e
-        check_student_logits(tuple(s_out.shape), self.data)
-        return s_feat
+        return probe_student(lambda: self.tap(self.data.x_train[:2], training=False), self.data)
 
     def _make_step(self, variables: list[Any], config: DistillConfig) -> Any:
         """The traced training step: (x, y, teacher logits, teacher features) -> loss."""
@@ -256,6 +228,9 @@ class _KerasBackend:
     def set_weights(self, weights: Any) -> None:
         """Restore weights from get_weights."""
         self.student.set_weights(weights)
+
+
+_KERAS = Framework(cache=teacher_cache, seed=_seed, tap=_Tap, backend=_KerasBackend)
 
 
 def _hint_target(s_feat: Any, t_feats: np.ndarray | None) -> tuple[Any, np.ndarray | None]:

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.errors import short_message as _short
 from onnxopt.distillation.core import Data, DistillConfig, DistillHistory, ProgressFn, pool_features
-from onnxopt.distillation.loop import (
-    TrainingSet,
-    check_student_logits,
-    prepare,
-    run_epochs,
-)
-from onnxopt.distillation.teacher import as_logits, teacher_outputs
+from onnxopt.distillation.loop import Framework, TrainingSet, batched_targets, probe_student, train
 from onnxopt.frameworks import require_torch
 
 log = logging.getLogger(__name__)
@@ -81,36 +72,24 @@ def _seed(seed: int) -> None:
 
 
 def teacher_cache(
-    teacher: Teacher, x: np.ndarray, hint: str | None, batch_size: int = 256
+    teacher: Any, x: np.ndarray, hint: str | None, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Teacher logits (and hint features) for every sample, computed once with the teacher frozen."""
-    if isinstance(teacher, (ModelProto, str, os.PathLike)):
-        res = teacher_outputs(teacher, x, hint=hint, batch_size=batch_size)
-        return res.logits, res.features, res.softmax_handling
+    """Logits (and hint features) of a torch teacher for every sample, computed once with it frozen."""
     torch = require_torch()
     was_training = teacher.training
     teacher.eval()
     tap = _Tap(teacher, hint, "teacher")
-    logits, feats = [], []
+
+    def run(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        lg, ft = tap(teacher, torch.from_numpy(np.ascontiguousarray(xb)))
+        return lg.detach().float().cpu().numpy(), (ft.detach().float().cpu().numpy() if hint else None)
+
     try:
         with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-                lg, ft = tap(teacher, xb)
-                logits.append(lg.detach().float().cpu().numpy())
-                if hint:
-                    feats.append(ft.detach().float().cpu().numpy())
-    except InvalidInputError:
-        raise
-    except Exception as e:
-        raise InvalidInputError(
-            f"data of shape {tuple(x.shape)} does not fit the teacher: {_short(e)}"
-        ) from e
+            return batched_targets(run, x, hint, batch_size, tap.softmax_handling)
     finally:
         tap.close()
         teacher.train(was_training)
-    out, handling = as_logits(np.concatenate(logits), tap.softmax_handling)
-    return out, (np.concatenate(feats) if hint else None), handling
 
 
 def _regressor(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> Any:
@@ -128,6 +107,7 @@ def _regressor(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> Any:
     return torch.nn.Linear(s_shape[1], t_shape[1])
 
 
+# The signature keras_distill.distill has too: onnxopt.distillation.api uses either module as its back end.
 def distill(
     teacher: Teacher,
     student: Any,
@@ -153,14 +133,8 @@ def distill(
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        data = prepare(teacher, train_data, val_data, config, teacher_logits=teacher_logits,
-                       cache=teacher_cache, seed=_seed)
-        tap = _Tap(student, data.student_hint, "student")
-        try:
-            hist = run_epochs(_TorchBackend(student, tap, data, config), data, config,
-                              student_softmax=tap.softmax_handling, progress=progress)
-        finally:
-            tap.close()
+        hist = train(_TORCH, teacher, student, train_data, val_data, config,
+                     teacher_logits=teacher_logits, progress=progress)
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.set_num_threads(prev_threads)
@@ -194,15 +168,8 @@ class _TorchBackend:
         """Run the student on two samples: check its logits; return its hint feature (or None)."""
         torch = require_torch()
         self.student.eval()
-        try:
-            with torch.no_grad():
-                s_out, s_feat = self.tap(self.student, self.xt[:2])
-        except Exception as e:
-            raise InvalidInputError(
-                f"data of shape {tuple(data.x_train.shape)} does not fit the student: {_short(e)}"
-            ) from e
-        check_student_logits(tuple(s_out.shape), data)
-        return s_feat
+        with torch.no_grad():
+            return probe_student(lambda: self.tap(self.student, self.xt[:2]), data)
 
     def start_epoch(self) -> Any:
         """Training mode; a permutation from the seeded generator."""
@@ -250,6 +217,9 @@ class _TorchBackend:
     def set_weights(self, weights: Any) -> None:
         """Load a state dict from get_weights."""
         self.student.load_state_dict(weights)
+
+
+_TORCH = Framework(cache=teacher_cache, seed=_seed, tap=_Tap, backend=_TorchBackend)
 
 
 def _hint_target(s_feat: Any, t_feats: np.ndarray | None) -> tuple[Any, Any]:
