@@ -19,7 +19,8 @@ from onnxopt.frameworks.torch_genome import (
     ACTIVATIONS,
     check_genes,
     global_genes,
-    stage_value,
+    stage_conv,
+    stage_pools,
 )
 
 __all__ = ["build", "check_genes", "limit_threads", "param_count"]
@@ -58,13 +59,7 @@ def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: in
     x = inputs = keras.Input((c, h, w), name="input")
     x = layers.Permute((2, 3, 1))(x)  # NCHW -> NHWC for Keras' Conv2D
     for i in range(1, depth + 1):
-        width = stage_value(genome, "width", i, None)
-        if width is None:
-            raise InvalidInputError(f"genome has no width for stage {i}: add gene width_{i} or width")
-        width = int(width)
-        k = int(stage_value(genome, "kernel", i, 3))
-        if k < 1 or k % 2 == 0:
-            raise InvalidInputError(f"kernel_{i} must be odd and >= 1, got {k}")
+        width, k = stage_conv(genome, i)
         if separable and k > 1 and c > 1:
             x = layers.DepthwiseConv2D(k, padding="same", use_bias=False)(x)
             x = layers.Conv2D(width, 1, use_bias=not bn)(x)
@@ -73,10 +68,7 @@ def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: in
         if bn:  # torch's BatchNorm2d defaults (eps 1e-5, momentum 0.1)
             x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9)(x)
         x = _activation(act)(x)
-        pool = genome.get(f"pool_{i}")
-        if pool is None:
-            pool = i > depth - 2
-        if bool(pool) and min(h, w) >= 2:
+        if stage_pools(genome, i, depth) and min(h, w) >= 2:
             x = layers.MaxPooling2D(2)(x)
             h, w = h // 2, w // 2
         c = width

@@ -39,10 +39,29 @@ def check_genes(names: Iterable[str]) -> None:
 
 
 def stage_value(genome: Mapping[str, Any], name: str, i: int, default: Any) -> Any:
+    """Gene <name>_<i> of stage i, else gene <name>, else default."""
     v = genome.get(f"{name}_{i}")
     if v is None:
         v = genome.get(name)
     return default if v is None else v
+
+
+def stage_conv(genome: Mapping[str, Any], i: int) -> tuple[int, int]:
+    """(width, kernel size) of stage i; InvalidInputError when the width is missing or the kernel even."""
+    width = stage_value(genome, "width", i, None)
+    if width is None:
+        raise InvalidInputError(f"genome has no width for stage {i}: add gene width_{i} or width")
+    width = int(width)
+    k = int(stage_value(genome, "kernel", i, 3))
+    if k < 1 or k % 2 == 0:
+        raise InvalidInputError(f"kernel_{i} must be odd and >= 1, got {k}")
+    return width, k
+
+
+def stage_pools(genome: Mapping[str, Any], i: int, depth: int) -> bool:
+    """Whether stage i ends in a 2x2 max-pool (pool_<i>; by default after the last two stages)."""
+    pool = genome.get(f"pool_{i}")
+    return bool(i > depth - 2 if pool is None else pool)
 
 
 def _activation(name: str) -> Any:
@@ -88,13 +107,7 @@ def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: in
     c, h, w = (int(d) for d in input_shape)
     layers: list[Any] = []
     for i in range(1, depth + 1):
-        width = stage_value(genome, "width", i, None)
-        if width is None:
-            raise InvalidInputError(f"genome has no width for stage {i}: add gene width_{i} or width")
-        width = int(width)
-        k = int(stage_value(genome, "kernel", i, 3))
-        if k < 1 or k % 2 == 0:
-            raise InvalidInputError(f"kernel_{i} must be odd and >= 1, got {k}")
+        width, k = stage_conv(genome, i)
         if separable and k > 1 and c > 1:
             layers += [nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False),
                        nn.Conv2d(c, width, 1, bias=not bn)]
@@ -103,10 +116,7 @@ def build(genome: Mapping[str, Any], input_shape: Sequence[int], num_classes: in
         if bn:
             layers.append(nn.BatchNorm2d(width))
         layers.append(_activation(act))
-        pool = genome.get(f"pool_{i}")
-        if pool is None:
-            pool = i > depth - 2
-        if bool(pool) and min(h, w) >= 2:
+        if stage_pools(genome, i, depth) and min(h, w) >= 2:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
         c = width
@@ -142,10 +152,7 @@ def count_params(genome: Mapping[str, Any], input_shape: Sequence[int], num_clas
             total += c * width * k * k + (0 if bn else width)
         if bn:
             total += 2 * width
-        pool = genome.get(f"pool_{i}")
-        if pool is None:
-            pool = i > depth - 2
-        if bool(pool) and min(h, w) >= 2:
+        if stage_pools(genome, i, depth) and min(h, w) >= 2:
             h, w = h // 2, w // 2
         c = width
     features = c if genome.get("head", "flatten") == "gap" else c * h * w

@@ -6,6 +6,7 @@ Modules, from the data up:
   types               Objective, SearchConfig, Record, GenerationStats, SearchResult
   ranking             single-objective order with limits; NSGA-II sorting for Pareto searches
   checkpoint          the search state as JSON, checked on resume
+  dispatch            fitness calls inline, in a local process pool or on any Executor
   engine              the genetic search and the random-search baseline (`search`, `random_search`)
   evaluate            the shipped fitness: build, train, export and measure a candidate
   plot                accuracy vs latency with the front highlighted

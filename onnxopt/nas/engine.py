@@ -14,31 +14,28 @@ closest candidate is reported -- or a Pareto search (NSGA-II: constrained non-do
 plus crowding distance, parents and children competing for survival) returning the front.
 The ranking lives in :mod:`onnxopt.nas.ranking`, the data types in :mod:`onnxopt.nas.types`.
 
-Evaluations go through any ``concurrent.futures.Executor``: none (inline), a local process pool
-(``workers=N``), or a cluster executor such as Dask's ``distributed.Client(...).get_executor()``.
-A fitness call that raises marks that candidate failed with the reason; the search goes on.
-The state (population, every evaluation, numpy Generator state) is checkpointed to JSON after
-each generation, so a resumed search gives the same result as an uninterrupted one.
+Evaluations go through any ``concurrent.futures.Executor`` (:mod:`onnxopt.nas.dispatch`): none
+(inline), a local process pool (``workers=N``), or a cluster executor such as Dask's
+``distributed.Client(...).get_executor()``. A fitness call that raises marks that candidate
+failed with the reason; the search goes on. The state (population, every evaluation, numpy
+Generator state) is checkpointed to JSON after each generation, so a resumed search gives the
+same result as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import multiprocessing
 import os
 import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from onnxopt.core.errors import InvalidInputError, OnnxoptError
+from onnxopt.core.errors import InvalidInputError
 from onnxopt.nas.checkpoint import read_checkpoint, write_checkpoint
+from onnxopt.nas.dispatch import Fitness, evaluation_pool, normalize_metrics, run_fitness
 from onnxopt.nas.ranking import pareto_front, rank_records, single_key, violation
 from onnxopt.nas.space import Genome, SearchSpace
 from onnxopt.nas.types import GenerationStats, Objective, Record, SearchConfig, SearchResult
@@ -52,41 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Fitness = Callable[[Genome], Any]  # returns a float or a mapping of metric name -> value
 DEFAULT_CONFIG = SearchConfig()  # frozen: safe as a shared default argument
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-
-def _call_fitness(fitness: Fitness, genome: Genome) -> tuple[bool, Any, float]:
-    """Run a fitness call, catching its exception (runs in the worker; returns plain data)."""
-    start = time.perf_counter()
-    try:
-        return True, fitness(dict(genome)), time.perf_counter() - start
-    except Exception as e:
-        tb = traceback.extract_tb(e.__traceback__)
-        where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-        return False, f"{type(e).__name__}: {e}{where}", time.perf_counter() - start
-
-
-def _normalize_metrics(raw: Any, config: SearchConfig) -> tuple[dict[str, Any] | None, str | None]:
-    if isinstance(raw, int | float | np.number) and not isinstance(raw, bool):
-        raw = {config.objectives[0].name: float(raw)}
-    if not isinstance(raw, Mapping):
-        return None, f"fitness returned {type(raw).__name__}; expected a number or a dict of metrics"
-    metrics = {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in raw.items()}
-    for name in [o.name for o in config.objectives] + list(config.limits):
-        if name not in metrics:
-            return None, f"fitness result has no {name!r} metric (has: {', '.join(metrics) or 'nothing'})"
-        v = metrics[name]
-        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-            return None, f"fitness metric {name!r} is {v!r}; expected a finite number"
-    try:
-        json.dumps(metrics)
-    except TypeError as e:
-        return None, f"fitness metrics are not JSON-serializable: {e}"
-    return metrics, None
 
 
 class _Engine:
@@ -123,25 +86,10 @@ class _Engine:
             if k not in self.cache and k not in seen:
                 seen.add(k)
                 todo.append((k, g))
-        outcomes: list[tuple[bool, Any, float]]
-        if self.executor is None:
-            outcomes = [_call_fitness(self.fitness, g) for _, g in todo]
-        else:
-            futures = []
-            for _, g in todo:
-                try:
-                    futures.append(self.executor.submit(_call_fitness, self.fitness, g))
-                except Exception as e:  # e.g. the fitness cannot be pickled
-                    raise OnnxoptError(f"cannot submit the fitness function to the executor: {e}") from e
-            outcomes = []
-            for fut in futures:
-                try:
-                    outcomes.append(fut.result())
-                except Exception as e:  # worker died, result not picklable, ...
-                    outcomes.append((False, f"{type(e).__name__}: {e}", 0.0))
+        outcomes = run_fitness(self.fitness, [g for _, g in todo], self.executor)
         failed = 0
         for (k, g), (ok, payload, secs) in zip(todo, outcomes):
-            metrics, error = (_normalize_metrics(payload, self.config) if ok else (None, str(payload)))
+            metrics, error = (normalize_metrics(payload, self.config) if ok else (None, str(payload)))
             rec = Record(len(self.records), generation, k, dict(g), metrics, error, float(secs))
             if not rec.ok:
                 failed += 1
@@ -200,20 +148,25 @@ class _Engine:
             return fallback
         return dict(pop[0].genome)
 
-    def initial(self) -> list[Genome]:
-        """Generation 0: distinct valid random genomes (fewer when the space is small)."""
+    def draw(self, want: int, exclude: Collection[str] = ()) -> list[Genome]:
+        """Up to `want` distinct valid random genomes whose keys are not in exclude."""
         out: list[Genome] = []
         keys: set[str] = set()
-        for _ in range(self.config.population * 50):
-            if len(out) >= self.config.population:
+        for _ in range(want * 50):
+            if len(out) >= want:
                 break
             g = self.space.sample_valid(self.rng)
             if g is None:
                 break
             k = self.space.key(g)
-            if k not in keys:
+            if k not in keys and k not in exclude:
                 keys.add(k)
                 out.append(g)
+        return out
+
+    def initial(self) -> list[Genome]:
+        """Generation 0: distinct valid random genomes (fewer when the space is small)."""
+        out = self.draw(self.config.population)
         if not out:
             self.space.check_feasible(self.config.seed)
             raise InvalidInputError("could not draw any genome satisfying the constraints; relax them")
@@ -323,18 +276,6 @@ class _Engine:
             raise InvalidInputError(f"{path}: checkpoint is inconsistent (population not in records)")
 
 
-def _executor_for(executor: Executor | None, workers: int) -> tuple[Executor | None, bool]:
-    """The executor to use and whether this call owns (must shut down) it."""
-    if executor is not None:
-        return executor, False
-    if workers < 1:
-        raise InvalidInputError(f"workers must be >= 1, got {workers}")
-    if workers == 1:
-        return None, False
-    # spawn: forking a process that holds torch / onnxruntime thread pools can deadlock.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")), True
-
-
 def search(
     space: SearchSpace,
     fitness: Fitness,
@@ -369,9 +310,8 @@ def search(
         _resume(engine, ckpt)
     if engine.generation >= config.generations:
         return engine.result()
-    pool, owned = _executor_for(executor, workers)
-    engine.executor = pool
-    try:
+    with evaluation_pool(executor, workers) as pool:
+        engine.executor = pool
         while engine.generation < config.generations:
             start = time.perf_counter()
             gen = engine.generation
@@ -392,8 +332,6 @@ def search(
                     log.warning("time budget of %.0f s used after %d generations; stopping",
                                 max_seconds, engine.generation)
                 break
-    finally:
-        _shutdown(pool, owned)
     return engine.result()
 
 
@@ -404,12 +342,6 @@ def _resume(engine: _Engine, ckpt: Path | None) -> None:
         log.info("resumed %s at generation %d (%d evaluations)", ckpt, engine.generation, len(engine.records))
     else:
         log.warning("no checkpoint to resume%s; starting a new search", f" at {ckpt}" if ckpt else "")
-
-
-def _shutdown(pool: Executor | None, owned: bool) -> None:
-    """Shut down a pool this module started (an executor passed in belongs to the caller)."""
-    if owned and pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def random_search(
@@ -428,26 +360,13 @@ def random_search(
         raise InvalidInputError(f"evaluations must be >= 1, got {evaluations}")
     space.check_feasible(config.seed)
     engine = _Engine(space, fitness, config, None, on_record)
-    pool, owned = _executor_for(executor, workers)
-    engine.executor = pool
-    try:
+    with evaluation_pool(executor, workers) as pool:
+        engine.executor = pool
         gen = 0
         stale = 0
         while len(engine.records) < evaluations and stale < 50:
             start = time.perf_counter()
-            batch: list[Genome] = []
-            keys: set[str] = set()
-            want = min(config.population, evaluations - len(engine.records))
-            for _ in range(want * 50):
-                if len(batch) >= want:
-                    break
-                g = space.sample_valid(engine.rng)
-                if g is None:
-                    break
-                k = space.key(g)
-                if k not in keys and k not in engine.cache:
-                    keys.add(k)
-                    batch.append(g)
+            batch = engine.draw(min(config.population, evaluations - len(engine.records)), engine.cache)
             stale = stale + 1 if not batch else 0
             evaluated, failed = engine.evaluate(batch, gen)
             engine.population = [r.key for r in rank_records(engine.records, config)[: config.population]]
@@ -456,6 +375,4 @@ def random_search(
             if progress is not None:
                 progress(stats)
             gen += 1
-    finally:
-        _shutdown(pool, owned)
     return engine.result()
