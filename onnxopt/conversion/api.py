@@ -186,6 +186,8 @@ def _data_inputs(
 
 
 # ---------------------------------------------------------------- public entry points
+# Each entry point spells out the same keywords (not **kwargs) so help() and type checkers show
+# them; _options turns them into one validated ConvertOptions.
 
 
 def _options(

@@ -23,25 +23,21 @@ log = logging.getLogger(__name__)
 
 def rename_outputs(model: ModelProto, names: Sequence[str]) -> ModelProto:
     """Rename the graph outputs to names (every use in the graph follows)."""
-    outs = [o.name for o in model.graph.output]
-    if len(names) != len(outs):
-        raise InvalidInputError(
-            f"--output-names: the model has {len(outs)} outputs ({', '.join(outs)}), got {len(names)} names"
-        )
-    mapping = {old: new for old, new in zip(outs, names) if old != new}
-    if mapping:
-        _rename(model, mapping)
-    return model
+    return _rename_all(model, "output", [o.name for o in model.graph.output], names)
 
 
 def rename_inputs(model: ModelProto, names: Sequence[str]) -> ModelProto:
     """Rename the real graph inputs to names (every use in the graph follows)."""
-    ins = [s.name for s in graph_inputs(model)]
-    if len(names) != len(ins):
+    return _rename_all(model, "input", [s.name for s in graph_inputs(model)], names)
+
+
+def _rename_all(model: ModelProto, kind: str, current: Sequence[str], names: Sequence[str]) -> ModelProto:
+    """Rename the current inputs or outputs (kind) to names, one for one."""
+    if len(names) != len(current):
         raise InvalidInputError(
-            f"--input-names: the model has {len(ins)} inputs ({', '.join(ins)}), got {len(names)} names"
+            f"--{kind}-names: the model has {len(current)} {kind}s ({', '.join(current)}), got {len(names)} names"
         )
-    mapping = {old: new for old, new in zip(ins, names) if old != new}
+    mapping = {old: new for old, new in zip(current, names) if old != new}
     if mapping:
         _rename(model, mapping)
     return model
