@@ -3,7 +3,7 @@
 - torch_export, keras_export: conversion sources (run a model, export it to ONNX);
 - torch_distill, keras_distill: back ends of the shared loop in onnxopt.distillation.loop;
 - torch_genome, keras_genome: build search candidates from a genome;
-- quiet: route exporters' warnings and prints to debug logging.
+- quiet: route exporters' warnings and prints to debug logging; shorten their errors.
 
 These modules import torch, tensorflow and keras only inside functions, through
 require_torch / require_keras (which name the extra to install), so importing them, or
