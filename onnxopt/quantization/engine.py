@@ -40,6 +40,7 @@ QUANT_OPS = frozenset({
     "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QEmbedLayerNormalization", "QOrderedMatMul",
 })
 MIN_OPSET = 10
+PARITY_SAMPLES = 8  # samples an opset upgrade is checked on
 PER_CHANNEL_QDQ_OPSET = 13
 
 
@@ -141,8 +142,9 @@ def upgrade_old_opset(model: ModelProto, feed: Feed | None, notes: list[str]) ->
     if feed is not None:
         from onnxopt.measure.fidelity import run_batched
 
+        sample = first_batch(feed, PARITY_SAMPLES, batch_axes(model))
         try:
-            before, after = run_batched(model, feed), run_batched(upgraded, feed)
+            before, after = run_batched(model, sample), run_batched(upgraded, sample)
         except Exception as e:
             raise OpsetUpgradeError(
                 f"quantization needs opset >= {MIN_OPSET}; the model upgraded from opset {opset} to "
