@@ -205,7 +205,9 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
                      "is NOT met: kept the closest configuration found"))
     report["notes"] = list(built.notes)
     if bench is not None:
-        res = benchmark([sess.original, built.model], bench, names=["input", built.cand.name])
+        timed = timing_feed(sess.original, sess.evaluator.feed, batch=bench.batch, overrides=bench.shape_overrides,
+                            seed=bench.seed)
+        res = benchmark([sess.original, built.model], bench, feed=timed, names=["input", built.cand.name])
         ratio = latency_ratio(res[1], res[0])
         report["latency"] = {"input_ms": res[0].stats.p50_ms, "quantized_ms": res[1].stats.p50_ms,
                              "ratio": ratio.to_dict(), "describe": ratio.describe()}
