@@ -44,6 +44,8 @@ def _gate(name: str, help_text: str) -> Any:
 @threads_option("Intra-op threads for benchmarking (0: physical cores).")
 @click.option("--bench-runs", type=int, default=50, show_default=True, help="Minimum timed runs per stage (interleaved).")
 @click.option("--bench-seconds", type=float, default=2.0, show_default=True, help="Benchmark for at least this long (more rounds: tighter CIs).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch latency is measured at (a fixed-batch model: its own).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..", help="Deployment shape of an input with symbolic dims (repeatable).")
 @json_option
 @click.pass_context
 def command(
@@ -114,16 +116,19 @@ def command(
 
 
 def _config(
-    objective: str, seed: int, threads: int, bench_runs: int, bench_seconds: float, **gates: float | None
+    objective: str, seed: int, threads: int, bench_runs: int, bench_seconds: float, batch: int = 1,
+    shapes: tuple[str, ...] = (), **gates: float | None
 ) -> Any:
     """The OptimizeConfig of the options; an out-of-range value is a usage error."""
     from onnxopt.core.errors import InvalidInputError
+    from onnxopt.core.feeds import parse_shape_overrides
     from onnxopt.optimization.types import Gates, OptimizeConfig
 
     try:
         return OptimizeConfig(
             objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
-            bench_seconds=bench_seconds, gates=Gates(**gates),
+            bench_seconds=bench_seconds, gates=Gates(**gates), batch=batch,
+            shape_overrides=parse_shape_overrides(shapes) or None,
         )
     except InvalidInputError as e:
         raise click.UsageError(str(e)) from e

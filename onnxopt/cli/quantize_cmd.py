@@ -65,6 +65,8 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
               help="auto: a CPU-ordered shortlist of candidates; full: onnxruntime's whole quantizer grid.")
 @threads_option("Benchmark intra-op threads (0: physical cores).")
 @click.option("--runs", type=int, default=30, show_default=True, help="Timed rounds for the finalists.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch latency is measured at (a fixed-batch model: its own).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..", help="Deployment shape of an input with symbolic dims (repeatable).")
 @click.option("--no-bench", is_flag=True, help="dynamic/static: skip the latency measurement.")
 @click.option("--force", is_flag=True, help="Quantize even if the model already holds quantized ops.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -74,8 +76,8 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
             calib_samples: int, val_data: Path | None, max_accuracy_drop: float | None, min_cosine: float | None,
             fmt: str, per_channel: bool, reduce_range: bool, weight_type: str, activation_type: str,
             op_types: str | None, exclude_nodes: str | None, image_size: str | None, layout: str,
-            mean: str | None, std: str | None, scale: float, grid: str, threads: int, runs: int, no_bench: bool,
-            force: bool, report_path: Path | None, as_json: bool) -> None:
+            mean: str | None, std: str | None, scale: float, grid: str, threads: int, runs: int, batch: int,
+            shapes: tuple[str, ...], no_bench: bool, force: bool, report_path: Path | None, as_json: bool) -> None:
     """Quantize MODEL to int8 with onnxruntime and write OUTPUT.
 
     \b
@@ -89,6 +91,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     Exit codes: 0 ok, 1 bad input, 3 the accuracy budget was not met (the closest model is still written).
     """
     from onnxopt.core.errors import GateFailedError, InvalidInputError
+    from onnxopt.core.feeds import parse_shape_overrides
     from onnxopt.core.model import load_model, same_file, save_model
     from onnxopt.core.runtime import bench_session
     from onnxopt.measure.benchmark import BenchConfig
@@ -120,7 +123,8 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     val = load_eval_data(proto, val_data) if val_data is not None else None
     bench = None
     if mode == "auto" or not no_bench:
-        bench = BenchConfig(session=bench_session(threads), runs=max(2, runs))
+        bench = BenchConfig(session=bench_session(threads), runs=max(2, runs), batch=batch,
+                            shape_overrides=parse_shape_overrides(shapes) or None)
     result = quantize(proto, config, calib=calib, val=val, bench=bench)
     save_model(result.model, output, input_path=model)
     report: dict[str, Any] = dict(result.report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -10,15 +11,21 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.model import TensorSpec, graph_inputs
+from onnxopt.core.model import TensorSpec, batch_axes, graph_inputs
 
 Feed = dict[str, np.ndarray]
 
-DEFAULT_SYMBOLIC = {"batch": 1, "sequence": 128, "seq": 128, "length": 128}
+Axes = Mapping[str, int | None]  # input name -> batch axis (core.model.batch_axes); None: fed as it is
+
+SEQUENCE_DEFAULT = 128  # tokens, frames, samples: long enough to time a sequence model fairly
+IMAGE_DEFAULT = 640  # detectors' and OCR models' usual input side; never a tiny side
+_SEQUENCE_WORDS = ("seq", "sequence", "length", "len", "time", "token", "tokens", "frames", "steps", "samples")
+_SPATIAL_WORDS = ("h", "w", "height", "width")
+_CHANNELS = (1, 3, 4)
 
 
 def parse_shape_overrides(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Parse ["name=1,3,224,224", ...] into {name: shape}."""
+    """Parse ["name=1,3,224,224", ...] into {name: shape}; "name=" (nothing) is a scalar."""
     out: dict[str, tuple[int, ...]] = {}
     for item in items:
         if "=" not in item:
@@ -28,24 +35,62 @@ def parse_shape_overrides(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
             shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
         except ValueError as e:
             raise InvalidInputError(f"--shape {item!r}: dimensions must be integers") from e
-        if not shape or any(d <= 0 for d in shape):
+        if any(d <= 0 for d in shape) or (not shape and dims.strip()):
             raise InvalidInputError(f"--shape {item!r}: dimensions must be positive integers")
         out[name.strip()] = shape
     return out
 
 
+def _words(name: str) -> set[str]:
+    """'p2o.DynamicDimension.2' -> {'p', 'o', 'dynamic', 'dimension'}; 'seqLen' -> {'seq', 'len'}."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    return set(re.findall(r"[a-z]+", spaced.lower()))
+
+
+def _image_spatial_axes(spec: TensorSpec) -> tuple[int, ...]:
+    """The height/width axes of a 4-D float image input (NCHW, else NHWC, by a fixed 1/3/4 channel dim)."""
+    if len(spec.shape) != 4 or not np.issubdtype(spec.numpy_dtype, np.floating):
+        return ()
+    if spec.shape[1] in _CHANNELS:
+        return (2, 3)
+    if spec.shape[3] in _CHANNELS:
+        return (1, 2)
+    return ()
+
+
+def _default_dim(spec: TensorSpec, axis: int, batch: int) -> int | None:
+    """A size for a symbolic dimension that is not the batch axis, or None when nothing fits."""
+    d = spec.shape[axis]
+    words = _words(str(d)) if d is not None else set()
+    if "batch" in words:
+        return batch
+    if words & set(_SEQUENCE_WORDS):
+        return SEQUENCE_DEFAULT
+    if words & set(_SPATIAL_WORDS) or axis in _image_spatial_axes(spec):
+        return IMAGE_DEFAULT
+    if len(spec.shape) in (2, 3) and axis == 1:  # [batch, sequence] ids or [batch, sequence, features]
+        return SEQUENCE_DEFAULT
+    return None
+
+
 def resolve_shape(
-    spec: TensorSpec, batch: int = 1, overrides: Mapping[str, tuple[int, ...]] | None = None
+    spec: TensorSpec,
+    batch: int = 1,
+    overrides: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    batch_axis: int | None = 0,
 ) -> tuple[int, ...]:
-    """A concrete shape for an input: override, else static dims, else sensible defaults."""
+    """A concrete shape for an input: its override, else its static dims with `batch` on the
+    symbolic batch axis and defaults for the other symbolic dims (images' height/width 640,
+    sequence axes 128). Raises InvalidInputError asking for --shape when no default fits."""
     if overrides and spec.name in overrides:
         shape = overrides[spec.name]
-        if len(spec.shape) and len(shape) != len(spec.shape):
+        if len(spec.shape) and len(shape) != len(spec.shape):  # () may also be an unknown rank
             raise InvalidInputError(
                 f"--shape {spec.name}: model input has rank {len(spec.shape)}, got rank {len(shape)}"
             )
         for want, got in zip(spec.shape, shape):
-            if isinstance(want, int) and want != got:
+            if isinstance(want, int) and want > 0 and want != got:
                 raise InvalidInputError(
                     f"--shape {spec.name}: dimension fixed at {want} in the model, got {got}"
                 )
@@ -54,12 +99,15 @@ def resolve_shape(
     for i, d in enumerate(spec.shape):
         if isinstance(d, int) and d > 0:
             dims.append(d)
-        elif i == 0:
-            dims.append(batch)
-        else:
-            key = str(d).lower() if d is not None else ""
-            guess = next((v for k, v in DEFAULT_SYMBOLIC.items() if k in key), None)
-            dims.append(guess if guess is not None else 1)
+            continue
+        size = batch if i == batch_axis else _default_dim(spec, i, batch)
+        if size is None:
+            example = ",".join(str(x) if isinstance(x, int) and x > 0 else "N" for x in spec.shape)
+            raise InvalidInputError(
+                f"input {spec.name!r} has a symbolic dimension {d or '?'!s} (axis {i}) with no default size: "
+                f"give its shape with --shape {spec.name}={example} (N: the size you deploy with)"
+            )
+        dims.append(size)
     return tuple(dims)
 
 
@@ -70,25 +118,89 @@ def synthesize_feed(
     overrides: Mapping[str, tuple[int, ...]] | None = None,
     seed: int = 0,
 ) -> Feed:
-    """Seeded random inputs of the right dtype and shape for every model input."""
+    """Seeded random inputs of the right dtype and shape for every model input.
+
+    `batch` goes on each input's symbolic batch axis (core.model.batch_axes); scalars and
+    non-batched inputs keep their own shape.
+    """
     rng = np.random.default_rng(seed)
+    axes = batch_axes(model)
     feed: Feed = {}
     for spec in graph_inputs(model):
-        shape = resolve_shape(spec, batch, overrides)
+        shape = resolve_shape(spec, batch, overrides, batch_axis=axes.get(spec.name, 0))
         dt = spec.numpy_dtype
         if np.issubdtype(dt, np.floating):
-            arr = rng.standard_normal(shape).astype(dt)
+            arr = np.asarray(rng.standard_normal(shape)).astype(dt)
         elif dt == np.bool_:
-            arr = rng.integers(0, 2, shape).astype(np.bool_)
+            arr = np.asarray(rng.integers(0, 2, shape)).astype(np.bool_)
         elif np.issubdtype(dt, np.integer):
-            # Token ids and indices: small non-negative values are valid for most models.
-            arr = rng.integers(0, 100, shape).astype(dt)
+            # Token ids, bytes and indices: small non-negative values are valid for most models.
+            arr = np.asarray(rng.integers(0, 100, shape)).astype(dt)
         else:
             raise InvalidInputError(
                 f"input {spec.name}: cannot synthesize dtype {spec.dtype}; pass real inputs with --data"
             )
         feed[spec.name] = arr
     return feed
+
+
+# ---------------------------------------------------------------- samples of a feed
+
+
+def feed_axes(feed: Mapping[str, np.ndarray], axes: Axes | None = None) -> dict[str, int | None]:
+    """The batch axis of each array of a feed: from `axes` (names it lacks: 0), None for arrays
+    too small to have that axis (scalars)."""
+    out: dict[str, int | None] = {}
+    for k, v in feed.items():
+        ax = axes.get(k, 0) if axes is not None else 0
+        out[k] = ax if ax is not None and np.ndim(v) > ax else None
+    return out
+
+
+def feed_samples(feed: Mapping[str, np.ndarray], axes: Axes | None = None) -> int:
+    """The number of samples in a feed: the smallest batch dim of its batched arrays; 1 when
+    none is batched (the feed is one sample); 0 for an empty feed."""
+    ax = feed_axes(feed, axes)
+    sizes = [int(np.shape(v)[a]) for k, v in feed.items() if (a := ax[k]) is not None]
+    if sizes:
+        return min(sizes)
+    return 1 if feed else 0
+
+
+def slice_feed(feed: Mapping[str, np.ndarray], start: int, stop: int, axes: Axes | None = None) -> Feed:
+    """Samples start..stop of a feed; non-batched arrays are passed as they are."""
+    ax = feed_axes(feed, axes)
+    out: Feed = {}
+    for k, v in feed.items():
+        a = ax[k]
+        out[k] = v if a is None else v[(slice(None),) * a + (slice(start, stop),)]
+    return out
+
+
+def concat_feeds(parts: Sequence[Mapping[str, np.ndarray]], axes: Axes | None = None) -> Feed:
+    """Feeds joined sample-wise (batched arrays concatenated, non-batched ones from the first)."""
+    if not parts:
+        return {}
+    ax = feed_axes(parts[0], axes)
+    return {k: v if ax[k] is None else np.concatenate([p[k] for p in parts], axis=ax[k])
+            for k, v in parts[0].items()}
+
+
+def batches(feed: Feed, batch_size: int, axes: Axes | None = None) -> Iterator[Feed]:
+    """Split a feed along its batch axes into batches of at most batch_size samples (a feed with
+    no batched array is one sample: yielded whole)."""
+    n = feed_samples(feed, axes)
+    if not any(a is not None for a in feed_axes(feed, axes).values()):
+        if feed:
+            yield dict(feed)
+        return
+    for start in range(0, n, batch_size):
+        yield slice_feed(feed, start, start + batch_size, axes)
+
+
+def first_batch(feed: Feed, batch_size: int, axes: Axes | None = None) -> Feed:
+    """The first batch_size samples of a feed."""
+    return slice_feed(feed, 0, batch_size, axes)
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -156,11 +268,26 @@ def select_inputs(model: ModelProto, data: Mapping[str, np.ndarray]) -> Feed:
             feed = {specs[0].name: data[candidates[0]]}
         elif "x" in data or "inputs" in data:
             feed = {specs[0].name: data["x" if "x" in data else "inputs"]}
-    # Cast float64 data to the model's float type: a common, harmless mismatch.
+    # Cast float64 data to the model's float type, and integers to the model's integer type
+    # when every value fits (np.savez stores Python ints as int64): common, harmless mismatches.
     for s in specs:
-        if s.name in feed and feed[s.name].dtype == np.float64 and s.numpy_dtype == np.float32:
-            feed[s.name] = feed[s.name].astype(np.float32)
+        if s.name not in feed:
+            continue
+        arr, want = np.asarray(feed[s.name]), s.numpy_dtype
+        if arr.dtype == np.float64 and want == np.float32:
+            feed[s.name] = arr.astype(np.float32)
+        elif _int_fits(arr, want):
+            feed[s.name] = arr.astype(want)
     return feed
+
+
+def _int_fits(arr: np.ndarray, want: np.dtype) -> bool:
+    if arr.dtype == want or not (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer)):
+        return False
+    if arr.size == 0:
+        return True
+    info = np.iinfo(want)
+    return bool(info.min <= arr.min() and arr.max() <= info.max)
 
 
 def model_feed_from_npz(
@@ -172,39 +299,31 @@ def model_feed_from_npz(
     return feed
 
 
-def batches(feed: Feed, batch_size: int) -> Iterator[Feed]:
-    """Split a feed along axis 0 into batches of at most batch_size samples."""
-    n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
-    for start in range(0, n, batch_size):
-        yield {k: v[start : start + batch_size] for k, v in feed.items()}
-
-
-def first_batch(feed: Feed, batch_size: int) -> Feed:
-    """The first batch_size samples of a feed."""
-    return {k: v[:batch_size] for k, v in feed.items()}
-
-
 def add_batch_axis(model: ModelProto, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays, with a leading batch axis added to those one rank short of their input (a single sample).
+    """The arrays, with a batch axis added to those one rank short of their batched input (a
+    single sample); inputs without a batch axis (scalars, states) are left as they are.
 
     A key that is not an input name matches the input of a single-input model.
     """
     specs = graph_inputs(model)
+    axes = batch_axes(model)
     out = dict(data)
     for key, arr in data.items():
         spec = next((s for s in specs if s.name == key), specs[0] if len(specs) == 1 else None)
-        if spec is not None and len(spec.shape) == arr.ndim + 1:
-            out[key] = arr[None]
+        axis = axes.get(spec.name) if spec is not None else None
+        if spec is not None and axis is not None and len(spec.shape) == np.ndim(arr) + 1:
+            out[key] = np.expand_dims(arr, axis)
     return out
 
 
 def with_free_batch(model: ModelProto) -> ModelProto:
-    """An inputs-only view of a model whose fixed leading (batch) dims are made symbolic.
+    """An inputs-only view of a model whose fixed batch dims (core.model.batch_axes) are symbolic.
 
     Lets a dataset of many samples be checked against a model exported with a fixed batch
-    (which is then run in chunks of that batch).
+    (which is then run in chunks of that batch). Inputs without a batch axis keep their shape.
     """
     view = ModelProto()
+    axes = batch_axes(model)
     inits = {t.name for t in model.graph.initializer}
     for vi in model.graph.input:
         if vi.name in inits:
@@ -212,8 +331,9 @@ def with_free_batch(model: ModelProto) -> ModelProto:
         new = view.graph.input.add()
         new.CopyFrom(vi)
         dims = new.type.tensor_type.shape.dim
-        if new.type.tensor_type.HasField("shape") and len(dims) and dims[0].HasField("dim_value"):
-            dims[0].dim_param = "batch"
+        axis = axes.get(vi.name)
+        if axis is not None and new.type.tensor_type.HasField("shape") and dims[axis].HasField("dim_value"):
+            dims[axis].dim_param = "batch"
     return view
 
 

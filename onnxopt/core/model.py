@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import os
 import shutil
@@ -163,11 +164,50 @@ def graph_outputs(model: ModelProto) -> tuple[TensorSpec, ...]:
     return tensor_specs(model.graph.output)
 
 
+def batch_axes(model: ModelProto) -> dict[str, int | None]:
+    """The batch axis of each real input, or None for an input fed as it is.
+
+    Scalars (a sample rate), and tensors without the batch dimension (a recurrent `state` of
+    shape [2, 1, 128] beside an input [batch, 512]), are not split into samples, concatenated
+    or given a batch. When some input has a symbolic leading dim, those inputs are batched on
+    axis 0, and other inputs on the axis that carries the same symbol (a state [2, batch, 64]
+    on axis 1); a fixed leading dim is then not a batch. When every leading dim is fixed, the
+    batch is that one size (1 when the inputs disagree and one of them leads with 1).
+    """
+    specs = graph_inputs(model)
+    symbols = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)}
+    dynamic = any(s.shape and not isinstance(s.shape[0], int) for s in specs)
+    axes: dict[str, int | None] = {}
+    if dynamic:
+        for s in specs:
+            if not s.shape:
+                axes[s.name] = None
+            elif not isinstance(s.shape[0], int):
+                axes[s.name] = 0
+            else:
+                axes[s.name] = next((i for i, d in enumerate(s.shape) if isinstance(d, str) and d in symbols), None)
+        return axes
+    leads = {d for s in specs if s.shape and isinstance(d := s.shape[0], int)}  # all of them, here
+    fixed = leads.pop() if len(leads) == 1 else (1 if 1 in leads else None)
+    for s in specs:
+        axes[s.name] = 0 if s.shape and fixed is not None and s.shape[0] == fixed else None
+    return axes
+
+
 def fixed_batch(model: ModelProto) -> int | None:
-    """The batch size the model's inputs are fixed at: their one positive leading dimension,
-    or None when it is dynamic (or the inputs disagree, so there is no single batch)."""
-    sizes = {s.shape[0] for s in graph_inputs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-    return int(sizes.pop()) if len(sizes) == 1 else None
+    """The batch size the model's batched inputs (batch_axes) are fixed at, or None when it is
+    dynamic, when they disagree, or when no input has a batch."""
+    axes = batch_axes(model)
+    sizes: set[int] = set()
+    for s in graph_inputs(model):
+        axis = axes[s.name]
+        if axis is None:
+            continue
+        d = s.shape[axis]
+        if not isinstance(d, int) or d <= 0:
+            return None
+        sizes.add(d)
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def node_subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -205,6 +245,71 @@ def subgraph_inputs(nodes: Iterable[onnx.NodeProto]) -> set[str]:
         for inner in all_nodes(sub)
         for name in inner.input
     }
+
+
+def sort_nodes(model: ModelProto) -> ModelProto:
+    """Order the main graph's nodes topologically, in place, counting the names their subgraphs
+    read as inputs too (onnxruntime's quantizer sorts without them, which leaves an If before the
+    producer of a tensor its branches use: the ONNX checker rejects that); returns model.
+
+    Kahn's algorithm, ready nodes taken in their original order, so a sorted graph is unchanged.
+    """
+    g = model.graph
+    nodes = list(g.node)
+    produced_by: dict[str, int] = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    waits_on: list[set[int]] = []
+    for i, n in enumerate(nodes):
+        names = set(n.input) | subgraph_inputs([n])
+        waits_on.append({produced_by[x] for x in names if x in produced_by and produced_by[x] != i})
+    users: dict[int, list[int]] = collections.defaultdict(list)
+    for i, deps in enumerate(waits_on):
+        for d in deps:
+            users[d].append(i)
+    pending = [len(d) for d in waits_on]
+    ready = [i for i, k in enumerate(pending) if k == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            pending[u] -= 1
+            if pending[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) < len(nodes):  # a cycle: leave the rest where it was (the checker will say)
+        order += [i for i in range(len(nodes)) if i not in set(order)]
+    if order != list(range(len(nodes))):
+        del g.node[:]
+        g.node.extend(nodes[i] for i in order)
+    return model
+
+
+def subgraph_op_counts(graph: onnx.GraphProto, op_types: Iterable[str], where: str = "") -> list[tuple[str, dict[str, int]]]:
+    """(where, {op type: count}) for every subgraph (at any depth) holding some of op_types,
+    e.g. ("If 'rate_switch' then_branch", {"MatMul": 3}); nested ones read "Loop 'l' body > If ...".
+    """
+    wanted = set(op_types)
+    out: list[tuple[str, dict[str, int]]] = []
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else (
+                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else [])
+            for k, sub in enumerate(subs):
+                label = f"{node.op_type} {node.name or node.output[0]!r} {attr.name}" + (f"[{k}]" if len(subs) > 1 else "")
+                label = f"{where} > {label}" if where else label
+                counts = collections.Counter(n.op_type for n in sub.node if n.op_type in wanted)
+                if counts:
+                    out.append((label, dict(sorted(counts.items()))))
+                out.extend(subgraph_op_counts(sub, wanted, label))
+    return out
+
+
+def subgraph_notes(model: ModelProto, op_types: Iterable[str], outcome: str) -> list[str]:
+    """One line per subgraph holding op_types, e.g. "3 MatMul inside If 'sw' then_branch left alone"."""
+    return [
+        ", ".join(f"{n} {op}" for op, n in counts.items()) + f" inside {where} {outcome}"
+        for where, counts in subgraph_op_counts(model.graph, op_types)
+    ]
 
 
 def prune_opset_imports(model: ModelProto) -> ModelProto:

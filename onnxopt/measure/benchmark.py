@@ -27,8 +27,8 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.feeds import Feed, check_feed, first_batch, synthesize_feed
-from onnxopt.core.model import graph_inputs, load_model
+from onnxopt.core.feeds import Feed, check_feed, feed_samples, first_batch, synthesize_feed
+from onnxopt.core.model import batch_axes, fixed_batch, graph_inputs, load_model
 from onnxopt.core.runtime import (
     SessionConfig,
     bench_session,
@@ -176,16 +176,23 @@ def _resolve_models(
     return out
 
 
+def _check_fixed_batch(model: ModelProto, batch: int) -> None:
+    """Raise when --batch asks for a batch the model's batched inputs are fixed not to take."""
+    axes = batch_axes(model)
+    for spec in graph_inputs(model):
+        axis = axes.get(spec.name)
+        lead = spec.shape[axis] if axis is not None else None
+        if batch > 1 and isinstance(lead, int) and lead > 0 and lead != batch:
+            raise InvalidInputError(
+                f"batch {batch}: input {spec.name!r} has a fixed batch of {lead}; "
+                "re-export the model with a dynamic batch or use --batch " + str(lead)
+            )
+
+
 def model_feed(model: ModelProto, config: BenchConfig, feed: Feed | None = None) -> Feed:
     """The feed one model is benchmarked with: the given feed (checked) or a synthesized one."""
     if feed is None:
-        for spec in graph_inputs(model):
-            lead = spec.shape[0] if spec.shape else None
-            if config.batch > 1 and isinstance(lead, int) and lead > 0 and lead != config.batch:
-                raise InvalidInputError(
-                    f"batch {config.batch}: input {spec.name!r} has a fixed batch of {lead}; "
-                    "re-export the model with a dynamic batch or use --batch " + str(lead)
-                )
+        _check_fixed_batch(model, config.batch)
         return synthesize_feed(model, batch=config.batch, overrides=config.shape_overrides, seed=config.seed)
     wanted = {s.name for s in graph_inputs(model)}
     sub = {k: v for k, v in feed.items() if k in wanted}
@@ -193,17 +200,48 @@ def model_feed(model: ModelProto, config: BenchConfig, feed: Feed | None = None)
     return sub
 
 
+def timing_feed(
+    model: ModelProto,
+    data: Feed | None = None,
+    *,
+    batch: int = 1,
+    overrides: Mapping[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+    source: str = "--data",
+) -> Feed:
+    """The feed latency is measured with, at the shape the model is deployed at.
+
+    With real samples (`data`): the first `batch` of them, or the model's own batch when it is
+    fixed; inputs without a batch axis (scalars, states) as they are. Without: inputs
+    synthesized at `batch` and the `overrides` (symbolic height/width of images default to
+    640, sequence axes to 128; other symbolic dims need an override). Raises InvalidInputError.
+    """
+    _check_fixed_batch(model, batch)
+    if data is None:
+        return synthesize_feed(model, batch=batch, overrides=overrides, seed=seed)
+    axes = batch_axes(model)
+    n = fixed_batch(model) or batch
+    have = feed_samples(data, axes)
+    if have < n:
+        raise InvalidInputError(f"{source}: has {have} samples, fewer than --batch {n}")
+    wanted = {s.name for s in graph_inputs(model)}
+    out = first_batch({k: v for k, v in data.items() if k in wanted}, n, axes)
+    check_feed(model, out, f"{source} (first {n} samples; --batch)")
+    return out
+
+
+def feed_shapes(feed: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """{input name: shape} of a feed (what a report states as the timed shapes)."""
+    return {k: tuple(int(d) for d in np.shape(v)) for k, v in feed.items()}
+
+
 def data_feed(model: ModelProto, path: str | os.PathLike[str], batch: int, labels_key: str = "labels") -> Feed:
-    """The first `batch` samples of an .npz (labels dropped) for the model's inputs, checked."""
+    """The first `batch` samples of an .npz (labels dropped) for the model's inputs, checked
+    (timing_feed on the file's samples)."""
     from onnxopt.measure.fidelity import load_eval_data
 
     feed, _ = load_eval_data(model, path, labels_key)
-    n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
-    if n < batch:
-        raise InvalidInputError(f"{path}: has {n} samples, fewer than --batch {batch}")
-    out = first_batch(feed, batch)
-    check_feed(model, out, f"{path} (first {batch} samples; --batch)")
-    return out
+    return timing_feed(model, feed, batch=batch, source=str(path))
 
 
 # ----------------------------------------------------------------------------- measurement

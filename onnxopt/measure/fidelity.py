@@ -16,11 +16,19 @@ from onnxopt.core.feeds import (
     add_batch_axis,
     batches,
     check_feed,
+    feed_samples,
     load_npz,
     model_feed_from_npz,
     with_free_batch,
 )
-from onnxopt.core.model import TensorSpec, fixed_batch, graph_inputs, graph_outputs, load_model
+from onnxopt.core.model import (
+    TensorSpec,
+    batch_axes,
+    fixed_batch,
+    graph_inputs,
+    graph_outputs,
+    load_model,
+)
 from onnxopt.core.runtime import SessionConfig, create_session
 
 log = logging.getLogger(__name__)
@@ -40,7 +48,8 @@ def run_batched(
 ) -> list[np.ndarray]:
     """Run a model over a feed in batches; outputs concatenated over batches (axis 0).
 
-    Models whose batch dimension is fixed are run in batches of that size.
+    Models whose batch dimension is fixed are run in batches of that size. Inputs without a
+    batch axis (scalars, recurrent states: core.model.batch_axes) go whole into every run.
     """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
@@ -48,14 +57,15 @@ def run_batched(
     wanted = {s.name for s in graph_inputs(proto)}
     sub = {k: v for k, v in feed.items() if k in wanted}
     check_feed(with_free_batch(proto), sub, "the feed")
+    axes = batch_axes(proto)
     fixed = fixed_batch(proto)
     bs = fixed if fixed is not None else batch_size
     from onnxopt.core.runtime import lean_session
 
     sess = create_session(proto, lean_session(proto, session or SessionConfig()))
     chunks: list[list[np.ndarray]] = []
-    for b in batches(sub, bs):
-        n = min(int(v.shape[0]) for v in b.values())
+    for b in batches(sub, bs, axes):
+        n = feed_samples(b, axes)
         if fixed is not None and n != fixed:
             log.warning("dropping the last %d samples: the model's batch is fixed at %d", n, fixed)
             break
@@ -260,9 +270,10 @@ def load_eval_data(
     an array one rank short of its input is one sample."""
     data = load_npz(path)
     labels = data.pop(labels_key, None)
+    labels = np.atleast_1d(labels) if labels is not None else None
     feed = model_feed_from_npz(with_free_batch(model), add_batch_axis(model, data), source=str(path))
     if labels is not None:
-        n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
+        n = feed_samples(feed, batch_axes(model))
         if labels.shape[0] != n:
             raise InvalidInputError(
                 f"{path}: {labels_key!r} has {labels.shape[0]} entries but the inputs have {n} samples"

@@ -49,7 +49,7 @@ def provenance_of(
     return collect(
         original.model,
         path=model_path,
-        shapes=timed_shapes(original.model, feed),
+        shapes=result.timed_shapes or timed_shapes(original.model, feed),
         batch=bench.batch if bench is not None else 1,
         threads=bench.threads if bench is not None else result.config.threads,
         invocation=invocation,
@@ -134,6 +134,9 @@ def summary_line(result: OptimizeResult) -> str:
         sp = final.ratio.speedup
         parts.append(f"{sp:.2f}x faster (p50)" if sp >= 1 else f"{1 / sp:.2f}x slower (p50)")
     parts.append(f"{final.size_bytes / max(original.size_bytes, 1):.2f}x the size")
+    if result.timed_shapes:
+        parts.append("timed at " + ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}"
+                                             for k, v in result.timed_shapes.items()))
     parts.append(f"optimize took {result.timings.get('total', 0.0):.1f} s")
     return ", ".join(parts)
 

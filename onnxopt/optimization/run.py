@@ -18,10 +18,10 @@ import numpy as np
 from onnx import ModelProto, StringStringEntryProto
 
 from onnxopt.core.errors import GateFailedError
-from onnxopt.core.feeds import Feed, first_batch, synthesize_feed
+from onnxopt.core.feeds import Feed, feed_samples, synthesize_feed
 from onnxopt.core.model import (
+    batch_axes,
     copy_model,
-    graph_inputs,
     model_family,
     prune_opset_imports,
     save_model,
@@ -99,12 +99,14 @@ def _unique(name: str, seen: set[str]) -> str:
 
 
 def _eval_feed(model: ModelProto, val: tuple[Feed, np.ndarray | None] | None, config: OptimizeConfig) -> tuple[Feed, np.ndarray | None, str]:
+    axes = batch_axes(model)
     if val is not None:
         feed, labels = val
-        n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
+        n = feed_samples(feed, axes)
         return feed, labels, f"{n} samples from --data" + (" with labels" if labels is not None else "")
-    feed = synthesize_feed(model, batch=config.synthetic_samples, seed=config.seed)
-    n = min(int(v.shape[0]) for v in feed.values()) if feed else 0
+    feed = synthesize_feed(model, batch=max(config.synthetic_samples, config.batch),
+                           overrides=config.shape_overrides, seed=config.seed)
+    n = feed_samples(feed, axes)
     return feed, None, f"{n} synthetic random samples (seed {config.seed}); pass --data for real inputs"
 
 
@@ -135,6 +137,7 @@ def run_plan(
 
     Raises MissingLabelsError when --max-accuracy-drop is set and val has no labels.
     """
+    from onnxopt.measure.benchmark import feed_shapes, timing_feed
     from onnxopt.measure.fidelity import require_labels
 
     cfg, rec = decided.config, decided.recipe
@@ -144,6 +147,9 @@ def run_plan(
     if cfg.gates.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)
     feed, labels, data_desc = _eval_feed(model, val, cfg)
+    timed = timing_feed(model, feed, batch=cfg.batch, overrides=cfg.shape_overrides, seed=cfg.seed)
+    if val is not None and cfg.shape_overrides:
+        warnings.append("--shape not used: latency is measured on the --data samples, at their shape")
     context = PassContext(
         calib=_calibration(rec, decided.family, calib, val, warnings),
         val=val[0] if val is not None else None,
@@ -157,7 +163,7 @@ def run_plan(
     t0 = time.perf_counter()
     result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"))
     timings = {"passes": time.perf_counter() - t0}
-    stages = _measure(model, _stages(model, result.stages, warnings), feed, labels, cfg, say, timings)
+    stages = _measure(model, _stages(model, result.stages, warnings), (feed, timed), labels, cfg, say, timings)
     stages, decide_warnings = decide_stages(stages, result.stages, cfg)
     warnings.extend(decide_warnings)
     if cfg.never_slower:
@@ -177,6 +183,7 @@ def run_plan(
         timings=timings,
         data=data_desc,
         config=cfg,
+        timed_shapes=feed_shapes(timed),
     )
 
 
@@ -215,13 +222,15 @@ def _stages(model: ModelProto, stage_results: tuple[StageResult, ...], warnings:
 def _measure(
     model: ModelProto,
     stages: list[Stage],
-    feed: Feed,
+    feeds: tuple[Feed, Feed],
     labels: np.ndarray | None,
     cfg: OptimizeConfig,
     say: Callable[[str], None],
     timings: dict[str, float],
 ) -> list[Stage]:
-    """The stages with their fidelity to the input and their latency attached (as the config asks)."""
+    """The stages with their fidelity to the input (on the first feed) and their latency (on the
+    second, timing_feed) attached, as the config asks."""
+    feed, timed = feeds
     measured = [s for s in stages if s.modified or s.pass_name is None]
     t0 = time.perf_counter()
     if cfg.verify:
@@ -233,7 +242,7 @@ def _measure(
     t0 = time.perf_counter()
     if cfg.benchmark:
         say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
-        bench_by_name = _bench(measured, feed, cfg)
+        bench_by_name = _bench(measured, timed, cfg)
         stages = [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
     timings["benchmark"] = time.perf_counter() - t0
     return stages
@@ -283,20 +292,17 @@ def _verify(
     return reports
 
 
-def _bench(measured: list[Stage], feed: Feed, cfg: OptimizeConfig) -> dict[str, Any]:
+def _bench(measured: list[Stage], timed: Feed, cfg: OptimizeConfig) -> dict[str, Any]:
+    """Every measured stage timed side by side on the same feed (timing_feed: the deployment shape)."""
     from onnxopt.core.runtime import bench_session
     from onnxopt.measure.benchmark import BenchConfig, benchmark
 
     bcfg = BenchConfig(
-        session=bench_session(cfg.threads), warmup=cfg.warmup, runs=cfg.bench_runs, duration_s=cfg.bench_seconds, seed=cfg.seed
+        session=bench_session(cfg.threads), warmup=cfg.warmup, runs=cfg.bench_runs, duration_s=cfg.bench_seconds,
+        seed=cfg.seed, batch=feed_samples(timed, batch_axes(measured[0].model)),
     )
-    one = first_batch(feed, 1) if _dynamic_batch(measured[0].model) else None
-    results = benchmark([s.model for s in measured], bcfg, feed=one, names=[s.name for s in measured])
+    results = benchmark([s.model for s in measured], bcfg, feed=timed, names=[s.name for s in measured])
     return {s.name: r for s, r in zip(measured, results)}
-
-
-def _dynamic_batch(model: ModelProto) -> bool:
-    return all(not (s.shape and isinstance(s.shape[0], int)) for s in graph_inputs(model))
 
 
 def _with_recipe(model: ModelProto, recipe: Recipe) -> ModelProto:

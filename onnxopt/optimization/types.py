@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,8 @@ class OptimizeConfig:
     # input's latency). None: plan() sets it, on for the default recipe with objective latency,
     # off for a given recipe (whose output bytes then never depend on timing).
     never_slower: bool | None = None
+    batch: int = 1  # the batch latency is measured at (a model with a fixed batch: its own)
+    shape_overrides: Mapping[str, tuple[int, ...]] | None = None  # --shape: sizes of symbolic dims
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -100,6 +103,8 @@ class OptimizeConfig:
             raise InvalidInputError(f"--bench-seconds must be > 0, got {self.bench_seconds}")
         if self.warmup < 0 or self.threads < 0:
             raise InvalidInputError("--warmup and --threads must be >= 0")
+        if self.batch < 1:
+            raise InvalidInputError(f"--batch must be >= 1, got {self.batch}")
         if self.synthetic_samples < 1 or self.eval_batch < 1:
             raise InvalidInputError("synthetic_samples and eval_batch must be >= 1")
 
@@ -162,6 +167,7 @@ class OptimizeResult:
     timings: dict[str, float]
     data: str  # where the verification inputs came from
     config: OptimizeConfig
+    timed_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # input -> shape of one timed run
 
     @property
     def gates_passed(self) -> bool:
@@ -191,6 +197,7 @@ class OptimizeResult:
             "recipe": self.recipe.to_dict(),
             "timings_s": self.timings,
             "data": self.data,
+            "timed_shapes": {k: list(v) for k, v in self.timed_shapes.items()},
             "objective": self.config.objective,
             "seed": self.config.seed,
         }

@@ -14,6 +14,11 @@ file is only valid on that CPU type. Sessions apply these levels at load time an
 Constant outputs) and replaces those nodes by initializers holding the computed values:
 y = f(c1, ..., cn) with constant ci becomes the initializer y. Evaluation runs in
 onnxruntime with its optimizer off, so the values are exactly what the node computes.
+
+`constants_to_initializers` moves the values of the main graph's Constant nodes into
+initializers of the same names (paddle2onnx and some TensorFlow exports hold every weight in a
+Constant node, and no initializer): the graph computes exactly the same, and the passes that
+edit weights (magnitude and channel pruning, quantization) then see them.
 """
 
 from __future__ import annotations
@@ -120,6 +125,65 @@ class OptimizeGraphPass:
                 "ops_added": {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)},
             },
         )
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value a Constant node holds (None for strings and sparse values, which stay nodes)."""
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            arr = numpy_helper.to_array(a.t)
+            return None if arr.dtype.kind in "OSU" else arr
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+def constants_to_initializers(model: ModelProto) -> tuple[ModelProto, int]:
+    """(a copy with the main graph's Constant nodes turned into initializers, how many were);
+    the model itself (not a copy) when it has none. Constants that are graph outputs, strings or
+    sparse stay nodes; subgraphs are left as they are."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    values: dict[int, np.ndarray] = {}
+    for i, n in enumerate(g.node):
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output[0] not in outputs:
+            v = _constant_value(n)
+            if v is not None:
+                values[i] = v
+    if not values:
+        return model, 0
+    new = copy_model(model)
+    ng = new.graph
+    inits = [numpy_helper.from_array(values[i], ng.node[i].output[0]) for i in sorted(values)]
+    kept = [n for i, n in enumerate(ng.node) if i not in values]
+    del ng.node[:]
+    ng.node.extend(kept)
+    ng.initializer.extend(inits)
+    if new.ir_version < 4:  # initializers had to be graph inputs too before IR 4
+        ng.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits)
+    return new, len(inits)
+
+
+@register_pass
+@dataclass(frozen=True)
+class ConstantsToInitializersPass:
+    """Turn the main graph's Constant nodes into initializers (same values, same names)."""
+
+    name: ClassVar[str] = "constants_to_initializers"
+
+    def __call__(self, model: ModelProto, context: PassContext) -> PassResult:
+        """Move Constant node values into initializers."""
+        new, count = constants_to_initializers(model)
+        report: dict[str, object] = {"constants_moved": count}
+        if not count:
+            report["reason"] = "no Constant node holds a tensor"
+        return PassResult(new, bool(count), report)
 
 
 @register_pass

@@ -10,13 +10,15 @@ Structured channel pruning, which does change latency, lives in onnxopt.pruning.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.model import copy_model
+from onnxopt.core.model import copy_model, subgraph_op_counts
+from onnxopt.passes.graph import constants_to_initializers
 from onnxopt.pruning.result import PruneResult
 from onnxopt.pruning.sparse_storage import compress_initializers, model_sizes
 
@@ -139,9 +141,25 @@ def _smallest(absval: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(absval, k - 1, kind="introselect")[:k]
 
 
+def subgraph_skips(model: ModelProto, op_types: Iterable[str]) -> list[dict]:
+    """One `skipped` report entry per If/Loop/Scan subgraph holding weight ops: pruning edits the
+    main graph only."""
+    return [
+        {"name": where, "nodes": [], "reason": ", ".join(f"{n} {op}" for op, n in counts.items())
+         + " left alone (inside a subgraph; pruning covers the main graph)"}
+        for where, counts in subgraph_op_counts(model.graph, op_types)
+    ]
+
+
 def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
-    """Zero the smallest-magnitude weights of Conv/Gemm/MatMul initializers (input not modified)."""
+    """Zero the smallest-magnitude weights of Conv/Gemm/MatMul initializers (input not modified).
+
+    Weights held in Constant nodes (paddle2onnx exports) are moved into initializers first.
+    """
+    original = model
+    model, moved = constants_to_initializers(model)
     chosen, skipped = _candidates(model, config)
+    skipped += subgraph_skips(model, WEIGHT_INPUTS)
     report: dict = {
         "method": "magnitude",
         "mode": config.mode,
@@ -149,6 +167,7 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         "threshold": config.threshold,
         "tensors": [],
         "skipped": skipped,
+        "constants_to_initializers": moved,
         "note": ZEROS_NOTE,
     }
     out = copy_model(model)
@@ -157,7 +176,7 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         report["total"] = {"elements": 0, "zeros_before": 0, "zeros_after": 0,
                            "sparsity_before": 0.0, "sparsity_after": 0.0}
         if not config.sparse_storage:
-            return PruneResult(out, False, report)
+            return PruneResult(copy_model(original), False, report)
     inits = {t.name: t for t in out.graph.initializer}
     arrays = {name: numpy_helper.to_array(inits[name]) for name in chosen}
     flats = {name: a.reshape(-1).copy() for name, a in arrays.items()}
@@ -188,7 +207,9 @@ def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         out, storage = compress_initializers(out, None, gzip=False)
         encoded = storage["encoded"]
         modified = modified or bool(encoded)
-    report["storage"] = _storage(model, out, encoded, config.measure_gzip)
+    if not modified:
+        out = copy_model(original)
+    report["storage"] = _storage(original, out, encoded, config.measure_gzip)
     log.info("magnitude pruning: %d tensors, %d zeros -> %d", len(flats), tot_before, tot_after)
     return PruneResult(out, modified, report)
 

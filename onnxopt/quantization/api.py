@@ -17,7 +17,7 @@ from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.core.feeds import Feed, synthesize_feed
 from onnxopt.core.model import copy_model, fixed_batch
-from onnxopt.measure.benchmark import BenchConfig, benchmark
+from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
 from onnxopt.measure.fidelity import require_labels
 from onnxopt.measure.stats import latency_ratio
 from onnxopt.quantization.calibration import (
@@ -37,7 +37,6 @@ from onnxopt.quantization.engine import (
     model_size,
     prepare,
     quant_ops_in,
-    require_min_opset,
 )
 from onnxopt.quantization.evaluate import Budget, Evaluator
 from onnxopt.quantization.fallback import fallback
@@ -67,7 +66,7 @@ def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
 
 
 def _eval_data(model: ModelProto, source: CalibrationSource | None, val: tuple[Feed, np.ndarray | None] | None,
-               seed: int, notes: list[str]) -> tuple[Feed, np.ndarray | None, str]:
+               seed: int, notes: list[str], bench: BenchConfig | None = None) -> tuple[Feed, np.ndarray | None, str]:
     if val is not None:
         feed, labels = val
         check_samples(model, feed, "validation data")
@@ -75,7 +74,9 @@ def _eval_data(model: ModelProto, source: CalibrationSource | None, val: tuple[F
     if source is not None:
         return source.head(EVAL_SAMPLES), None, "calibration data"
     notes.append("no calibration or validation data: fidelity measured on synthetic random inputs only")
-    return synthesize_feed(model, batch=fixed_batch(model) or 8, seed=seed), None, "synthetic inputs"
+    overrides, batch = (bench.shape_overrides, bench.batch) if bench is not None else (None, 1)
+    feed = synthesize_feed(model, batch=fixed_batch(model) or max(8, batch), overrides=overrides, seed=seed)
+    return feed, None, "synthetic inputs"
 
 
 def _as_source(model: ModelProto, calib: Feed | CalibrationSource | None, config: QuantizeConfig) -> CalibrationSource | None:
@@ -124,19 +125,16 @@ def quantize(
         require_labels(val[1] if val is not None else None)
     require_calibration(cfg.mode, calib)
     _check_node_names(model, cfg.exclude_nodes)
-    require_min_opset(model)
     notes: list[str] = []
     cpu = detect_cpu()
     original = copy_model(model)
     source = _as_source(original, calib, cfg)
-    feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes)
+    feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes, bench)
     evaluator = Evaluator(original, feed, labels, eval_source)
     needs_pc_qdq = cfg.mode == "static" and cfg.per_channel and cfg.format == "qdq"
     with tempfile.TemporaryDirectory(prefix="onnxopt-quantize-") as tmp:
         wd = Path(tmp)
-        start = check_opset(original, needs_per_channel_qdq=needs_pc_qdq)
-        if start is not original:
-            notes.append("upgraded the model to opset 13 (per-channel QDQ needs it)")
+        start = check_opset(original, needs_per_channel_qdq=needs_pc_qdq, feed=feed, notes=notes)
         variants = prepare(start, wd, notes, graph_optimized=graph_optimized and start is original)
         sess = QuantSession(original, variants, source, evaluator, wd, notes)
         if cfg.mode == "auto":
@@ -164,10 +162,20 @@ def quantize(
         "size_after": model_size(result_model),
         "size_ratio": model_size(result_model) / max(1, model_size(original)),
         "int8_floor": int8_floor(original),
+        "timed_shapes": _timed_shapes(original, feed, bench),
         "notes": notes + report.get("notes", []),
         "seconds": round(time.perf_counter() - t0, 2),
     })
     return QuantizeResult(result_model, quantized, meets, report)
+
+
+def _timed_shapes(model: ModelProto, feed: Feed, bench: BenchConfig | None) -> dict[str, list[int]] | None:
+    """The input shapes latency was measured at (as auto mode times: timing_feed of the fidelity
+    feed), None without a benchmark."""
+    if bench is None:
+        return None
+    timed = timing_feed(model, feed, batch=bench.batch, overrides=bench.shape_overrides, seed=bench.seed)
+    return {k: list(v) for k, v in feed_shapes(timed).items()}
 
 
 def int8_floor(model: ModelProto) -> int:
@@ -197,7 +205,9 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
                      "is NOT met: kept the closest configuration found"))
     report["notes"] = list(built.notes)
     if bench is not None:
-        res = benchmark([sess.original, built.model], bench, names=["input", built.cand.name])
+        timed = timing_feed(sess.original, sess.evaluator.feed, batch=bench.batch, overrides=bench.shape_overrides,
+                            seed=bench.seed)
+        res = benchmark([sess.original, built.model], bench, feed=timed, names=["input", built.cand.name])
         ratio = latency_ratio(res[1], res[0])
         report["latency"] = {"input_ms": res[0].stats.p50_ms, "quantized_ms": res[1].stats.p50_ms,
                              "ratio": ratio.to_dict(), "describe": ratio.describe()}

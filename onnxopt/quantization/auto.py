@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 from onnx import ModelProto
 
 from onnxopt.core.cpu import CpuFeatures
-from onnxopt.core.feeds import first_batch
 from onnxopt.core.model import copy_model
-from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark
+from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark, timing_feed
 from onnxopt.measure.stats import NOT_SLOWER, RatioCI, latency_ratio
 from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size, strip_quant_metadata
 from onnxopt.quantization.evaluate import Budget
@@ -96,7 +95,8 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
         if first_ok is None and config.objective == "latency" and config.grid == "auto":
             first_ok = b
             queue.extend(_op_type_partials(b, sess))
-    feed = first_batch(sess.evaluator.feed, bench.batch)
+    feed = timing_feed(sess.original, sess.evaluator.feed, batch=bench.batch, overrides=bench.shape_overrides,
+                       seed=bench.seed)
     quick_cfg = replace(bench, warmup=min(bench.warmup, 2), runs=config.quick_runs, duration_s=None)
     names = ["input", "float"] + list(built)
     models = [sess.original, float_model] + [b.model for b in built.values()]

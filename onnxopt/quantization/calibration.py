@@ -15,8 +15,19 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, MissingExtraError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.core.feeds import Feed, add_batch_axis, check_feed, load_npz, select_inputs
-from onnxopt.core.model import TensorSpec, fixed_batch, graph_inputs
+from onnxopt.core.feeds import (
+    Axes,
+    Feed,
+    add_batch_axis,
+    batches,
+    check_feed,
+    concat_feeds,
+    feed_samples,
+    first_batch,
+    load_npz,
+    select_inputs,
+)
+from onnxopt.core.model import TensorSpec, batch_axes, fixed_batch, graph_inputs
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +76,21 @@ class CalibrationSource:
         self.samples = samples
         self.batch_size = batch_size
 
+    @property
+    def model(self) -> ModelProto:
+        """The model whose inputs the source feeds."""
+        return self._model
+
     def batches(self) -> Iterator[Feed]:
         """A fresh iterator over at most `samples` samples in batches of at most `batch_size`."""
         remaining = self.samples
+        axes = batch_axes(self._model)
         for b in self._factory(self.batch_size):
             if remaining <= 0:
                 return
-            n = _feed_len(b)
+            n = feed_samples(b, axes)
             if n > remaining:
-                b = {k: v[:remaining] for k, v in b.items()}
+                b = first_batch(b, remaining, axes)
                 n = remaining
             remaining -= n
             yield b
@@ -87,26 +104,23 @@ class CalibrationSource:
         """The first n samples concatenated into one feed (for fidelity checks)."""
         parts: list[Feed] = []
         got = 0
+        axes = batch_axes(self._model)
         for b in self.batches():
             parts.append(b)
-            got += _feed_len(b)
+            got += feed_samples(b, axes)
             if got >= n:
                 break
         if not parts:
             raise InvalidInputError(f"{self.description}: no calibration samples")
-        feed = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
-        return feed
-
-
-def _feed_len(feed: Feed) -> int:
-    return min(int(v.shape[0]) for v in feed.values()) if feed else 0
+        return first_batch(concat_feeds(parts, axes), n, axes)
 
 
 def check_samples(model: ModelProto, feed: Feed, source: str) -> None:
     """check_feed that accepts any number of samples for models with a fixed batch size (run batch by batch)."""
     fixed = fixed_batch(model)
-    if fixed is not None and feed and all(v.ndim >= 1 and v.shape[0] >= fixed for v in feed.values()):
-        check_feed(model, {k: v[:fixed] for k, v in feed.items()}, source)
+    axes = batch_axes(model)
+    if fixed is not None and feed and feed_samples(feed, axes) >= fixed:
+        check_feed(model, first_batch(feed, fixed, axes), source)
     else:
         check_feed(model, feed, source)
 
@@ -122,14 +136,14 @@ def from_feed(model: ModelProto, feed: Feed, *, samples: int | None = None, batc
               description: str = "calibration data") -> CalibrationSource:
     """A CalibrationSource over an in-memory feed (checked against the model's inputs)."""
     check_samples(model, feed, description)
-    n = _feed_len(feed)
+    axes = batch_axes(model)
+    n = feed_samples(feed, axes)
     if n == 0:
         raise InvalidInputError(f"{description}: contains 0 samples")
     bs = batch_size or fixed_batch(model) or DEFAULT_BATCH
 
     def factory(size: int) -> Iterator[Feed]:
-        for start in range(0, n, size):
-            yield {k: v[start : start + size] for k, v in feed.items()}
+        yield from batches(feed, size, axes)
 
     return CalibrationSource(model, factory, description=description, samples=min(samples or n, n), batch_size=bs)
 
@@ -195,19 +209,18 @@ def _array_folder_factory(model: ModelProto, files: Sequence[Path]) -> Callable[
                     )
                 data = {specs[0].name: data[""]}
             feed = fit_feed(model, data, source=str(f))
-            n = _feed_len(feed)
-            for i in range(n):
-                yield {k: v[i : i + 1] for k, v in feed.items()}
+            yield from batches(feed, 1, axes)
 
-    return lambda size: _rebatch(samples(), size)
+    axes = batch_axes(model)
+    return lambda size: _rebatch(samples(), size, axes)
 
 
-def _rebatch(samples: Iterator[Feed], size: int) -> Iterator[Feed]:
+def _rebatch(samples: Iterator[Feed], size: int, axes: Axes | None = None) -> Iterator[Feed]:
     while True:
         chunk = list(itertools.islice(samples, size))
         if not chunk:
             return
-        yield {k: np.concatenate([c[k] for c in chunk]) for k in chunk[0]}
+        yield concat_feeds(chunk, axes)
 
 
 def _image_input(model: ModelProto, folder: Path) -> TensorSpec:
@@ -309,12 +322,13 @@ def compute_ranges(
         extra_options={},
     )
     it = source.batches()
+    axes = batch_axes(source.model)
     seen = 0
     while True:
         chunk = list(itertools.islice(it, chunk_batches))
         if not chunk:
             break
-        seen += sum(_feed_len(c) for c in chunk)
+        seen += sum(feed_samples(c, axes) for c in chunk)
         try:
             calibrator.collect_data(FeedReader(chunk))
         except Exception as e:

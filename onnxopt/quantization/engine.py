@@ -9,19 +9,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.core.feeds import Feed
+from onnxopt.core.feeds import Feed, first_batch
 from onnxopt.core.model import (
     all_graphs,
+    batch_axes,
     copy_model,
     default_opset,
     fixed_batch,
     op_histogram,
     prune_opset_imports,
+    sort_nodes,
+    subgraph_notes,
 )
 from onnxopt.core.runtime import SessionConfig, create_session
 
@@ -36,6 +40,7 @@ QUANT_OPS = frozenset({
     "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QEmbedLayerNormalization", "QOrderedMatMul",
 })
 MIN_OPSET = 10
+PARITY_SAMPLES = 8  # samples an opset upgrade is checked on
 PER_CHANNEL_QDQ_OPSET = 13
 
 
@@ -106,6 +111,10 @@ def quant_ops_in(model: ModelProto) -> dict[str, int]:
     return {k: v for k, v in hist.items() if k.split(".")[-1] in QUANT_OPS}
 
 
+class OpsetUpgradeError(InvalidInputError):
+    """A model below opset 10 could not be upgraded for quantization (the message says why)."""
+
+
 def require_min_opset(model: ModelProto) -> None:
     """Raise InvalidInputError when the model's opset predates QuantizeLinear (10)."""
     opset = default_opset(model)
@@ -116,16 +125,64 @@ def require_min_opset(model: ModelProto) -> None:
         )
 
 
-def check_opset(model: ModelProto, *, needs_per_channel_qdq: bool) -> ModelProto:
-    """Return a model at an opset the quantizer can use (upgrading 10-12 to 13) or raise InvalidInputError."""
-    require_min_opset(model)
+def upgrade_old_opset(model: ModelProto, feed: Feed | None, notes: list[str]) -> ModelProto:
+    """The model converted from opset < 10 to 13 by onnx's version converter, its outputs checked
+    against the original's on `feed` (allclose); raises OpsetUpgradeError when either fails."""
+    opset = default_opset(model)
+    fix = "re-export it with --opset 13"
+    try:
+        upgraded = onnx.version_converter.convert_version(model, PER_CHANNEL_QDQ_OPSET)
+        onnx.checker.check_model(upgraded)
+    except Exception as e:
+        raise OpsetUpgradeError(
+            f"quantization needs opset >= {MIN_OPSET}; the model has opset {opset} and onnx's version "
+            f"converter could not upgrade it to {PER_CHANNEL_QDQ_OPSET} ({_short(e)}): {fix}"
+        ) from e
+    checked = ""
+    if feed is not None:
+        from onnxopt.measure.fidelity import run_batched
+
+        sample = first_batch(feed, PARITY_SAMPLES, batch_axes(model))
+        try:
+            before, after = run_batched(model, sample), run_batched(upgraded, sample)
+        except Exception as e:
+            raise OpsetUpgradeError(
+                f"quantization needs opset >= {MIN_OPSET}; the model upgraded from opset {opset} to "
+                f"{PER_CHANNEL_QDQ_OPSET} does not run ({_short(e)}): {fix}"
+            ) from e
+        diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+                    for a, b in zip(before, after)), default=0.0)
+        if len(before) != len(after) or not all(
+            a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(before, after)
+        ):
+            raise OpsetUpgradeError(
+                f"quantization needs opset >= {MIN_OPSET}; upgrading the model from opset {opset} to "
+                f"{PER_CHANNEL_QDQ_OPSET} changed its outputs (max abs diff {diff:.3g}): {fix}"
+            )
+        checked = f"; outputs match the original (max abs diff {diff:.2g})"
+    notes.append(f"upgraded opset {opset} -> {PER_CHANNEL_QDQ_OPSET} with onnx's version converter "
+                 f"before quantizing{checked}")
+    log.info(notes[-1])
+    return upgraded
+
+
+def check_opset(
+    model: ModelProto, *, needs_per_channel_qdq: bool, feed: Feed | None = None, notes: list[str] | None = None
+) -> ModelProto:
+    """Return a model at an opset the quantizer can use or raise InvalidInputError: opset < 10
+    upgraded to 13 (outputs checked on feed: upgrade_old_opset), 10-12 upgraded to 13 when the
+    converter can (needed for per-channel QDQ). The upgrades add a line to notes."""
     opset = default_opset(model)
     if opset >= PER_CHANNEL_QDQ_OPSET:
         return model
+    if opset < MIN_OPSET:
+        return upgrade_old_opset(model, feed, notes if notes is not None else [])
     try:
         upgraded = onnx.version_converter.convert_version(model, PER_CHANNEL_QDQ_OPSET)
         onnx.checker.check_model(upgraded)
         log.info("upgraded opset %d -> %d for per-channel QDQ", opset, PER_CHANNEL_QDQ_OPSET)
+        if notes is not None:
+            notes.append(f"upgraded the model to opset {PER_CHANNEL_QDQ_OPSET} (per-channel QDQ needs it)")
         return upgraded
     except Exception as e:
         if needs_per_channel_qdq:
@@ -164,8 +221,13 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
     _skip_torch_import()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from onnxopt.passes.graph import ort_optimize
+    from onnxopt.passes.graph import constants_to_initializers, ort_optimize
 
+    model, moved = constants_to_initializers(model)  # onnxruntime's folding does it too; be explicit
+    if moved:
+        log.info("moved %d Constant node(s) into initializers before quantizing", moved)
+    notes.extend(subgraph_notes(model, COMPUTE_OPS, "left in float (onnxruntime's quantizer does not enter "
+                                                   "If/Loop/Scan subgraphs)"))
     folded_path = workdir / "float_folded.onnx"
     folded = prune_opset_imports(copy_model(model)) if graph_optimized else ort_optimize(model, "basic")
     onnx.save(folded, str(folded_path))
@@ -246,7 +308,7 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
                     calibration_cache_path=str(cache),
                     **common,
                 )
-        return prune_opset_imports(onnx.load(str(out)))
+        return prune_opset_imports(sort_nodes(onnx.load(str(out))))
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's quantizer failed: {_short(e)}") from e
     finally:
@@ -285,7 +347,7 @@ def check_runs(model: ModelProto, feed: Feed) -> None:
         cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
         sess = create_session(model, cfg)
         n = fixed_batch(model) or 2
-        sess.run(None, {k: v[:n] for k, v in feed.items()})
+        sess.run(None, first_batch(feed, n, batch_axes(model)))
     except InvalidModelError as e:
         raise CandidateFailed(f"onnxruntime refused the quantized model: {e}") from e
     except Exception as e:

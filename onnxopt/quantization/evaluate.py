@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto
 
-from onnxopt.core.feeds import Feed
-from onnxopt.core.model import graph_outputs
+from onnxopt.core.feeds import Feed, feed_samples, first_batch
+from onnxopt.core.model import batch_axes, graph_outputs
 from onnxopt.core.runtime import SessionConfig, lean_session
 from onnxopt.measure.fidelity import FidelityReport, accuracy_of, output_fidelity, run_batched
 
@@ -59,7 +59,8 @@ class Evaluator:
         self.feed = feed
         self.labels = labels
         self.source = source
-        self.samples = min(int(v.shape[0]) for v in feed.values())
+        self._axes = batch_axes(reference)
+        self.samples = feed_samples(feed, self._axes)
         self._specs = graph_outputs(reference)
         self._ref = _run(reference, feed)
         self._acc_ref = accuracy_of(self._ref[0], labels) if labels is not None else None
@@ -67,12 +68,13 @@ class Evaluator:
     def subset(self, n: int) -> Evaluator:
         """An evaluator over the first n samples (reusing the reference outputs)."""
         ev = object.__new__(Evaluator)
-        ev.feed = {k: v[:n] for k, v in self.feed.items()}
+        ev._axes = self._axes
+        ev.feed = first_batch(self.feed, n, self._axes)
         ev.labels = self.labels[:n] if self.labels is not None else None
         ev.source = self.source
         ev.samples = min(n, self.samples)
         ev._specs = self._specs
-        ev._ref = [r[:n] for r in self._ref]
+        ev._ref = [r[:n] if r.ndim else r for r in self._ref]
         ev._acc_ref = accuracy_of(ev._ref[0], ev.labels) if ev.labels is not None else None
         return ev
 

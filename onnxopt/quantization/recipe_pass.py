@@ -12,6 +12,7 @@ from onnxopt.core.model import model_family
 from onnxopt.passes.base import ConfigPass, PassContext, PassResult, config_pass
 from onnxopt.quantization.api import quantize
 from onnxopt.quantization.config import QuantizeConfig
+from onnxopt.quantization.engine import OpsetUpgradeError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,13 @@ class _QuantizePass(ConfigPass):
             self.config(objective=context.objective, seed=context.seed), mode=mode
         )
         val = (context.val, context.labels) if context.val is not None else None
-        result = quantize(
-            model, config, calib=context.calib if mode == "static" else None, val=val, bench=None,
-            graph_optimized=context.prior[-1:] == ("optimize_graph",),
-        )
+        try:
+            result = quantize(
+                model, config, calib=context.calib if mode == "static" else None, val=val, bench=None,
+                graph_optimized=context.prior[-1:] == ("optimize_graph",),
+            )
+        except OpsetUpgradeError as e:  # the other passes still run; the stage says why
+            return PassResult(model, False, {"mode": "skipped", "requested_mode": requested, "reason": str(e)})
         report = dict(result.report)
         report.setdefault("mode", mode)
         report["requested_mode"] = requested

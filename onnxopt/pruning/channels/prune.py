@@ -20,7 +20,8 @@ import onnx
 from onnx import ModelProto, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError, OnnxoptError
-from onnxopt.core.model import copy_model, initializer_stats, subgraph_inputs
+from onnxopt.core.model import copy_model, initializer_stats, subgraph_inputs, subgraph_op_counts
+from onnxopt.passes.graph import constants_to_initializers
 from onnxopt.pruning.channels.graph import GraphIndex, Group
 from onnxopt.pruning.channels.groups import build_groups
 from onnxopt.pruning.result import PruneResult
@@ -182,7 +183,12 @@ def _refresh_shapes(model: ModelProto) -> ModelProto:
 
 
 def prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
-    """Remove the least important `ratio` of channels of every safely traceable group."""
+    """Remove the least important `ratio` of channels of every safely traceable group.
+
+    Weights held in Constant nodes (paddle2onnx exports) are moved into initializers first.
+    """
+    original = model
+    model, moved = constants_to_initializers(model)
     ix, groups = build_groups(model)
     node_names = {n.name for n in ix.nodes}
     unknown = [s for s in config.skip if s not in node_names and s not in ix.inits]
@@ -190,7 +196,11 @@ def prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
         raise InvalidInputError(f"--skip {', '.join(unknown)}: matches no node or initializer name")
     removed: dict[int, np.ndarray] = {}
     rows: list[dict] = []
-    left_alone: list[dict] = []
+    left_alone: list[dict] = [
+        {"layers": [where], "channels": None, "reason": ", ".join(f"{n} {op}" for op, n in counts.items())
+         + " left alone (inside a subgraph; channel pruning covers the main graph)"}
+        for where, counts in subgraph_op_counts(model.graph, ("Conv", "Gemm", "MatMul"))
+    ]
     for grp in groups:
         names = [ix.label(i) for i in grp.sources]
         reason = _skipped(ix, grp, config.skip)
@@ -215,6 +225,7 @@ def prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
         "importance": config.importance,
         "groups": rows,
         "left_alone": left_alone,
+        "constants_to_initializers": moved,
         "params_before": params_before,
         "macs_before": macs_before,
     }
@@ -222,7 +233,7 @@ def prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
         report.update(params_after=params_before, macs_after=macs_before,
                       message="no channels removed: " + ("no prunable channel groups found" if not rows
                                                           else "the ratio removes no channel in any group"))
-        return PruneResult(copy_model(model), False, report)
+        return PruneResult(copy_model(original), False, report)
     out = copy_model(model)
     _apply(out, ix, removed, groups)
     out = _refresh_shapes(out)
