@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install test demo lint models bench case-study distill-demo search-demo clean help
+.PHONY: install test demo lint models bench case-study distill-demo search-demo realmodels clean help
 
 help:
 	@echo "make install     create .venv and install onnxopt with all extras"
@@ -17,6 +17,7 @@ help:
 	@echo "make distill-demo  distillation on digits, both frameworks, 3 seeds"
 	@echo "make search-demo   GA vs random search, and a digits search vs the baseline CNN"
 	@echo "make case-study    the classic optimization case study, end to end"
+	@echo "make realmodels    optimize/quantize/prune on real ONNX models from public packages (ARGS=\"--only NAME\")"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,9 @@ search-demo: install
 
 case-study: install
 	$(BIN)/python examples/case_study.py --out build/case_study
+
+realmodels: install
+	$(BIN)/python scripts/realmodels/run.py $(ARGS)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
