@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -105,6 +106,18 @@ def test_cache_extracts_verifies_and_rejects_a_wrong_file(tmp_path: Path) -> Non
     assert not corpus.model_path(bad, cache).with_suffix(".part").exists()
     missing = corpus._install_one(_entry("0" * 64, member="pkg/other.onnx"), archive, cache)
     assert "cannot extract" in missing["fake"]
+
+
+def test_cache_extracts_from_an_sdist(tmp_path: Path) -> None:
+    payload = b"model bytes in an sdist"
+    entry = _entry(hashlib.sha256(payload).hexdigest())
+    (tmp_path / "fake-1.0" / "pkg").mkdir(parents=True)
+    (tmp_path / "fake-1.0" / "pkg" / "model.onnx").write_bytes(payload)
+    archive = tmp_path / "fake-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "fake-1.0", arcname="fake-1.0")
+    assert corpus._install_one(entry, archive, tmp_path) == {}
+    assert corpus.model_path(entry, tmp_path).read_bytes() == payload
 
 
 def test_cache_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
