@@ -153,6 +153,17 @@ def test_table_renders_every_row_and_flags_low_cosine() -> None:
     assert tail[0].startswith("tracebacks: 1") and tail[1].startswith("outputs below 0.99 cosine: 1")
 
 
+def test_npz_stacks_batched_inputs_and_keeps_constants_once(tmp_path: Path) -> None:
+    entry = MANIFEST.select("silero-vad")[0]
+    path = harness.write_npz(entry, tmp_path / "vad.npz", samples=3, seed=0)
+    with np.load(path) as data:
+        assert data["input"].shape == (3, 576)
+        assert data["state"].shape == (2, 1, 128) and data["sr"].shape == ()
+        assert not np.array_equal(data["input"][0], data["input"][1])
+        # drawn apart from the samples the harness measures fidelity on
+        assert not np.array_equal(data["input"][:1], inputs.synthesize(entry.inputs, 0)["input"])
+
+
 # ---------------------------------------------------------------- the cached corpus (no download)
 
 CACHE = corpus.cache_dir()

@@ -15,6 +15,11 @@ Markdown and JSON into build/realmodels/. Usage:
     python scripts/realmodels/run.py                       # everything (takes a while)
     python scripts/realmodels/run.py --only silero-vad --commands quantize --timeout 900
     python scripts/realmodels/run.py --download-only       # fill the cache and stop
+    python scripts/realmodels/run.py --with-data           # also pass --data/--calib-data
+
+--with-data writes, per model, an .npz of real-looking samples (batched inputs stacked on axis 0,
+constant inputs such as a scalar `sr` or a zero `state` stored once, as a user would) and passes
+it to optimize (--data, --calib-data) and quantize (--calib-data, --data); prune is run without.
 """
 
 from __future__ import annotations
@@ -32,15 +37,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from realmodels.corpus import ROOT, ModelEntry, download, load_manifest, model_path, sha256_of  # noqa: E402
+from realmodels.inputs import synthesize  # noqa: E402
 
 COMMANDS = {
     "optimize": ["optimize"],
     "quantize": ["quantize", "--mode", "auto"],
     "prune": ["prune", "--method", "magnitude"],
 }
+DATA_OPTIONS = {"optimize": ["--data", "{npz}", "--calib-data", "{npz}"],
+                "quantize": ["--calib-data", "{npz}", "--data", "{npz}"]}
 MEASURE = Path(__file__).resolve().with_name("measure.py")
 MIN_COSINE = 0.99
+CONSTANT_KINDS = ("zeros", "scalar")  # the same value for every sample: stored once, not stacked
+DATA_OFFSET = 1000  # npz samples are drawn apart from the ones the harness measures fidelity on
 
 
 @dataclass
@@ -90,15 +102,29 @@ def failure_line(stderr: str, stdout: str) -> str:
     return first[0] if first else ""
 
 
-def run_command(entry: ModelEntry, command: str, out_dir: Path, args: argparse.Namespace) -> Row:
+def write_npz(entry: ModelEntry, path: Path, samples: int, seed: int) -> Path:
+    """An .npz of `samples` synthesized inputs as a user would save them (see the module doc)."""
+    feeds = [synthesize(entry.inputs, DATA_OFFSET + i, seed) for i in range(samples)]
+    arrays = {name: feeds[0][name] if spec["kind"] in CONSTANT_KINDS
+              else np.concatenate([f[name] for f in feeds], axis=0)
+              for name, spec in entry.inputs.items()}
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def run_command(entry: ModelEntry, command: str, out_dir: Path, args: argparse.Namespace,
+                npz: Path | None = None) -> Row:
     """Run one onnxopt command on one model, then measure its output (if one was written)."""
     source = model_path(entry)
-    target = out_dir / f"{entry.name}.{command}.onnx"
+    label = command + ("+data" if npz and command in DATA_OPTIONS else "")
+    target = out_dir / f"{entry.name}.{label}.onnx"
     target.unlink(missing_ok=True)
     verb, *options = COMMANDS[command]
+    if npz and command in DATA_OPTIONS:
+        options += [o.format(npz=npz) for o in DATA_OPTIONS[command]]
     cmd = [sys.executable, "-m", "onnxopt", verb, str(source), "-o", str(target), *options]
-    code, out, err, seconds = run_child(cmd, args.timeout, out_dir / f"{entry.name}.{command}.log")
-    row = Row(entry.name, command, code, seconds, traceback="Traceback (most recent call last)" in err)
+    code, out, err, seconds = run_child(cmd, args.timeout, out_dir / f"{entry.name}.{label}.log")
+    row = Row(entry.name, label, code, seconds, traceback="Traceback (most recent call last)" in err)
     if code != "0":
         row.note = failure_line(err, out)[:160]
     if not target.is_file():
@@ -108,7 +134,7 @@ def run_command(entry: ModelEntry, command: str, out_dir: Path, args: argparse.N
         row.note = (row.note + "; output identical to input").lstrip("; ")
     mcmd = [sys.executable, str(MEASURE), "--model", entry.name, "--candidate", str(target),
             "--samples", str(args.samples), "--threads", str(args.threads), "--seed", str(args.seed)]
-    mcode, mout, merr, _ = run_child(mcmd, args.timeout, out_dir / f"{entry.name}.{command}.measure.log")
+    mcode, mout, merr, _ = run_child(mcmd, args.timeout, out_dir / f"{entry.name}.{label}.measure.log")
     if mcode != "0":
         row.note = (row.note + f"; measure failed ({mcode}): {failure_line(merr, mout)[:120]}").lstrip("; ")
         return row
@@ -170,6 +196,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "realmodels")
     parser.add_argument("--download-only", action="store_true", help="fill the cache and exit")
+    parser.add_argument("--with-data", action="store_true",
+                        help="pass an .npz of real-looking samples to optimize and quantize")
+    parser.add_argument("--data-samples", type=int, default=16, help="samples in that .npz")
     args = parser.parse_args(argv)
     unknown = set(args.commands.split(",")) - set(COMMANDS)
     if unknown:
@@ -191,12 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     for entry in entries:
+        npz = None
+        if args.with_data and entry.name not in errors:
+            npz = write_npz(entry, args.out / f"{entry.name}.data.npz", args.data_samples, args.seed)
         for command in args.commands.split(","):
             if entry.name in errors:
                 rows.append(Row(entry.name, command, "-", note=errors[entry.name]))
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {entry.name}: {command} ...", file=sys.stderr, flush=True)
-            rows.append(run_command(entry, command, args.out, args))
+            rows.append(run_command(entry, command, args.out, args, npz))
             print(render_text(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     text = render_text(rows)
     tail = summary(rows)
@@ -205,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
-            "samples": args.samples, "timeout": args.timeout, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "samples": args.samples, "timeout": args.timeout, "with_data": args.with_data,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
     (args.out / "table.md").write_text(render_markdown(rows) + "\n\n" + "\n".join(f"- {t}" for t in tail) + "\n",
                                       encoding="utf-8")
     (args.out / "table.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2),
