@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,11 +75,17 @@ class Row:
     note: str = ""
 
 
-def run_child(cmd: list[str], timeout: float, log_path: Path) -> tuple[str, str, str, float]:
-    """(exit, stdout, stderr, seconds) of `cmd` in its own process group, killed on timeout."""
+def run_child(cmd: list[str], timeout: float, log_path: Path,
+              cwd: Path = ROOT) -> tuple[str, str, str, float]:
+    """(exit, stdout, stderr, seconds) of `cmd` in its own process group, killed on timeout.
+
+    The child imports this checkout's onnxopt whatever its working directory (PYTHONPATH).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, start_new_session=True)
+                            cwd=cwd, env=env, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
         code = str(proc.returncode)
@@ -123,10 +130,18 @@ def run_command(entry: ModelEntry, command: str, out_dir: Path, args: argparse.N
     if npz and command in DATA_OPTIONS:
         options += [o.format(npz=npz) for o in DATA_OPTIONS[command]]
     cmd = [sys.executable, "-m", "onnxopt", verb, str(source), "-o", str(target), *options]
-    code, out, err, seconds = run_child(cmd, args.timeout, out_dir / f"{entry.name}.{label}.log")
+    # An empty working directory per command: files a command leaves behind are a bug to report.
+    cwd = out_dir / "cwd" / f"{entry.name}.{label}"
+    shutil.rmtree(cwd, ignore_errors=True)
+    cwd.mkdir(parents=True)
+    code, out, err, seconds = run_child(cmd, args.timeout, out_dir / f"{entry.name}.{label}.log", cwd)
     row = Row(entry.name, label, code, seconds, traceback="Traceback (most recent call last)" in err)
     if code != "0":
         row.note = failure_line(err, out)[:160]
+    left = [p for p in cwd.rglob("*") if p.is_file()]
+    if left:
+        mb = sum(p.stat().st_size for p in left) / 1e6
+        row.note = (row.note + f"; left {len(left)} file(s), {mb:.0f} MB, in the working dir").lstrip("; ")
     if not target.is_file():
         row.note = (row.note + "; no output written").lstrip("; ")
         return row
