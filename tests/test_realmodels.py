@@ -127,6 +127,14 @@ def test_cache_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     assert corpus.cache_dir() == ROOT / ".cache" / "realmodels"
 
 
+def test_child_is_killed_on_timeout_and_logged(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    code, _, _, seconds = harness.run_child(
+        [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], 1.0, log, tmp_path)
+    assert code == "timeout" and seconds < 30
+    assert "# exit timeout" in log.read_text() and "started" in log.read_text()
+
+
 def test_failure_line_flags_tracebacks_and_prefers_error_lines() -> None:
     tb = "Traceback (most recent call last):\n  File \"x.py\", line 1\nIndexError: tuple index out of range\n"
     assert harness.failure_line(tb, "") == "TRACEBACK IndexError: tuple index out of range"

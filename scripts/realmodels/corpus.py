@@ -88,7 +88,7 @@ def load_manifest(path: Path = MANIFEST) -> Manifest:
 def cache_dir() -> Path:
     """Where models are kept: $ONNXOPT_REALMODELS_CACHE, else <repo>/.cache/realmodels."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else ROOT / ".cache" / "realmodels"
+    return Path(env).expanduser().resolve() if env else ROOT / ".cache" / "realmodels"
 
 
 def model_path(entry: ModelEntry, cache: Path | None = None) -> Path:

@@ -215,6 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pass an .npz of real-looking samples to optimize and quantize")
     parser.add_argument("--data-samples", type=int, default=16, help="samples in that .npz")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # the children run in their own working directories
     unknown = set(args.commands.split(",")) - set(COMMANDS)
     if unknown:
         parser.error(f"unknown command(s) {sorted(unknown)}; choose from {sorted(COMMANDS)}")
