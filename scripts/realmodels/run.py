@@ -191,7 +191,7 @@ def render_markdown(rows: list[Row]) -> str:
 def summary(rows: list[Row]) -> list[str]:
     """Lines after the table: tracebacks, outputs under the cosine floor, slower outputs."""
     tracebacks = [f"{r.model}/{r.command}" for r in rows if r.traceback]
-    low = [f"{r.model}/{r.command} ({r.min_cosine:.3f})" for r in rows
+    low = [f"{r.model}/{r.command} ({r.min_cosine:.4f})" for r in rows
            if r.min_cosine is not None and r.min_cosine < MIN_COSINE]
     slower = [f"{r.model}/{r.command}" for r in rows if r.ci_low is not None and r.ci_low > 1.0]
     return [f"tracebacks: {len(tracebacks)} {tracebacks}",
