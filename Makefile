@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install test demo lint models bench case-study distill-demo search-demo fuzz clean help
+.PHONY: install test demo lint models bench case-study distill-demo search-demo fuzz realmodels clean help
 
 help:
 	@echo "make install     create .venv and install onnxopt with all extras"
@@ -18,6 +18,7 @@ help:
 	@echo "make search-demo   GA vs random search, and a digits search vs the baseline CNN"
 	@echo "make case-study    the classic optimization case study, end to end"
 	@echo "make fuzz N=5000   N damaged inputs through the CLI (SEED=0, JOBS=1); summary table"
+	@echo "make realmodels    optimize/quantize/prune on real ONNX models from public packages (ARGS=\"--only NAME\")"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,9 @@ SEED ?= 0
 JOBS ?= 1
 fuzz: install
 	$(BIN)/python -m scripts.fuzz -n $(N) --seed $(SEED) --jobs $(JOBS)
+
+realmodels: install
+	$(BIN)/python scripts/realmodels/run.py $(ARGS)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

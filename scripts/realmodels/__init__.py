@@ -1,0 +1,1 @@
+"""The real-model corpus harness behind `make realmodels` (see run.py)."""
