@@ -12,6 +12,7 @@ from onnx import ModelProto
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.optimization.recipe import Recipe
 from onnxopt.passes.base import OBJECTIVES
+from onnxopt.quantization.evaluate import Budget
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,15 @@ GATE_FAILED_KEY = "onnxopt.gate_failed"
 
 
 RECIPE_KEY = "onnxopt.recipe"
+
+
+# The fidelity floor: every stage that changes numbers (quantization, pruning, ...) must keep the
+# per-sample output cosine vs the input model (mean over the verification samples) at or above
+# DEFAULT_MIN_COSINE and, when the data has labels, lose at most DEFAULT_MAX_ACCURACY_DROP
+# accuracy points, under every objective. A stage below it is repaired (quantization returns
+# nodes to float) or rejected; --min-cosine / --max-accuracy-drop move it, explicitly.
+DEFAULT_MIN_COSINE = 0.99
+DEFAULT_MAX_ACCURACY_DROP = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,15 @@ class OptimizeConfig:
     # input's latency). None: plan() sets it, on for the default recipe with objective latency,
     # off for a given recipe (whose output bytes then never depend on timing).
     never_slower: bool | None = None
+
+    def floor(self, has_labels: bool) -> Budget:
+        """The fidelity floor every number-changing stage must hold: the --min-cosine and
+        --max-accuracy-drop gates when set, else DEFAULT_MIN_COSINE and (with labels)
+        DEFAULT_MAX_ACCURACY_DROP."""
+        g = self.gates
+        cosine = g.min_cosine if g.min_cosine is not None else DEFAULT_MIN_COSINE
+        drop = g.max_accuracy_drop if g.max_accuracy_drop is not None else DEFAULT_MAX_ACCURACY_DROP
+        return Budget(drop if has_labels else None, cosine)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -162,6 +181,8 @@ class OptimizeResult:
     timings: dict[str, float]
     data: str  # where the verification inputs came from
     config: OptimizeConfig
+    decisions: Any = None  # optimization.decisions.Decisions: what was decided (recorded or replayed)
+    replayed: bool = False  # the decisions came from a --decisions file: nothing was measured
 
     @property
     def gates_passed(self) -> bool:
@@ -193,4 +214,6 @@ class OptimizeResult:
             "data": self.data,
             "objective": self.config.objective,
             "seed": self.config.seed,
+            "decisions": self.decisions.to_dict() if self.decisions is not None else None,
+            "replayed": self.replayed,
         }
