@@ -107,6 +107,18 @@ def never_slower(stages: list[Stage]) -> tuple[list[Stage], list[str]]:
     return out, [msg]
 
 
+def repair_warnings(stages: list[Stage]) -> list[str]:
+    """One line per kept int8 stage whose quantization returned nodes to float to hold the floor."""
+    out = []
+    for s in stages:
+        nodes = s.report.get("repaired") if s.pass_name == "quantize" and s.kept else None
+        if nodes:
+            shown = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+            out.append(f"int8 repaired: {len(nodes)} node(s) returned to float to hold the fidelity floor "
+                       f"({s.report.get('budget', 'cosine')}): {shown}")
+    return out
+
+
 def _fallback_text(s: Stage, prev: Stage) -> str:
     return f"kept the float model ({prev.name})" if s.pass_name == "quantize" else f"kept the {prev.name} model"
 

@@ -33,6 +33,7 @@ from onnxopt.optimization.decide import (
     decide_stages,
     mark_gate_failed,
     never_slower,
+    repair_warnings,
     worth_remeasuring,
 )
 from onnxopt.optimization.decisions import (
@@ -197,18 +198,8 @@ def run_plan(
     t0 = time.perf_counter()
     result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"))
     timings = {"passes": time.perf_counter() - t0}
-    stages = _measure(model, _stages(model, result.stages, warnings), feed, labels, cfg, say, timings)
-    stages, decide_warnings = decide_stages(stages, result.stages, cfg, floor)
-    if cfg.benchmark and worth_remeasuring(stages, cfg):
-        longer = replace(cfg, bench_runs=2 * cfg.bench_runs, bench_seconds=2 * (cfg.bench_seconds or 1.0))
-        say("int8 looked clearly faster but the interval did not show it: benchmarking again, twice as long")
-        stages = _benchmark(stages, feed, longer, say, timings)
-        stages, decide_warnings = decide_stages(stages, result.stages, cfg, floor)
-    warnings.extend(decide_warnings)
-    if cfg.never_slower:
-        stages, guard_warnings = never_slower(stages)
-        warnings.extend(guard_warnings)
-    warnings.extend(_repair_warnings(stages))
+    measured = _measure(model, _stages(model, result.stages, warnings), feed, labels, cfg, say, timings)
+    stages = _decide(measured, result.stages, cfg, floor, feed, say, timings, warnings)
     final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
     made = decisions or record(model, rec, cfg.objective, floor, stages, final_stage.name)
     final_model = _with_metadata(final_stage.model, rec, made)
@@ -227,6 +218,32 @@ def run_plan(
         decisions=made,
         replayed=decisions is not None,
     )
+
+
+def _decide(
+    measured: list[Stage],
+    stage_results: tuple[StageResult, ...],
+    cfg: OptimizeConfig,
+    floor: Any,
+    feed: Feed,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+    warnings: list[str],
+) -> list[Stage]:
+    """Keep or reject every measured stage (floor, margin, never-slower), appending one warning
+    line per rejection or repair. A candidate that looked clearly faster but whose interval did
+    not show it is benchmarked once more, twice as long, before the decision is final."""
+    stages, decide_warnings = decide_stages(measured, stage_results, cfg, floor)
+    if cfg.benchmark and worth_remeasuring(stages, cfg):
+        longer = replace(cfg, bench_runs=2 * cfg.bench_runs, bench_seconds=2 * (cfg.bench_seconds or 1.0))
+        say("int8 looked clearly faster but the interval did not show it: benchmarking again, twice as long")
+        stages, decide_warnings = decide_stages(_benchmark(measured, feed, longer, say, timings), stage_results, cfg, floor)
+    warnings.extend(decide_warnings)
+    if cfg.never_slower:
+        stages, guard_warnings = never_slower(stages)
+        warnings.extend(guard_warnings)
+    warnings.extend(repair_warnings(stages))
+    return stages
 
 
 def _bench_config(cfg: OptimizeConfig) -> Any:
@@ -270,18 +287,6 @@ def _stages(model: ModelProto, stage_results: tuple[StageResult, ...], warnings:
         if s.pass_name == "quantize" and not s.modified and s.report.get("reason"):
             warnings.append(f"int8 quantization skipped: {s.report['reason']}")
     return stages
-
-
-def _repair_warnings(stages: list[Stage]) -> list[str]:
-    """One line per kept int8 stage whose quantization returned nodes to float to hold the floor."""
-    out = []
-    for s in stages:
-        nodes = s.report.get("repaired") if s.pass_name == "quantize" and s.kept else None
-        if nodes:
-            shown = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
-            out.append(f"int8 repaired: {len(nodes)} node(s) returned to float to hold the fidelity floor "
-                       f"({s.report.get('budget', 'cosine')}): {shown}")
-    return out
 
 
 def _measure(
