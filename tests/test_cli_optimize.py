@@ -146,3 +146,37 @@ def test_real_subprocess_gate_failure(tmp_path: Path, convnet_path: Path, graph_
     assert r.stderr.strip().splitlines()[-1].startswith("onnxopt: error: gate failed: max_latency_ms")
     assert "graph-optimized" in r.stdout and "GATE FAILED" in r.stdout
     assert out.exists() and (tmp_path / "s.md").exists()
+
+
+def test_decisions_file_recorded_then_replayed_byte_identical(
+    tmp_path: Path, digits_cnn: Path, digits_val: Path, digits_calib: Path
+) -> None:
+    decisions = tmp_path / "model.decisions.json"
+
+    def args(out: Path) -> list[str]:
+        return ["optimize", str(digits_cnn), "-o", str(out), "--data", str(digits_val), "--calib-data",
+                str(digits_calib), "--decisions", str(decisions), *FAST]
+
+    first = CliRunner().invoke(cli, args(tmp_path / "a.onnx"))
+    assert first.exit_code == 0, first.output
+    assert f"recorded the decisions in {decisions}" in first.output and decisions.exists()
+    assert "benchmarking" in first.output  # progress lines are part of the output
+    report = tmp_path / "r.json"
+    second = CliRunner().invoke(cli, args(tmp_path / "b.onnx") + ["--report-json", str(report)])
+    assert second.exit_code == 0, second.output
+    assert "replayed the decisions" in second.output and "benchmarking" not in second.output
+    assert sha(tmp_path / "a.onnx") == sha(tmp_path / "b.onnx")
+    d = json.loads(report.read_text())
+    assert d["replayed"] is True and d["decisions"] == json.loads(decisions.read_text())
+
+
+def test_damaged_decisions_file_is_one_line_exit_1(
+    tmp_path: Path, convnet_path: Path, graph_recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "d.json"
+    bad.write_text('{"version": 1}')
+    out = tmp_path / "o.onnx"
+    code, _, err = run_main(["optimize", str(convnet_path), "-o", str(out), "--recipe", str(graph_recipe),
+                             "--decisions", str(bad), *FAST], capsys)
+    assert code == 1 and "not an onnxopt decisions file" in err and "delete it" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

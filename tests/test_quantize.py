@@ -322,3 +322,56 @@ def test_auto_size_runs_the_fallback_on_a_sensitive_model() -> None:
     assert r.meets_budget and r.quantized
     assert "fc1" in {n["node"] for n in r.report["nodes"]["float"]}
     assert any("fallback" in c for c in r.report["candidates"])
+
+
+def _bench_result(name: str, samples: list[float]) -> Any:
+    from onnxopt.measure.benchmark import BenchResult, LatencyStats
+
+    return BenchResult(name, None, 1, tuple(samples), LatencyStats.from_samples(samples), 0.0, None)
+
+
+def test_auto_keeps_int8_only_when_clearly_faster_than_float() -> None:
+    from onnxopt.measure.stats import latency_ratio
+    from onnxopt.quantization.auto import _clearly_faster
+    from onnxopt.quantization.config import INT8_MARGIN
+
+    base = list(1.0 + 0.002 * np.random.default_rng(3).standard_normal(400))
+    for factor, expect in ((0.99, "float"), (0.90, "q")):  # 1% faster is inside the margin: float is kept
+        by_name = {"input": _bench_result("input", base), "float": _bench_result("float", base),
+                   "q": _bench_result("q", [x * factor for x in base])}
+        final = {n: latency_ratio(by_name[n], by_name["input"]) for n in ("float", "q")}
+        notes: list[str] = []
+        extra: dict[str, Any] = {}
+        assert _clearly_faster("q", by_name, final, True, extra, notes) == expect
+        assert extra["winner_vs_float"]["high"] < 1.0  # significantly faster in both cases
+        assert bool(notes) == (expect == "float") and all(f"<= {INT8_MARGIN}" in n for n in notes)
+
+
+def test_fallback_tries_all_float_but_one() -> None:
+    from onnxopt.quantization.fallback import _steps
+
+    assert _steps(1) == [] and _steps(2) == [1] and _steps(5) == [1, 2, 3, 4]
+    assert _steps(49)[-1] == 48 and _steps(49)[:5] == [1, 2, 3, 4, 6]
+
+
+def test_budget_argument_overrides_the_config_and_repairs() -> None:
+    from onnxopt.quantization.evaluate import Budget
+
+    feed = _sensitive_feed()
+    plain = quantize(_sensitive_mlp(), QuantizeConfig(mode="dynamic"), val=(feed, None))
+    assert plain.report["fidelity"]["min_cosine"] < 0.99 and "fallback" not in plain.report
+    r = quantize(_sensitive_mlp(), QuantizeConfig(mode="dynamic"), val=(feed, None), budget=Budget(min_cosine=0.99))
+    assert r.meets_budget and r.report["fidelity"]["min_cosine"] >= 0.99
+    assert r.report["quantizer"]["exclude_nodes"] == ["fc1"] and r.report["budget"] == "cosine >= 0.99"
+
+
+def test_auto_reports_the_quantizer_it_built_or_its_runner_up(convnet_model: onnx.ModelProto) -> None:
+    feed = _feed(convnet_model, 32)
+    r = quantize(convnet_model, QuantizeConfig(**FAST_AUTO), calib=feed, bench=FAST_BENCH)
+    rep = r.report
+    if r.quantized:
+        assert rep["quantizer"]["name"] == rep["winner"] and rep["built_from"] in ("preprocessed", "folded")
+        assert r.runner_up is None
+    elif "runner_up" in rep:  # float won: the fastest int8 finalist is handed back for callers to show
+        assert r.runner_up is not None and quant_ops_in(r.runner_up)
+        assert rep["runner_up"]["quantizer"]["name"] == rep["runner_up"]["name"] != rep["winner"]

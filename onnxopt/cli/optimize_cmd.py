@@ -29,11 +29,11 @@ def _gate(name: str, help_text: str) -> Any:
 @click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Recipe TOML (default: chosen for the model; see --show-recipe).")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Validation .npz (inputs + optional 'labels') for verification and accuracy.")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None, help="Calibration data for static quantization (.npz, folder of .npy/.npz or images).")
-@click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True, help="latency: keep int8 only when measured faster; size: always keep int8.")
+@click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True, help="latency: keep int8 only when measured clearly faster; size: the smallest model. Both hold the fidelity floor.")
 @click.option("--show-recipe", is_flag=True, help="Print the recipe that would run, as TOML, and exit.")
 @seed_option("Seed for synthetic inputs, calibration and the bootstrap.")
-@_gate("--max-accuracy-drop", "Gate: max accuracy points lost (needs --data with labels).")
-@_gate("--min-cosine", "Gate: min output cosine similarity vs the input model.")
+@_gate("--max-accuracy-drop", "Floor and gate: max accuracy points lost (needs --data with labels; default 0.5 when labels are given).")
+@_gate("--min-cosine", "Floor and gate: min output cosine vs the input model, per sample (default 0.99; lower it explicitly, e.g. 0.9).")
 @_gate("--min-speedup", "Gate: min p50 speedup (point estimate) vs the input model.")
 @_gate("--max-size-mb", "Gate: max output size in MB (10^6 bytes).")
 @_gate("--max-latency-ms", "Gate: max p50 latency of the output in ms.")
@@ -41,6 +41,8 @@ def _gate(name: str, help_text: str) -> Any:
 @click.option("--report-md", type=_PATH, default=None, help="Write a Markdown report (fits $GITHUB_STEP_SUMMARY).")
 @click.option("--report-html", type=_PATH, default=None, help="Write a self-contained HTML report with plots (report extra).")
 @click.option("--no-output-on-fail", is_flag=True, help="Do not write the model when a gate fails.")
+@click.option("--decisions", "decisions_path", type=_PATH, default=None,
+              help="Decisions file: recorded by the first run (when gates pass), replayed after (no measuring, same bytes).")
 @threads_option("Intra-op threads for benchmarking (0: physical cores).")
 @click.option("--bench-runs", type=int, default=50, show_default=True, help="Minimum timed runs per stage (interleaved).")
 @click.option("--bench-seconds", type=float, default=2.0, show_default=True, help="Benchmark for at least this long (more rounds: tighter CIs).")
@@ -60,11 +62,14 @@ def command(
     report_md: Path | None,
     report_html: Path | None,
     no_output_on_fail: bool,
+    decisions_path: Path | None,
     as_json: bool,
     **settings: Any,
 ) -> None:
     """Optimize MODEL for CPU inference: run a recipe of passes, verify every stage against
-    MODEL, benchmark all stages side by side, keep int8 only where it is faster, check gates.
+    MODEL, benchmark all stages side by side, keep int8 only where it is clearly faster, reject
+    any stage below the fidelity floor (cosine >= 0.99, accuracy drop <= 0.5 pt with labels,
+    unless --min-cosine / --max-accuracy-drop lower it), check gates.
 
     \b
     Exit codes: 0 ok, 1 error, 2 usage error, 3 a gate failed.
@@ -74,6 +79,7 @@ def command(
       onnxopt optimize model.onnx --show-recipe > recipe.toml
       onnxopt optimize model.onnx --recipe recipe.toml --data val.npz \\
           --max-accuracy-drop 0.5 --min-speedup 1.2 --report-md summary.md
+      onnxopt optimize model.onnx --calib-data calib.npz --decisions model.decisions.json
     """
     from onnxopt.core.errors import MissingLabelsError
     from onnxopt.core.model import load_model, same_file
@@ -94,13 +100,22 @@ def command(
     if same_file(out, model):
         raise click.UsageError(f"-o {out}: that is the input model; choose another output path")
     val, calib = run.load_data(proto, data, calib_data)
+    replay = None
+    if decisions_path is not None and decisions_path.exists():
+        from onnxopt.optimization.decisions import load_decisions
+
+        replay = load_decisions(decisions_path)
     quiet = as_json or bool((ctx.obj or {}).get("quiet"))
     progress = None if quiet else (lambda msg: click.echo(f"... {msg}", err=True))
     try:
-        result = run.run_plan(proto, decided, val=val, calib=calib, progress=progress)
+        result = run.run_plan(proto, decided, val=val, calib=calib, progress=progress, decisions=replay)
     except MissingLabelsError as e:  # a missing --data is a usage error here, as for the other options
         raise click.UsageError(str(e)) from e
     written = run.save_result(result, out, input_path=model, write_on_gate_failure=not no_output_on_fail)
+    if decisions_path is not None and replay is None and result.gates_passed:
+        from onnxopt.optimization.decisions import save_decisions
+
+        save_decisions(result.decisions, decisions_path)
     from onnxopt.optimization import report
 
     prov = report.provenance_of(
@@ -111,6 +126,11 @@ def command(
         echo_json({**report.report_dict(result, prov), "output": str(written) if written else None})
     else:
         _print_table(result, written, out)
+        if decisions_path is not None:
+            recorded = replay is None and result.gates_passed
+            click.echo(f"replayed the decisions in {decisions_path} (nothing measured)" if replay is not None
+                       else f"recorded the decisions in {decisions_path}" if recorded
+                       else f"decisions not recorded in {decisions_path}: a gate failed")
     if not result.gates_passed:
         raise run.gate_error(result, written)
 

@@ -1,7 +1,10 @@
 """Keep or reject each stage, and check the gates on the final model.
 
-A measured candidate (keep_if_faster) is kept only when its latency ratio to the stage before
-is below 1 with the upper end of its 95% CI <= NOT_SLOWER, and it meets the fidelity gates.
+Every stage that changes numbers must hold the fidelity floor (OptimizeConfig.floor: output
+cosine >= 0.99, accuracy drop <= 0.5 pt with labels, unless lowered explicitly); a stage below
+it is rejected with one warning line. A measured candidate (keep_if_faster: int8 in auto mode)
+is kept only when clearly faster than the stage before: the upper end of the 95% CI of its
+latency ratio <= INT8_MARGIN, the rule `quantize --mode auto` applies too.
 The never-slower rule falls back to the latest kept stage not measured slower than the input.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 from onnx import ModelProto, StringStringEntryProto
 
@@ -22,14 +26,16 @@ from onnxopt.optimization.types import (
     Stage,
 )
 from onnxopt.passes.base import StageResult
+from onnxopt.quantization.config import INT8_MARGIN
+from onnxopt.quantization.evaluate import Budget
 
 log = logging.getLogger(__name__)
 
 
 def decide_stages(
-    stages: list[Stage], stage_results: tuple[StageResult, ...], cfg: OptimizeConfig
+    stages: list[Stage], stage_results: tuple[StageResult, ...], cfg: OptimizeConfig, floor: Budget | None = None
 ) -> tuple[list[Stage], list[str]]:
-    """Attach ratios vs the input and drop measured candidates that are slower or break a gate."""
+    """Attach ratios vs the input; drop stages below the floor and measured candidates not clearly faster."""
     from onnxopt.measure.stats import latency_ratio
 
     warnings: list[str] = []
@@ -46,16 +52,35 @@ def decide_stages(
         if rejected_before:
             out.append(replace(s, kept=False, note=f"dropped: built on the rejected stage {rejected_before!r}"))
             continue
-        if s.report.get("keep_if_faster"):
-            note, warning = _reject_reason(s, kept_prev, cfg)
-            if note:
-                rejected_before = s.name
-                warnings.append(warning)
-                out.append(replace(s, kept=False, note=note))
-                continue
+        note, warning = _below_floor(s, kept_prev, floor)
+        if not note and s.report.get("keep_if_faster"):
+            note, warning = _not_clearly_faster(s, kept_prev, cfg)
+        if note:
+            rejected_before = s.name
+            warnings.append(warning)
+            out.append(replace(s, kept=False, note=note))
+            continue
         out.append(s)
         kept_prev = s
     return out, warnings
+
+
+def worth_remeasuring(stages: list[Stage], cfg: OptimizeConfig) -> bool:
+    """True when a measured candidate was rejected although it looked clearly faster than the stage
+    before (ratio <= INT8_MARGIN) and only its CI did not show it: a longer run may settle it."""
+    from onnxopt.measure.stats import latency_ratio
+
+    prev = stages[0]
+    for s in stages[1:]:
+        if s.kept and s.modified:
+            prev = s
+            continue
+        if not s.kept and s.report.get("keep_if_faster") and s.note.startswith("rejected: not clearly faster"):
+            if s.bench is None or prev.bench is None:
+                return False
+            r = latency_ratio(s.bench, prev.bench, seed=cfg.seed)
+            return r.ratio <= INT8_MARGIN < r.high
+    return False
 
 
 def never_slower(stages: list[Stage]) -> tuple[list[Stage], list[str]]:
@@ -82,42 +107,71 @@ def never_slower(stages: list[Stage]) -> tuple[list[Stage], list[str]]:
     return out, [msg]
 
 
-def _reject_reason(s: Stage, prev: Stage, cfg: OptimizeConfig) -> tuple[str, str]:
-    """(short note, warning line) saying why a measured candidate is not kept; ('', '') to keep it."""
+def repair_warnings(stages: list[Stage]) -> list[str]:
+    """One line per kept int8 stage whose quantization returned nodes to float to hold the floor."""
+    out = []
+    for s in stages:
+        nodes = s.report.get("repaired") if s.pass_name == "quantize" and s.kept else None
+        if nodes:
+            shown = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+            out.append(f"int8 repaired: {len(nodes)} node(s) returned to float to hold the fidelity floor "
+                       f"({s.report.get('budget', 'cosine')}): {shown}")
+    return out
+
+
+def _fallback_text(s: Stage, prev: Stage) -> str:
+    return f"kept the float model ({prev.name})" if s.pass_name == "quantize" else f"kept the {prev.name} model"
+
+
+def _below_floor(s: Stage, prev: Stage, floor: Budget | None) -> tuple[str, str]:
+    """(short note, warning line) when the stage misses the fidelity floor; ('', '') when it holds."""
+    f = s.fidelity
+    if floor is None or f is None or floor.holds(f):
+        return "", ""
+    why = []
+    if floor.min_cosine is not None and f.min_cosine < floor.min_cosine:
+        why.append(f"output cosine {f.min_cosine:.4f} < {floor.min_cosine:g}")
+    drop = f.accuracy_drop
+    if floor.max_accuracy_drop is not None and (drop is None or drop > floor.max_accuracy_drop + 1e-9):
+        why.append(f"accuracy drop {drop:.2f} pt > {floor.max_accuracy_drop:g}" if drop is not None else "no accuracy")
+    text = ", ".join(why)
+    return (
+        f"rejected: {text} (fidelity floor)",
+        f"{s.name} rejected: {text}, below the fidelity floor ({floor.describe()}; lower it explicitly with "
+        f"--min-cosine / --max-accuracy-drop); {_fallback_text(s, prev)}",
+    )
+
+
+def _not_clearly_faster(s: Stage, prev: Stage, cfg: OptimizeConfig) -> tuple[str, str]:
+    """(short note, warning line) when a measured candidate is not clearly faster than the stage before."""
     from onnxopt.measure.stats import latency_ratio
 
+    if s.bench is None or prev.bench is None:
+        return "", ""
+    r = latency_ratio(s.bench, prev.bench, seed=cfg.seed)
+    if r.high <= INT8_MARGIN:
+        return "", ""
     kind = "int8" if s.pass_name == "quantize" else s.name
-    fallback = f"kept the float model ({prev.name})" if s.pass_name == "quantize" else f"kept the {prev.name} model"
-    if s.bench is not None and prev.bench is not None:
-        r = latency_ratio(s.bench, prev.bench, seed=cfg.seed)
-        if r.ratio >= 1.0 or r.high > NOT_SLOWER:
-            verdict = "is slower" if r.low > 1.0 else "is not measurably faster"
-            return (
-                f"rejected: {r.ratio:.2f}x the latency of {prev.name}",
-                f"{kind} {verdict} on this CPU: {s.name} takes {r.ratio:.2f}x the latency of {prev.name} "
-                f"(95% CI {r.low:.2f}-{r.high:.2f}); {fallback}",
-            )
-    g = cfg.gates
-    f = s.fidelity
-    if f is not None:
-        if g.max_accuracy_drop is not None and f.accuracy_drop is not None and f.accuracy_drop > g.max_accuracy_drop:
-            return (
-                f"rejected: -{f.accuracy_drop:.2f} accuracy points",
-                f"{s.name} loses {f.accuracy_drop:.2f} accuracy points (> --max-accuracy-drop {g.max_accuracy_drop:g}); {fallback}",
-            )
-        if g.min_cosine is not None and f.min_cosine < g.min_cosine:
-            return (
-                f"rejected: cosine {f.min_cosine:.4f}",
-                f"{s.name} has output cosine {f.min_cosine:.4f} (< --min-cosine {g.min_cosine:g}); {fallback}",
-            )
-    return "", ""
+    verdict = "is slower" if r.low > 1.0 else "is not clearly faster"
+    return (
+        f"rejected: not clearly faster, {r.ratio:.2f}x the latency of {prev.name}",
+        f"{kind} {verdict} on this CPU: {s.name} takes {r.ratio:.2f}x the latency of {prev.name} "
+        f"(95% CI {r.low:.2f}-{r.high:.2f}; kept only when the upper end is <= {INT8_MARGIN}); {_fallback_text(s, prev)}",
+    )
 
 
-def check_gates(gates: Gates, final: Stage, original: Stage, size_bytes: int) -> tuple[GateResult, ...]:
-    """Evaluate every set gate on the final stage."""
+def check_gates(
+    gates: Gates, final: Stage, original: Stage, size_bytes: int, recorded: dict[str, Any] | None = None
+) -> tuple[GateResult, ...]:
+    """Evaluate every set gate on the final stage.
+
+    recorded: the final model's latency measured when --decisions were recorded ('speedup',
+    'p50_ms'); a replay measures nothing, so its timing gates use these values.
+    """
     out = []
     for name, limit in gates.active().items():
         value: float | None = None
+        rule = GATE_RULES[name]
         if name == "max_accuracy_drop":
             value = 0.0 if final is original else (final.fidelity.accuracy_drop if final.fidelity else None)
         elif name == "min_cosine":
@@ -128,13 +182,16 @@ def check_gates(gates: Gates, final: Stage, original: Stage, size_bytes: int) ->
             value = size_bytes / 1e6
         elif name == "max_latency_ms":
             value = final.bench.stats.p50_ms if final.bench is not None else None
+        if value is None and recorded and name in ("min_speedup", "max_latency_ms"):
+            value = recorded.get("speedup" if name == "min_speedup" else "p50_ms")
+            rule += " (as recorded in the --decisions file)"
         if value is None:
             passed = False
         elif name.startswith("max"):
             passed = value <= limit
         else:
             passed = value >= limit
-        out.append(GateResult(name, float(limit), value, passed, GATE_RULES[name]))
+        out.append(GateResult(name, float(limit), value, passed, rule))
     return tuple(out)
 
 

@@ -1,7 +1,9 @@
 """Run a recipe on a model, verify and benchmark every stage, decide what to keep, apply gates.
 
 plan() makes the run's decisions once (recipe, never-slower, model family); run_plan() does the
-work; optimize() is the two in one call.
+work; optimize() is the two in one call. Every stage that changes numbers must hold the fidelity
+floor (OptimizeConfig.floor); the decisions taken are recorded (optimization.decisions) and a
+recorded set can be replayed: the same passes, pinned, nothing measured.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from onnx import ModelProto, StringStringEntryProto
 
 from onnxopt.core.errors import GateFailedError
-from onnxopt.core.feeds import Feed, feed_samples, synthesize_feed
+from onnxopt.core.feeds import Feed, feed_samples, first_batch, synthesize_feed
 from onnxopt.core.model import (
     batch_axes,
     copy_model,
@@ -26,7 +28,21 @@ from onnxopt.core.model import (
     prune_opset_imports,
     save_model,
 )
-from onnxopt.optimization.decide import check_gates, decide_stages, mark_gate_failed, never_slower
+from onnxopt.optimization.decide import (
+    check_gates,
+    decide_stages,
+    mark_gate_failed,
+    never_slower,
+    repair_warnings,
+    worth_remeasuring,
+)
+from onnxopt.optimization.decisions import (
+    DECISIONS_KEY,
+    Decisions,
+    check_replayable,
+    record,
+    replay_specs,
+)
 from onnxopt.optimization.recipe import PassSpec, Recipe
 from onnxopt.optimization.types import (
     GATE_FAILED_KEY,
@@ -51,20 +67,19 @@ STAGE_LABELS = {
 
 
 def default_recipe(model: ModelProto, objective: str = "latency") -> Recipe:
-    """The recipe used without --recipe: graph optimization, then quantization fit for the model.
+    """The recipe used without --recipe: graph optimization, then int8 quantization in auto mode.
 
-    Conv nets: static int8 (per-channel), calibrated on --calib-data. Sequence models
-    (RNN/attention/MatMul-heavy) and MLPs: dynamic int8. With objective latency the int8 model
-    is a candidate kept only when measured faster; with objective size it is always kept.
+    Auto mode is `onnxopt quantize --mode auto`: candidates ordered for this CPU (static ones
+    calibrated on --calib-data, or on the --data inputs), measured briefly then the finalists
+    longer, per-op-type and per-node partial quantization, returning nodes to float to hold the
+    fidelity floor. With objective latency the winner is kept only when optimize measures it
+    clearly faster too; with objective size the smallest model that holds the floor is kept.
     """
     return _family_recipe(model_family(model), objective)
 
 
 def _family_recipe(family: str, objective: str) -> Recipe:
-    quant: dict[str, Any] = {"mode": "auto"}
-    if family == "conv":
-        quant["per_channel"] = True
-    passes = [PassSpec("optimize_graph", {}), PassSpec("quantize", quant)]
+    passes = [PassSpec("optimize_graph", {}), PassSpec("quantize", {"mode": "auto"})]
     return Recipe(tuple(passes), description=f"default recipe for a {family} model (objective {objective})")
 
 
@@ -98,12 +113,22 @@ def _unique(name: str, seen: set[str]) -> str:
     return out
 
 
-def _eval_feed(model: ModelProto, val: tuple[Feed, np.ndarray | None] | None, config: OptimizeConfig) -> tuple[Feed, np.ndarray | None, str]:
+def _eval_feed(
+    model: ModelProto, val: tuple[Feed, np.ndarray | None] | None, calib: Any, config: OptimizeConfig
+) -> tuple[Feed, np.ndarray | None, str]:
+    """The verification inputs: --data, else the first calibration samples (as `quantize` does:
+    real inputs, which int8 calibrated on them handles), else synthetic random inputs."""
+    from onnxopt.quantization.config import EVAL_SAMPLES
+
     axes = batch_axes(model)
     if val is not None:
         feed, labels = val
         n = feed_samples(feed, axes)
         return feed, labels, f"{n} samples from --data" + (" with labels" if labels is not None else "")
+    if calib is not None:
+        feed = calib.head(EVAL_SAMPLES) if hasattr(calib, "head") else first_batch(calib, EVAL_SAMPLES, axes)
+        n = feed_samples(feed, axes)
+        return feed, None, f"{n} samples from --calib-data (no --data: pass it for held-out inputs and labels)"
     feed = synthesize_feed(model, batch=max(config.synthetic_samples, config.batch),
                            overrides=config.shape_overrides, seed=config.seed)
     n = feed_samples(feed, axes)
@@ -118,11 +143,13 @@ def optimize(
     val: tuple[Feed, np.ndarray | None] | None = None,
     calib: Any = None,
     progress: Callable[[str], None] | None = None,
+    decisions: Decisions | None = None,
 ) -> OptimizeResult:
     """Run the recipe (default: chosen for the model), verify each stage against the input,
-    benchmark all stages interleaved, keep measured candidates only when faster, and check the
-    gates on the final model: run_plan(model, plan(model, recipe, config), ...)."""
-    return run_plan(model, plan(model, recipe, config), val=val, calib=calib, progress=progress)
+    benchmark all stages interleaved, keep measured candidates only when clearly faster, reject
+    stages below the fidelity floor, and check the gates on the final model:
+    run_plan(model, plan(model, recipe, config), ...). decisions: replay them (see run_plan)."""
+    return run_plan(model, plan(model, recipe, config), val=val, calib=calib, progress=progress, decisions=decisions)
 
 
 def run_plan(
@@ -132,13 +159,18 @@ def run_plan(
     val: tuple[Feed, np.ndarray | None] | None = None,
     calib: Any = None,
     progress: Callable[[str], None] | None = None,
+    decisions: Decisions | None = None,
 ) -> OptimizeResult:
     """optimize() with its decisions made beforehand by plan() (the CLI shows the recipe first).
 
+    decisions: a record of an earlier run on the same model, recipe, objective and floor
+    (InvalidInputError otherwise); its kept passes run pinned to the recorded settings and
+    nothing is benchmarked, so the output is the recorded run's, byte for byte.
     Raises MissingLabelsError when --max-accuracy-drop is set and val has no labels.
     """
     from onnxopt.measure.benchmark import feed_shapes, timing_feed
     from onnxopt.measure.fidelity import require_labels
+    from onnxopt.passes.base import Pipeline
 
     cfg, rec = decided.config, decided.recipe
     t_start = time.perf_counter()
@@ -146,32 +178,38 @@ def run_plan(
     warnings: list[str] = []
     if cfg.gates.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)
-    feed, labels, data_desc = _eval_feed(model, val, cfg)
+    calib = _calibration(rec, calib, val, warnings)
+    feed, labels, data_desc = _eval_feed(model, val, calib, cfg)
     timed = timing_feed(model, feed, batch=cfg.batch, overrides=cfg.shape_overrides, seed=cfg.seed)
     if val is not None and cfg.shape_overrides:
         warnings.append("--shape not used: latency is measured on the --data samples, at their shape")
+    floor = cfg.floor(has_labels=labels is not None)
+    pipeline = rec.pipeline()
+    if decisions is not None:
+        check_replayable(decisions, model, rec, cfg.objective, floor)
+        cfg = replace(cfg, benchmark=False, never_slower=False)
+        pipeline = Pipeline([spec.build() for spec in replay_specs(decisions, rec)])
+        say(f"replaying recorded decisions: {pipeline!r}, nothing measured")
     context = PassContext(
-        calib=_calibration(rec, decided.family, calib, val, warnings),
+        calib=calib,
         val=val[0] if val is not None else None,
         labels=labels,
         seed=cfg.seed,
         objective=cfg.objective,
         family=decided.family,
+        bench=_bench_config(cfg),
+        floor=floor,
     )
-    pipeline = rec.pipeline()
     say(f"running {pipeline!r}")
     t0 = time.perf_counter()
     result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"))
     timings = {"passes": time.perf_counter() - t0}
-    stages = _measure(model, _stages(model, result.stages, warnings), (feed, timed), labels, cfg, say, timings)
-    stages, decide_warnings = decide_stages(stages, result.stages, cfg)
-    warnings.extend(decide_warnings)
-    if cfg.never_slower:
-        stages, guard_warnings = never_slower(stages)
-        warnings.extend(guard_warnings)
+    measured = _measure(model, _stages(model, result.stages, warnings), (feed, timed), labels, cfg, say, timings)
+    stages = _decide(measured, result.stages, cfg, floor, timed, say, timings, warnings)
     final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
-    final_model = _with_recipe(final_stage.model, rec)
-    gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize())
+    made = decisions or record(model, rec, cfg.objective, floor, stages, final_stage.name)
+    final_model = _with_metadata(final_stage.model, rec, made)
+    gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize(), made.measured if decisions else None)
     timings["total"] = time.perf_counter() - t_start
     return OptimizeResult(
         model=final_model,
@@ -184,27 +222,66 @@ def run_plan(
         data=data_desc,
         config=cfg,
         timed_shapes=feed_shapes(timed),
+        decisions=made,
+        replayed=decisions is not None,
+    )
+
+
+def _decide(
+    measured: list[Stage],
+    stage_results: tuple[StageResult, ...],
+    cfg: OptimizeConfig,
+    floor: Any,
+    feed: Feed,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+    warnings: list[str],
+) -> list[Stage]:
+    """Keep or reject every measured stage (floor, margin, never-slower), appending one warning
+    line per rejection or repair. A candidate that looked clearly faster but whose interval did
+    not show it is benchmarked once more, twice as long, before the decision is final."""
+    stages, decide_warnings = decide_stages(measured, stage_results, cfg, floor)
+    if cfg.benchmark and worth_remeasuring(stages, cfg):
+        longer = replace(cfg, bench_runs=2 * cfg.bench_runs, bench_seconds=2 * (cfg.bench_seconds or 1.0))
+        say("int8 looked clearly faster but the interval did not show it: benchmarking again, twice as long")
+        stages, decide_warnings = decide_stages(_benchmark(measured, feed, longer, say, timings), stage_results, cfg, floor)
+    warnings.extend(decide_warnings)
+    if cfg.never_slower:
+        stages, guard_warnings = never_slower(stages)
+        warnings.extend(guard_warnings)
+    warnings.extend(repair_warnings(stages))
+    return stages
+
+
+def _bench_config(cfg: OptimizeConfig) -> Any:
+    """The benchmark settings of the run (also what quantization's auto mode measures with)."""
+    from onnxopt.core.runtime import bench_session
+    from onnxopt.measure.benchmark import BenchConfig
+
+    return BenchConfig(
+        session=bench_session(cfg.threads), warmup=cfg.warmup, runs=cfg.bench_runs, duration_s=cfg.bench_seconds,
+        seed=cfg.seed, batch=cfg.batch, shape_overrides=cfg.shape_overrides,
     )
 
 
 def _calibration(
-    recipe: Recipe, family: str, calib: Any, val: tuple[Feed, np.ndarray | None] | None, warnings: list[str]
+    recipe: Recipe, calib: Any, val: tuple[Feed, np.ndarray | None] | None, warnings: list[str]
 ) -> Any:
     """The calibration data the passes get: the given data, else the --data inputs when a quantize
-    pass would calibrate; raises when a pass must calibrate (mode static) and there is nothing."""
+    pass calibrates (static, or auto for its static candidates); raises when a static pass has nothing."""
     from onnxopt.quantization.api import require_calibration
     from onnxopt.quantization.recipe_pass import QuantizePass
 
     if calib is not None:
         return calib
     quant = [p for p in recipe.pipeline(check=False).passes if isinstance(p, QuantizePass)]
-    if not any(p.concrete_mode(family, has_calib=True) == "static" for p in quant):
+    if not any(p.calibrates for p in quant):
         return None
     if val is not None:
-        warnings.append("no --calib-data: calibrating static quantization on the --data inputs")
+        warnings.append("no --calib-data: calibrating int8 on the --data inputs")
         return val[0]
     for p in quant:
-        require_calibration(p.concrete_mode(family, has_calib=False), None)
+        require_calibration(p.mode, None)
     return None
 
 
@@ -239,13 +316,19 @@ def _measure(
         by_name = dict(zip([s.name for s in measured[1:]], fids))
         stages = [replace(s, fidelity=by_name[s.name]) if s.name in by_name else s for s in stages]
     timings["verify"] = time.perf_counter() - t0
+    return _benchmark(stages, timed, cfg, say, timings) if cfg.benchmark else stages
+
+
+def _benchmark(
+    stages: list[Stage], feed: Feed, cfg: OptimizeConfig, say: Callable[[str], None], timings: dict[str, float]
+) -> list[Stage]:
+    """The stages with their latency (every stage that changed the model, interleaved) attached."""
+    measured = [s for s in stages if s.modified or s.pass_name is None]
     t0 = time.perf_counter()
-    if cfg.benchmark:
-        say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
-        bench_by_name = _bench(measured, timed, cfg)
-        stages = [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
-    timings["benchmark"] = time.perf_counter() - t0
-    return stages
+    say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
+    bench_by_name = _bench(measured, feed, cfg)
+    timings["benchmark"] = timings.get("benchmark", 0.0) + time.perf_counter() - t0
+    return [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
 
 
 def _stage_from(sr: StageResult, seen: set[str]) -> Stage:
@@ -294,26 +377,23 @@ def _verify(
 
 def _bench(measured: list[Stage], timed: Feed, cfg: OptimizeConfig) -> dict[str, Any]:
     """Every measured stage timed side by side on the same feed (timing_feed: the deployment shape)."""
-    from onnxopt.core.runtime import bench_session
-    from onnxopt.measure.benchmark import BenchConfig, benchmark
+    from onnxopt.measure.benchmark import benchmark
 
-    bcfg = BenchConfig(
-        session=bench_session(cfg.threads), warmup=cfg.warmup, runs=cfg.bench_runs, duration_s=cfg.bench_seconds,
-        seed=cfg.seed, batch=feed_samples(timed, batch_axes(measured[0].model)),
-    )
+    bcfg = replace(_bench_config(cfg), batch=feed_samples(timed, batch_axes(measured[0].model)))
     results = benchmark([s.model for s in measured], bcfg, feed=timed, names=[s.name for s in measured])
     return {s.name: r for s, r in zip(measured, results)}
 
 
-def _with_recipe(model: ModelProto, recipe: Recipe) -> ModelProto:
-    """A copy of the model with the recipe recorded in metadata_props, unused opset imports
-    dropped (onnxruntime adds every domain it has registered, which varies by process)."""
+def _with_metadata(model: ModelProto, recipe: Recipe, decisions: Decisions) -> ModelProto:
+    """A copy of the model with the recipe and the decisions recorded in metadata_props, unused
+    opset imports dropped (onnxruntime adds every domain it has registered, which varies by process)."""
     m = copy_model(model)
     prune_opset_imports(m)
-    entries = [p for p in m.metadata_props if p.key not in (RECIPE_KEY, GATE_FAILED_KEY)]
+    entries = [p for p in m.metadata_props if p.key not in (RECIPE_KEY, GATE_FAILED_KEY, DECISIONS_KEY)]
     del m.metadata_props[:]
     m.metadata_props.extend(entries)
     m.metadata_props.append(StringStringEntryProto(key=RECIPE_KEY, value=recipe.to_toml()))
+    m.metadata_props.append(StringStringEntryProto(key=DECISIONS_KEY, value=decisions.to_json()))
     return m
 
 

@@ -13,6 +13,7 @@ from onnx import ModelProto
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.optimization.recipe import Recipe
 from onnxopt.passes.base import OBJECTIVES
+from onnxopt.quantization.evaluate import Budget
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,15 @@ GATE_FAILED_KEY = "onnxopt.gate_failed"
 
 
 RECIPE_KEY = "onnxopt.recipe"
+
+
+# The fidelity floor: every stage that changes numbers (quantization, pruning, ...) must keep the
+# per-sample output cosine vs the input model (mean over the verification samples) at or above
+# DEFAULT_MIN_COSINE and, when the data has labels, lose at most DEFAULT_MAX_ACCURACY_DROP
+# accuracy points, under every objective. A stage below it is repaired (quantization returns
+# nodes to float) or rejected; --min-cosine / --max-accuracy-drop move it, explicitly.
+DEFAULT_MIN_COSINE = 0.99
+DEFAULT_MAX_ACCURACY_DROP = 0.5
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,15 @@ class OptimizeConfig:
     never_slower: bool | None = None
     batch: int = 1  # the batch latency is measured at (a model with a fixed batch: its own)
     shape_overrides: Mapping[str, tuple[int, ...]] | None = None  # --shape: sizes of symbolic dims
+
+    def floor(self, has_labels: bool) -> Budget:
+        """The fidelity floor every number-changing stage must hold: the --min-cosine and
+        --max-accuracy-drop gates when set, else DEFAULT_MIN_COSINE and (with labels)
+        DEFAULT_MAX_ACCURACY_DROP."""
+        g = self.gates
+        cosine = g.min_cosine if g.min_cosine is not None else DEFAULT_MIN_COSINE
+        drop = g.max_accuracy_drop if g.max_accuracy_drop is not None else DEFAULT_MAX_ACCURACY_DROP
+        return Budget(drop if has_labels else None, cosine)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -168,6 +187,8 @@ class OptimizeResult:
     data: str  # where the verification inputs came from
     config: OptimizeConfig
     timed_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # input -> shape of one timed run
+    decisions: Any = None  # optimization.decisions.Decisions: what was decided (recorded or replayed)
+    replayed: bool = False  # the decisions came from a --decisions file: nothing was measured
 
     @property
     def gates_passed(self) -> bool:
@@ -200,4 +221,6 @@ class OptimizeResult:
             "timed_shapes": {k: list(v) for k, v in self.timed_shapes.items()},
             "objective": self.config.objective,
             "seed": self.config.seed,
+            "decisions": self.decisions.to_dict() if self.decisions is not None else None,
+            "replayed": self.replayed,
         }

@@ -33,6 +33,7 @@ class PassContext:
     bench: Any = None  # onnxopt.measure.benchmark.BenchConfig | None (typed loosely: imported lazily)
     prior: tuple[str, ...] = ()  # names of the passes that ran before this one (set by Pipeline.run)
     family: str | None = None  # the input model's core.model.model_family, when the caller computed it once
+    floor: Any = None  # quantization.evaluate.Budget every number-changing stage must hold (set by optimize)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

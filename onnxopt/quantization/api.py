@@ -20,6 +20,7 @@ from onnxopt.core.model import copy_model, fixed_batch
 from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
 from onnxopt.measure.fidelity import require_labels
 from onnxopt.measure.stats import latency_ratio
+from onnxopt.quantization.auto import run_auto, winner_entry
 from onnxopt.quantization.calibration import (
     CalibrationSource,
     check_samples,
@@ -53,10 +54,14 @@ class QuantizeResult:
     quantized: bool
     meets_budget: bool
     report: dict[str, Any]  # JSON-serializable
+    # auto, objective latency, float won: the fastest int8 model that holds the budget (report['runner_up'])
+    runner_up: ModelProto | None = None
 
 
-def _check_node_names(model: ModelProto, names: tuple[str, ...]) -> None:
-    known = {n.name for n in model.graph.node}
+def _check_node_names(models: list[ModelProto], names: tuple[str, ...]) -> None:
+    """Every excluded node must exist in the model or in a prepared copy of it (whose names --decisions
+    may have recorded)."""
+    known = {n.name for m in models for n in m.graph.node}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise InvalidInputError(
@@ -105,6 +110,7 @@ def quantize(
     bench: BenchConfig | None = None,
     *,
     graph_optimized: bool = False,
+    budget: Budget | None = None,
 ) -> QuantizeResult:
     """Quantize a model with onnxruntime; the input is never modified.
 
@@ -113,6 +119,8 @@ def quantize(
     bench: benchmark settings (auto mode always measures; other modes measure only when given).
     graph_optimized: the model already went through onnxruntime's basic graph optimization
     (an optimize_graph pass), so quantization does not run it a second time.
+    budget: the accuracy budget to hold instead of config's (optimize's fidelity floor); the
+    accuracy-drop limit needs labels in val.
     """
     cfg = config or QuantizeConfig()
     t0 = time.perf_counter()
@@ -120,11 +128,10 @@ def quantize(
     if already and not cfg.force:
         ops = ", ".join(f"{k} x{v}" for k, v in list(already.items())[:4])
         raise InvalidInputError(f"the model is already quantized (found {ops}): nothing to do; pass --force to quantize anyway")
-    budget = cfg.budget
-    if cfg.max_accuracy_drop is not None:
+    budget = budget if budget is not None else cfg.budget
+    if budget.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)
     require_calibration(cfg.mode, calib)
-    _check_node_names(model, cfg.exclude_nodes)
     notes: list[str] = []
     cpu = detect_cpu()
     original = copy_model(model)
@@ -136,16 +143,15 @@ def quantize(
         wd = Path(tmp)
         start = check_opset(original, needs_per_channel_qdq=needs_pc_qdq, feed=feed, notes=notes)
         variants = prepare(start, wd, notes, graph_optimized=graph_optimized and start is original)
+        _check_node_names([original] + [v.model for v in variants], cfg.exclude_nodes)
         sess = QuantSession(original, variants, source, evaluator, wd, notes)
         if cfg.mode == "auto":
-            from onnxopt.quantization.auto import run_auto
-
             if not budget.active:
                 budget = Budget(min_cosine=DEFAULT_AUTO_COSINE)
                 notes.append(f"no accuracy budget given: auto mode requires output cosine >= {DEFAULT_AUTO_COSINE}")
-            result_model, quantized, meets, auto_report = run_auto(sess, cfg, budget, cpu, bench or BenchConfig())
-            report = auto_report
+            result_model, quantized, meets, report, runner_up = run_auto(sess, cfg, budget, cpu, bench or BenchConfig())
         else:
+            runner_up = None
             result_model, quantized, meets, report = _run_single(sess, cfg, budget, bench)
     report.update({
         "mode": cfg.mode,
@@ -166,7 +172,7 @@ def quantize(
         "notes": notes + report.get("notes", []),
         "seconds": round(time.perf_counter() - t0, 2),
     })
-    return QuantizeResult(result_model, quantized, meets, report)
+    return QuantizeResult(result_model, quantized, meets, report, runner_up)
 
 
 def _timed_shapes(model: ModelProto, feed: Feed, bench: BenchConfig | None) -> dict[str, list[int]] | None:
@@ -199,8 +205,7 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
         built, meets, fb = fallback(built, sess.build, sess.evaluator, budget)
         report["fallback"] = fb
     report["winner"] = built.cand.name
-    report["nodes"] = {"quantized": built.quantized_nodes, "float": built.float_nodes}
-    report["fidelity"] = built.fidelity.to_dict()
+    report.update(winner_entry(built))
     report["why"] = (f"{cfg.mode} quantization as asked" + ("" if meets else f"; the budget ({budget.describe()}) "
                      "is NOT met: kept the closest configuration found"))
     report["notes"] = list(built.notes)

@@ -12,6 +12,7 @@ from onnxopt.core.cpu import CpuFeatures
 from onnxopt.core.model import copy_model
 from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark, timing_feed
 from onnxopt.measure.stats import NOT_SLOWER, RatioCI, latency_ratio
+from onnxopt.quantization.config import INT8_MARGIN
 from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size, strip_quant_metadata
 from onnxopt.quantization.evaluate import Budget
 from onnxopt.quantization.fallback import Built, fallback
@@ -65,8 +66,12 @@ def _bench(models: list[ModelProto], names: list[str], cfg: BenchConfig, feed: A
 
 
 def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, bench: BenchConfig
-             ) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
-    """Measure the candidates and return (model, quantized, meets_budget, report)."""
+             ) -> tuple[ModelProto, bool, bool, dict[str, Any], ModelProto | None]:
+    """Measure the candidates and return (model, quantized, meets_budget, report, runner_up).
+
+    runner_up: when float (or the input) won on latency, the fastest int8 finalist that holds the
+    budget (report['runner_up'] describes it), for a caller that shows it measured and rejected.
+    """
     from onnxopt.quantization.session import built_entry
 
     notes: list[str] = []
@@ -120,8 +125,10 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
             if fb_ok:
                 passing.append(fb_built)
     if config.objective == "size":
-        return _pick_size(sess, config, budget, float_model, built, passing, rows, notes, bench, feed)
-    return _pick_latency(sess, config, budget, cpu, float_model, built, passing, quick, rows, notes, bench, feed)
+        return (*_pick_size(sess, config, budget, float_model, built, passing, rows, notes, bench, feed), None)
+    picked = _pick_latency(sess, config, budget, cpu, float_model, built, passing, quick, rows, notes, bench, feed)
+    runner_up = picked[3].get("runner_up")
+    return (*picked, built[runner_up["name"]].model if runner_up else None)
 
 
 def _op_type_partials(b: Built, sess: QuantSession) -> list[Candidate]:
@@ -160,35 +167,36 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
         res = _bench(models, names, replace(bench, runs=runs, duration_s=None), feed)
         final = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
         ok = [n for n in names[1:] if final[n].high <= NOT_SLOWER]
-        if ok:
+        unproven = _unproven_win(ok, final, dict(zip(names, res)))
+        if ok and not unproven:
             break
         if attempt == 0:  # a noisy machine widens the CIs: measure once more, longer
-            notes.append(f"no finalist was shown to be as fast as the input in {runs} rounds; measured again "
-                         f"with {2 * runs} rounds")
+            what = (f"{unproven} looked faster than float but the CI did not show it" if ok
+                    else "no finalist was shown to be as fast as the input")
+            notes.append(f"{what} in {runs} rounds; measured again with {2 * runs} rounds")
     by_name = dict(zip(names, res))
     extra["final_ms"] = {n: r.stats.p50_ms for n, r in by_name.items()}
     if not passing:
         notes.append(f"no int8 configuration met the budget ({budget.describe()})")
-    if not ok:
+    best = min(ok, key=lambda n: final[n].ratio) if ok else "input"
+    if best not in ("float", "input"):
+        best = _clearly_faster(best, by_name, final, "float" in ok, extra, notes)
+    if best in ("float", "input") and finalists:
+        fastest = min(finalists, key=lambda b: final[b.cand.name].ratio)
+        extra["runner_up"] = {"name": fastest.cand.name, **winner_entry(fastest)}
+    if best == "input":
         why = ("neither the graph-optimized float model nor any int8 candidate was shown to be as fast as the "
                f"input (upper end of the latency-ratio CI <= {NOT_SLOWER}): returning the input unchanged")
         rep = _finish(rows, "input", why, notes, final, extra)
         rep["fidelity"] = sess.evaluator.score(sess.original).to_dict()
         rep["latency"] = {"ratio": 1.0, "describe": "the input itself"}
         return copy_model(sess.original), False, True, rep
-    best = min(ok, key=lambda n: final[n].ratio)
-    if best != "float":
-        vs_float = latency_ratio(by_name[best], by_name["float"])
-        extra["winner_vs_float"] = _ratio_dict(vs_float)
-        if not (vs_float.significant and vs_float.ratio < 1) and "float" in ok:
-            notes.append(f"{best} was not measurably faster than the float model ({vs_float.describe()})")
-            best = "float"
     if best == "float":
         faster = [n for n in names[2:] if final[n].ratio < final["float"].ratio]
-        why = (f"no int8 configuration is measurably faster than float on this CPU ({cpu.summary}); returning the "
+        why = (f"no int8 configuration is clearly faster than float on this CPU ({cpu.summary}); returning the "
                f"float model after graph optimization: {final['float'].describe()} vs the input")
         if faster:
-            why += f" (int8 {', '.join(faster)} looked faster but not significantly)"
+            why += f" (int8 {', '.join(faster)} looked faster but not by the margin, CI upper end <= {INT8_MARGIN})"
         rep = _finish(rows, "float", why, notes, final, extra)
         rep["fidelity"] = rows["float"]["fidelity"]
         rep["latency"] = _ratio_dict(final["float"])
@@ -201,10 +209,46 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
         why += (f"; the float model itself was not shown to be as fast as the input "
                 f"(CI upper end {final['float'].high:.3f} > {NOT_SLOWER})")
     rep = _finish(rows, best, why, notes + b.notes, final, extra)
-    rep["fidelity"] = b.fidelity.to_dict()
+    rep.update(winner_entry(b))
     rep["latency"] = _ratio_dict(final[best])
-    rep["nodes"] = {"quantized": b.quantized_nodes, "float": b.float_nodes}
     return b.model, True, True, rep
+
+
+def _unproven_win(ok: list[str], final: dict[str, RatioCI], by_name: dict[str, BenchResult]) -> str:
+    """The fastest int8 finalist when it looks faster than float by the margin but its CI does not
+    show it (worth measuring longer), else ''."""
+    int8 = [n for n in ok if n != "float"]
+    if not int8 or "float" not in ok:
+        return ""
+    best = min(int8, key=lambda n: final[n].ratio)
+    vs_float = latency_ratio(by_name[best], by_name["float"])
+    return best if vs_float.ratio <= INT8_MARGIN < vs_float.high else ""
+
+
+def _clearly_faster(best: str, by_name: dict[str, BenchResult], final: dict[str, RatioCI], float_ok: bool,
+                    extra: dict[str, Any], notes: list[str]) -> str:
+    """best when it is clearly faster (INT8_MARGIN) than float (or than the input when float is not
+    as fast as the input), else the model to return instead: 'float' or 'input'."""
+    vs_float = latency_ratio(by_name[best], by_name["float"])
+    extra["winner_vs_float"] = _ratio_dict(vs_float)
+    vs = vs_float if float_ok else final[best]
+    if vs.high <= INT8_MARGIN:
+        return best
+    ref = "the float model" if float_ok else "the input"
+    notes.append(f"{best} was not clearly faster than {ref} ({vs.describe()}; int8 is kept only when the CI "
+                 f"upper end is <= {INT8_MARGIN})")
+    return "float" if float_ok else "input"
+
+
+def winner_entry(b: Built) -> dict[str, Any]:
+    """The report keys that say what was built: fidelity, nodes, and the exact quantizer configuration
+    (quantizer, built_from) that --decisions replays."""
+    return {
+        "fidelity": b.fidelity.to_dict(),
+        "nodes": {"quantized": b.quantized_nodes, "float": b.float_nodes},
+        "quantizer": b.cand.to_dict(),
+        "built_from": b.variant,
+    }
 
 
 def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float_model: ModelProto,
@@ -230,7 +274,6 @@ def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float
     if r.significant and r.ratio > 1:
         notes.append(f"the smallest model is SLOWER than the input on this CPU: {r.describe()}")
     rep = _finish(rows, win.cand.name, why, notes + win.notes, {win.cand.name: r}, {})
-    rep["fidelity"] = win.fidelity.to_dict()
+    rep.update(winner_entry(win))
     rep["latency"] = _ratio_dict(r)
-    rep["nodes"] = {"quantized": win.quantized_nodes, "float": win.float_nodes}
     return win.model, True, meets, rep

@@ -48,12 +48,15 @@ def harm(rep: FidelityReport) -> float:
 
 
 def _steps(n: int) -> list[int]:
-    """How many nodes to return to float at each step: 1..4 one by one, then about x1.5 (below n)."""
+    """How many nodes to return to float at each step: 1..4 one by one, then about x1.5, ending at
+    n - 1 (all float but the least harmful node: the partial model most likely to hold the budget)."""
     ks: list[int] = []
     k = 1
     while k < n:
         ks.append(k)
         k = k + 1 if k < 4 else int(k * 1.5)
+    if n > 1 and ks[-1] != n - 1:
+        ks.append(n - 1)
     return ks
 
 

@@ -1,72 +1,86 @@
-"""The `quantize` pass of recipes: options are QuantizeConfig's fields (objective and seed come
-from the PassContext)."""
+"""The `quantize` pass of recipes: the engine of `onnxopt quantize` (options are QuantizeConfig's
+fields; objective, seed, benchmark settings and the fidelity floor come from the PassContext).
+
+mode "auto" is `onnxopt quantize --mode auto` exactly: CPU-ordered candidates, a brief then a
+long measurement, per-op-type and per-node partial quantization, accuracy fallback. Under
+objective latency its fastest int8 model that holds the floor (the winner, or the runner-up
+when float won) is a candidate that optimize() keeps only when its own interleaved benchmark
+shows it clearly faster than the stage before, by the same INT8_MARGIN rule.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from onnx import ModelProto
 
-from onnxopt.core.model import model_family
 from onnxopt.passes.base import ConfigPass, PassContext, PassResult, config_pass
 from onnxopt.quantization.api import quantize
 from onnxopt.quantization.config import QuantizeConfig
 from onnxopt.quantization.engine import OpsetUpgradeError
+from onnxopt.quantization.evaluate import Budget
 
 log = logging.getLogger(__name__)
 
 
 class _QuantizePass(ConfigPass):
-    """int8 quantization (auto: a candidate kept only if measured faster)."""
+    """int8 quantization (auto: measure candidates on this CPU, a candidate kept only if measured faster)."""
 
     mode: str  # declared for type checkers; the field itself comes from QuantizeConfig
 
     def __post_init__(self) -> None:
         self.config(objective="latency", seed=0)
 
-    def concrete_mode(self, family: str, *, has_calib: bool) -> str:
-        """The mode actually used: auto picks static for conv nets with calibration data, else dynamic.
-
-        The one rule for whether this pass calibrates: optimize() asks it with has_calib=True to
-        decide whether calibration data is wanted.
-        """
-        mode: str = self.mode
-        if mode != "auto":
-            return mode
-        return "static" if family == "conv" and has_calib else "dynamic"
+    @property
+    def calibrates(self) -> bool:
+        """True when the pass uses calibration data given to it: static always, auto for its static candidates."""
+        return self.mode != "dynamic"
 
     def __call__(self, model: ModelProto, context: PassContext) -> PassResult:
         """Quantize; in auto mode the result is a candidate kept only if measured faster."""
-        requested: str = self.mode
-        family = context.family or model_family(model)
-        if requested == "auto" and context.objective == "latency" and family == "conv" and context.calib is None:
-            reason = (
-                "conv net without calibration data: pass --calib-data for static int8 "
-                "(dynamic int8 convolutions, ConvInteger, are slower than float on CPUs)"
-            )
-            return PassResult(model, False, {"mode": "skipped", "requested_mode": requested, "reason": reason})
-        mode = self.concrete_mode(family, has_calib=context.calib is not None)
-        config: QuantizeConfig = dataclasses.replace(
-            self.config(objective=context.objective, seed=context.seed), mode=mode
-        )
+        config: QuantizeConfig = self.config(objective=context.objective, seed=context.seed)
         val = (context.val, context.labels) if context.val is not None else None
         try:
             result = quantize(
-                model, config, calib=context.calib if mode == "static" else None, val=val, bench=None,
+                model, config, calib=context.calib if self.calibrates else None, val=val,
+                bench=context.bench if config.mode == "auto" else None,
                 graph_optimized=context.prior[-1:] == ("optimize_graph",),
+                budget=_budget(config, context.floor),
             )
         except OpsetUpgradeError as e:  # the other passes still run; the stage says why
-            return PassResult(model, False, {"mode": "skipped", "requested_mode": requested, "reason": str(e)})
+            return PassResult(model, False, {"mode": "skipped", "requested_mode": config.mode, "reason": str(e)})
         report = dict(result.report)
-        report.setdefault("mode", mode)
-        report["requested_mode"] = requested
-        return PassResult(
-            result.model,
-            bool(result.quantized),
-            report,
-            keep_if_faster=requested == "auto" and context.objective == "latency",
-        )
+        report["requested_mode"] = config.mode
+        keep_if_faster = config.mode == "auto" and context.objective == "latency"
+        q_model = result.model if result.quantized else None
+        if q_model is None and result.runner_up is not None and keep_if_faster:
+            # float won quantize's own measurement; optimize measures the fastest int8 model that
+            # holds the floor against it again, interleaved, by the same INT8_MARGIN rule, and
+            # shows it in its table either way.
+            report["engine_winner"] = report.get("winner")
+            report.update({k: v for k, v in report["runner_up"].items() if k != "name"})
+            report["winner"] = report["runner_up"]["name"]
+            q_model = result.runner_up
+        if q_model is None:
+            report["mode"] = "skipped"
+            report["reason"] = report.get("why") or "nothing was quantized"
+            return PassResult(model, False, report)
+        quantizer = report.get("quantizer") or {}
+        report["mode"] = quantizer.get("mode", config.mode)
+        repaired = [n for n in quantizer.get("exclude_nodes", ()) if n not in config.exclude_nodes]
+        if repaired:
+            report["repaired"] = repaired
+        return PassResult(q_model, True, report, keep_if_faster=keep_if_faster)
+
+
+def _budget(config: QuantizeConfig, floor: Budget | None) -> Budget | None:
+    """The stricter of the pass's own budget and the floor (None outside optimize: the config's own)."""
+    if floor is None:
+        return None
+    own = config.budget
+    cosines = [c for c in (own.min_cosine, floor.min_cosine) if c is not None]
+    drops = [d for d in (own.max_accuracy_drop, floor.max_accuracy_drop) if d is not None]
+    return Budget(min(drops) if drops else None, max(cosines) if cosines else None)
 
 
 QuantizePass = config_pass(_QuantizePass, QuantizeConfig, name="quantize", skip=("objective", "seed"))
