@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.toml import parse_toml, read_toml_text
 from onnxopt.nas.expr import Expression
 from onnxopt.nas.genes import (
     ChoiceGene,
@@ -291,14 +291,7 @@ def space_from_dict(data: Mapping[str, Any], source: str = "space") -> SearchSpa
 def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     """Load a search space from a TOML file, validate it, and check it is not contradictory."""
     p = Path(path)
-    if not p.exists():
-        raise InvalidInputError(f"{p}: no such search space file")
-    if p.is_dir():
-        raise InvalidInputError(f"{p}: is a directory; expected a .toml search space")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"{p}: not valid TOML: {e}") from e
+    data = parse_toml(read_toml_text(p, "search space"), str(p))
     space = space_from_dict(data, str(p))
     try:
         space.check_feasible()

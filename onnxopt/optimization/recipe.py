@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import onnxopt.passes.graph  # noqa: F401  (registers optimize_graph, fold_constants)
@@ -21,6 +19,7 @@ import onnxopt.passes.postprocess  # noqa: F401  (registers add_postprocessing)
 import onnxopt.pruning.recipe_pass  # noqa: F401  (registers prune_magnitude, prune_channels)
 import onnxopt.quantization.recipe_pass  # noqa: F401  (registers quantize)
 from onnxopt.core.errors import InvalidInputError, OnnxoptError
+from onnxopt.core.toml import parse_toml, read_toml_text
 from onnxopt.passes.base import REGISTRY, Pass, Pipeline
 
 
@@ -183,11 +182,7 @@ def _toml_value(v: Any) -> str:
 
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     """Parse recipe TOML text; errors name the line/column, unknown passes and options."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidInputError(f"{source}: not valid TOML: {e}") from e
-    return recipe_from_dict(data, source)
+    return recipe_from_dict(parse_toml(text, source), source)
 
 
 def recipe_from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
@@ -224,13 +219,4 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Load a recipe from a TOML file."""
-    p = Path(path)
-    if not p.exists():
-        raise InvalidInputError(f"{p}: no such recipe file")
-    if p.is_dir():
-        raise InvalidInputError(f"{p}: is a directory; expected a .toml recipe")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"{p}: cannot read recipe: {e}") from e
-    return parse_recipe(text, str(p))
+    return parse_recipe(read_toml_text(path, "recipe"), str(path))
