@@ -112,7 +112,13 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
     for n, r in quick.items():
         rows[n]["quick"] = _ratio_dict(r)
     # Accuracy fallback for the fastest over-budget candidate that could beat float.
-    failing = sorted((b for b in built.values() if not budget.holds(b.fidelity)), key=lambda b: quick[b.cand.name].ratio)
+    # The candidate to repair: the fastest for latency; for size the smallest, ties in grid order,
+    # so that a size-objective result never depends on timing noise.
+    failing_order = [b for b in built.values() if not budget.holds(b.fidelity)]
+    if config.objective == "size":
+        failing = sorted(failing_order, key=lambda b: model_size(b.model))
+    else:
+        failing = sorted(failing_order, key=lambda b: quick[b.cand.name].ratio)
     passing = [b for b in built.values() if budget.holds(b.fidelity)]
     if failing and (config.objective == "size" or quick[failing[0].cand.name].ratio < quick["float"].ratio):
         base = failing[0]
