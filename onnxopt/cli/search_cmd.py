@@ -117,6 +117,7 @@ def command(
         max_latency_ms=max_latency_ms, pareto=pareto, workers=workers, dask_address=dask_address,
         resume=resume, epochs=epochs, max_minutes=max_minutes, remeasure_runs=remeasure_runs, seed=seed,
     )
+    option_config(config.search_config)  # population vs elite, ...: usage errors, before any work
 
     def progress(s: Any) -> None:
         if quiet:
