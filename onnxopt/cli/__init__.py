@@ -89,14 +89,14 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def _quiet_native_logs(verbose: int) -> None:
-    """onnxruntime's C++ log at severity error (warnings with -v); TensorFlow and absl quiet unless -v.
+    """onnxruntime's C++ log quiet (warnings with -v); TensorFlow and absl quiet unless -v.
 
     Both write to stderr themselves, past Python's logging: their levels are set before any
     session is created or TensorFlow imported (it reads TF_CPP_MIN_LOG_LEVEL once, at import).
     """
-    from onnxopt.core.runtime import ERROR, WARNING, set_log_severity
+    from onnxopt.core.runtime import FATAL, WARNING, set_log_severity
 
-    set_log_severity(WARNING if verbose else ERROR)
+    set_log_severity(WARNING if verbose else FATAL)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         for name in ("tensorflow", "absl", "h5py", "tf2onnx"):

@@ -111,7 +111,7 @@ def check_labels(labels: np.ndarray, samples: int, source: str, *, classes: int 
         bad = ~np.isfinite(a) | (a != np.round(a))
         if bad.any():
             i = int(np.argmax(bad))
-            raise InvalidInputError(f"{source}: label of sample {i} is {a[i]!r}; labels must be whole class indices")
+            raise InvalidInputError(f"{source}: label of sample {i} is {a[i].item()!r}; labels must be whole class indices")
     out = a.astype(np.int64)
     if out.size and out.min() < 0:
         i = int(np.argmax(out < 0))

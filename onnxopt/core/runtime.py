@@ -27,13 +27,15 @@ from onnxopt.core.errors import InvalidInputError, InvalidModelError, ModelRunEr
 log = logging.getLogger(__name__)
 
 # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.
-ERROR, WARNING = 3, 2
-_severity = ERROR
+FATAL, ERROR, WARNING = 4, 3, 2
+# Quiet by default: an onnxruntime error that matters is raised, and reaches the user as the
+# exception's one line; its own [E:onnxruntime] log line would only repeat it in colour.
+_severity = FATAL
 
 
 def set_log_severity(level: int) -> None:
     """onnxruntime's C++ log severity for this process: its default logger and every session
-    created from now on (ERROR by default; the CLI's -v asks for WARNING)."""
+    created from now on (the CLI: FATAL, i.e. quiet, by default; WARNING with -v)."""
     global _severity
     _severity = level
     ort.set_default_logger_severity(level)
@@ -186,6 +188,7 @@ def lean_session(proto: ModelProto, session: SessionConfig) -> SessionConfig:
 _NODE = re.compile(r"Name:'(?P<name>[^']*)'")
 _OP = re.compile(r"while running (?P<op>[\w.]+) node")
 _STATUS = re.compile(r"Status Message:\s*(?P<msg>.*)", re.S)
+_SOURCE = re.compile(r"^/\S+:\d+ (?=[\w:~<>]+\()")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 
@@ -199,7 +202,7 @@ def run_error(e: BaseException, what: str = "the model") -> OnnxoptError:
         return e
     text = " ".join(str(e).split()) or type(e).__name__
     node, op, status = _NODE.search(text), _OP.search(text), _STATUS.search(text)
-    reason = (status["msg"] if status else _ORT_PREFIX.sub("", text)).strip()[:300]
+    reason = _without_source_location((status["msg"] if status else _ORT_PREFIX.sub("", text)).strip())[:300]
     if node is not None:
         where = f" at node {node['name']!r}" + (f" ({op['op']})" if op else "")
         hint = "the model loads but this node fails on these inputs: check the node with `onnxopt inspect` and that the inputs (--data, --shape, --batch) fit the model"
@@ -207,6 +210,23 @@ def run_error(e: BaseException, what: str = "the model") -> OnnxoptError:
         where = ""
         hint = "check that the inputs (--data, --shape, --batch) fit the model's inputs"
     return ModelRunError(f"onnxruntime failed while running {what}{where}: {reason}; {hint}")
+
+
+def _without_source_location(msg: str) -> str:
+    """onnxruntime's reason without the C++ file, line and function signature before it."""
+    m = _SOURCE.match(msg)
+    if m is None:
+        return msg
+    rest = msg[m.end() :]
+    depth = 0
+    for i, ch in enumerate(rest):  # skip the signature "ns::Class::fn(args...)" up to its closing parenthesis
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return rest[i + 1 :].removeprefix(" const").strip() or msg
+    return msg
 
 
 def run(
