@@ -214,6 +214,31 @@ def test_a_model_that_fails_at_run_time_is_one_line(work: Path, capfd: pytest.Ca
     assert "onnxruntime failed while running" in r.err and "[E:onnxruntime" not in r.err
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Gather node. "
+         "Name:'/emb/Gather' Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/gather.cc:92 "
+         "onnxruntime::Status onnxruntime::GatherCopyData(const onnxruntime::Tensor*, size_t) indices element out "
+         "of data bounds, idx=60 must be within the inclusive range [-50,49]",
+         "onnxruntime failed while running the model at node '/emb/Gather' (Gather): indices element out of data "
+         "bounds, idx=60 must be within the inclusive range [-50,49]; the model loads but this node fails"),
+        ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x for the following "
+         "indices\n index: 1 Got: 9 Expected: 8\n Please fix either the inputs/outputs or the model.",
+         "onnxruntime failed while running the model: Got invalid dimensions for input: x for the following "
+         "indices index: 1 Got: 9 Expected: 8 Please fix either the inputs/outputs or the model.; check that the inputs"),
+    ],
+)  # fmt: skip
+def test_run_errors_name_the_node_without_cpp_noise(message: str, expected: str) -> None:
+    from onnxopt.core.errors import ModelRunError
+    from onnxopt.core.runtime import run_error
+
+    e = run_error(RuntimeError(message))
+    assert isinstance(e, ModelRunError) and e.exit_code == 1
+    assert str(e).startswith(expected), str(e)
+    assert "\n" not in str(e)
+
+
 def test_search_baseline_that_fails_at_run_time(work: Path, capfd: pytest.CaptureFixture[str]) -> None:
     onnx.save(runfail_model((1, 8, 8)), str(work / "base.onnx"))
     before = snapshot(work)

@@ -89,7 +89,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def _quiet_native_logs(verbose: int) -> None:
-    """onnxruntime's C++ log quiet (warnings with -v); TensorFlow and absl quiet unless -v.
+    """onnxruntime's C++ log, Python warnings, TensorFlow and absl: quiet unless -v.
 
     Both write to stderr themselves, past Python's logging: their levels are set before any
     session is created or TensorFlow imported (it reads TF_CPP_MIN_LOG_LEVEL once, at import).
@@ -97,6 +97,10 @@ def _quiet_native_logs(verbose: int) -> None:
     from onnxopt.core.runtime import FATAL, WARNING, set_log_severity
 
     set_log_severity(WARNING if verbose else FATAL)
+    # Python warnings of third-party code (numpy inside onnxruntime's calibrator, ...) become log
+    # records, shown with -v.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         for name in ("tensorflow", "absl", "h5py", "tf2onnx"):
@@ -127,6 +131,10 @@ def main(argv: list[str] | None = None) -> Any:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except MemoryError:  # e.g. inputs synthesized for a model whose declared dims are enormous
+        click.echo("onnxopt: error: out of memory: the model or its inputs are too large for this machine "
+                   "(give smaller inputs with --shape/--batch or --data)", err=True)  # fmt: skip
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("onnxopt: interrupted", err=True)
         sys.exit(130)

@@ -113,14 +113,24 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
 
 
 def _validate(proto: Any, path: Path) -> None:
-    """The ONNX checker and an onnxruntime load: a model that fails them is not pruned (nor written)."""
+    """The ONNX checker, an onnxruntime load and, when every input is floating point with a fixed
+    sample shape (so random inputs are valid ones), one run: a model that fails them is not pruned."""
+    import numpy as np
+
     from onnxopt.core.errors import InvalidModelError
-    from onnxopt.core.model import validate_model
-    from onnxopt.core.runtime import SessionConfig, create_session, lean_session
+    from onnxopt.core.feeds import synthesize_feed
+    from onnxopt.core.model import graph_inputs, validate_model
+    from onnxopt.core.runtime import SessionConfig, create_session, lean_session, run
 
     try:
         validate_model(proto, check_runtime=False)
-        create_session(proto, lean_session(proto, SessionConfig(intra_op_threads=1)))
+        sess = create_session(proto, lean_session(proto, SessionConfig(intra_op_threads=1)))
+        specs = graph_inputs(proto)
+        if specs and all(
+            np.issubdtype(s.numpy_dtype, np.floating) and all(isinstance(d, int) and d > 0 for d in s.shape[1:])
+            for s in specs
+        ):
+            run(sess, synthesize_feed(proto, batch=1))
     except InvalidModelError as e:
         raise InvalidModelError(f"{path}: {e}") from e
 

@@ -96,7 +96,8 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       onnxopt quantize model.onnx -o q.onnx --mode dynamic --data val.npz --max-accuracy-drop 0.5
 
-    Exit codes: 0 ok, 1 bad input, 3 the accuracy budget was not met (the closest model is still written).
+    Exit codes: 0 ok, 1 bad input, 2 usage error, 3 the accuracy budget was not met (the closest model is
+    still written).
     """
     from onnxopt.core.errors import GateFailedError
     from onnxopt.core.files import FilePlan, staged

@@ -6,7 +6,8 @@ InvalidOptionError (a usage error, exit code 2).
 Data: `check_data` is the one validator of data read from files (model inputs, labels,
 calibration data): arrays must be numeric (bool, integer or floating point), floating inputs
 finite, and labels a 1-D array of non-negative integers, one per sample, below the number of
-classes when it is known. Violations raise InvalidInputError (exit code 1) naming the key and
+classes when it is known; inputs with a batch axis must hold as many samples as each other
+(`check_sample_counts`). Violations raise InvalidInputError (exit code 1) naming the key and
 the first offending sample. Shapes and dtypes against the model are core.feeds.check_feed's job.
 """
 
@@ -16,8 +17,10 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidOptionError
+from onnxopt.core.model import fixed_batch, graph_inputs
 
 
 def check_number(
@@ -78,6 +81,18 @@ def check_data(
         return None
     samples = min((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), default=len(labels))
     return check_labels(labels, samples, source, classes=classes)
+
+
+def check_sample_counts(model: ModelProto, feed: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise InvalidInputError when the model's batched inputs (a symbolic first dim, or the model's
+    fixed batch) differ in sample count; inputs without a batch axis may hold anything."""
+    fixed = fixed_batch(model)
+    batched = [s.name for s in graph_inputs(model)
+               if s.shape and (not isinstance(s.shape[0], int) or s.shape[0] <= 0 or s.shape[0] == fixed)]  # fmt: skip
+    counts = {k: int(np.shape(feed[k])[0]) for k in batched if k in feed and np.ndim(feed[k])}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k!r} {n}" for k, n in counts.items())
+        raise InvalidInputError(f"{source}: the inputs hold different numbers of samples ({listed}); give each as many")
 
 
 def check_finite(feed: Mapping[str, np.ndarray], source: str) -> None:

@@ -9,8 +9,10 @@ severity is set here once for the process (`set_log_severity`): errors only unle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import logging
 import os
 import re
@@ -160,9 +162,13 @@ def create_session(
     else:
         src = str(Path(model))
         name = src
+    printed = io.StringIO()
     try:
-        return ort.InferenceSession(src, sess_options=so, providers=[cfg.provider])
+        # onnxruntime print()s an "EP Error" banner to stdout when a provider fails: keep it out of ours.
+        with contextlib.redirect_stdout(printed):
+            return ort.InferenceSession(src, sess_options=so, providers=[cfg.provider])
     except Exception as e:
+        log.debug("onnxruntime printed: %s", printed.getvalue().strip())
         msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
         raise InvalidModelError(f"onnxruntime cannot load {name}: {msg}") from e
 
@@ -188,7 +194,7 @@ def lean_session(proto: ModelProto, session: SessionConfig) -> SessionConfig:
 _NODE = re.compile(r"Name:'(?P<name>[^']*)'")
 _OP = re.compile(r"while running (?P<op>[\w.]+) node")
 _STATUS = re.compile(r"Status Message:\s*(?P<msg>.*)", re.S)
-_SOURCE = re.compile(r"^/\S+:\d+ (?=[\w:~<>]+\()")
+_SOURCE = re.compile(r"^/\S+:\d+ (?=[^()]*::[^()]*\()")  # "/src/x.cc:91 [ret] ns::fn(" ahead
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from onnxopt.core.checks import check_data
+from onnxopt.core.checks import check_data, check_sample_counts
 from onnxopt.core.errors import InvalidInputError, MissingLabelsError
 from onnxopt.core.feeds import (
     Feed,
@@ -263,6 +263,7 @@ def load_eval_data(
     labels = data.pop(labels_key, None)
     check_data(data, str(path))  # strings, NaN, ...: refused before they reach the model
     feed = model_feed_from_npz(with_free_batch(model), add_batch_axis(model, data), source=str(path))
+    check_sample_counts(model, feed, str(path))
     if labels is not None:
         n = min(int(v.shape[0]) for v in feed.values() if v.ndim) if feed else 0
         if labels.ndim == 0 or labels.shape[0] != n:

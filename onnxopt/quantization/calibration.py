@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from onnxopt.core.checks import check_data
+from onnxopt.core.checks import check_data, check_sample_counts
 from onnxopt.core.errors import InvalidInputError, MissingExtraError
 from onnxopt.core.errors import short_message as _short
 from onnxopt.core.feeds import Feed, add_batch_axis, check_feed, load_npz, select_inputs
@@ -107,6 +107,7 @@ def check_samples(model: ModelProto, feed: Feed, source: str) -> None:
     """check_data (numbers, finite), then check_feed, which accepts any number of samples for models
     with a fixed batch size (run batch by batch)."""
     check_data(feed, source)
+    check_sample_counts(model, feed, source)
     fixed = fixed_batch(model)
     if fixed is not None and feed and all(v.ndim >= 1 and v.shape[0] >= fixed for v in feed.values()):
         check_feed(model, {k: v[:fixed] for k, v in feed.items()}, source)
