@@ -3,10 +3,9 @@
 The cases come from `scripts.fuzz` (damaged models, data files, option values and output paths
 for inspect, optimize, quantize, prune, bench and compare); hypothesis draws them from a fixed
 seed, so every run tries the same cases. They run in one long-lived worker process, and each
-must keep every rule of `scripts.fuzz.checks` (no traceback, crash or hang; exit codes 0-3; errors
-one line;
-nothing left behind after a failure; inputs unchanged; bad input refused). The long run is
-`make fuzz N=5000`.
+must keep every rule of `scripts.fuzz.checks` (no traceback, crash or hang; exit codes 0-3; an
+error is one line; nothing left behind after a failure; inputs unchanged; bad input refused). The
+long run is `make fuzz N=5000`.
 """
 
 from __future__ import annotations
