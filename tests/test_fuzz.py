@@ -90,6 +90,9 @@ def test_rules_catch_each_failure_kind() -> None:
     # An error is one line on stderr (progress lines aside) and nothing on stdout; onnxruntime never logs.
     assert judge(_outcome(_case(), rc=1, stderr="... loading\nonnxopt: error: bad input\n")) == []
     assert {f.category for f in judge(_outcome(_case(), rc=1, stderr="warning: x\nonnxopt: error: y\n"))} == {"noise"}
+    ok = "WARNING onnxopt.measure: dropping 3 samples\nonnxopt: error: input 'x' bad\nonnxopt: error: input 'y' bad\n"
+    assert judge(_outcome(_case(), rc=1, stderr=ok)) == []  # one line per problem, and onnxopt's own log
+    assert {f.category for f in judge(_outcome(_case(), rc=1, stderr="\n"))} == {"noise"}
     assert {f.category for f in judge(_outcome(_case(), rc=2, stdout="EP Error\n"))} == {"noise"}
     assert {f.category for f in judge(_outcome(_case(), rc=0, stderr="[W:onnxruntime:, graph.cc:1] x\n"))} == {"noise"}
 

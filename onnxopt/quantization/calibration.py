@@ -15,9 +15,9 @@ from onnx import ModelProto
 
 from onnxopt.core.checks import check_data, check_sample_counts
 from onnxopt.core.errors import InvalidInputError, MissingExtraError
-from onnxopt.core.errors import short_message as _short
 from onnxopt.core.feeds import Feed, add_batch_axis, check_feed, load_npz, select_inputs
 from onnxopt.core.model import TensorSpec, fixed_batch, graph_inputs
+from onnxopt.core.runtime import run_error
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +321,8 @@ def compute_ranges(
         seen += sum(_feed_len(c) for c in chunk)
         try:
             calibrator.collect_data(FeedReader(chunk))
-        except Exception as e:
-            raise InvalidInputError(f"calibration failed on {source.description}: {_short(e)}") from e
+        except Exception as e:  # onnxruntime runs the model here: the error names the node
+            raise run_error(e, f"the model on the calibration data {source.description}") from e
     if seen == 0:
         raise InvalidInputError(f"{source.description}: no calibration samples")
     ranges = calibrator.compute_data()
