@@ -15,7 +15,7 @@ from onnx import ModelProto
 
 from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
-from onnxopt.core.feeds import Feed, synthesize_feed
+from onnxopt.core.feeds import Feed, first_batch, synthesize_feed
 from onnxopt.core.model import copy_model, fixed_batch
 from onnxopt.measure.benchmark import BenchConfig, benchmark
 from onnxopt.measure.fidelity import require_labels
@@ -197,7 +197,10 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
                      "is NOT met: kept the closest configuration found"))
     report["notes"] = list(built.notes)
     if bench is not None:
-        res = benchmark([sess.original, built.model], bench, names=["input", built.cand.name])
+        # On the inputs fidelity used (--data, calibration data or synthesized), as auto mode does:
+        # synthesized inputs need not fit every model (token ids past an embedding table).
+        feed = first_batch(sess.evaluator.feed, bench.batch)
+        res = benchmark([sess.original, built.model], bench, feed=feed, names=["input", built.cand.name])
         ratio = latency_ratio(res[1], res[0])
         report["latency"] = {"input_ms": res[0].stats.p50_ms, "quantized_ms": res[1].stats.p50_ms,
                              "ratio": ratio.to_dict(), "describe": ratio.describe()}
