@@ -29,6 +29,8 @@ def command(model: Path, as_json: bool, no_validate: bool) -> None:
         validate_model(proto)
     try:
         desc = describe(model, proto)
+    except InvalidModelError as e:  # e.g. an unknown element type, named by its tensor
+        raise InvalidModelError(f"{model}: {e}") from e
     except (ValueError, KeyError, TypeError, IndexError, UnicodeError) as e:
         # Only an unvalidated model gets here: unknown data types, undecodable names, ...
         reason = f"unknown value {e.args[0]!r}" if isinstance(e, KeyError) and e.args else short_message(e)
