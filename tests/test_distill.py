@@ -138,13 +138,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
-    [(["--temperature", "0"], "temperature must be > 0"), (["--alpha", "2"], "alpha must be in [0, 1]")],
+    [(["--temperature", "0"], "--temperature 0.0: must be > 0"), (["--alpha", "2"], "--alpha 2.0: must be in [0, 1]")],
 )
-def test_cli_bad_hyperparameters_one_line_exit_1(tmp_path: Path, extra: list[str], needle: str) -> None:
+def test_cli_bad_hyperparameters_one_line_exit_2(tmp_path: Path, extra: list[str], needle: str) -> None:
     out = tmp_path / "s.onnx"
     r = run_cli("--teacher", "models/digits_cnn.onnx", "--student", "examples/distill_models.py:torch_student",
                 "--data", "models/digits_train.npz", "--val", "models/digits_val.npz", "-o", str(out), *extra)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # bad option values are usage errors (issue 15)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
     assert not out.exists()

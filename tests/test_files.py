@@ -1,4 +1,5 @@
-"""FilePlan refuses unsafe plans before work; Outputs writes all or nothing."""
+"""FilePlan refuses unsafe plans before work; Outputs writes all or nothing; scratch_cwd cleans up;
+the option and data validators refuse what they must."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxopt.core.checks import check_finite, check_labels, check_number
+from onnxopt.core.checks import check_data, check_finite, check_labels, check_number
 from onnxopt.core.errors import InvalidInputError, InvalidOptionError, OnnxoptError
-from onnxopt.core.files import FilePlan, Outputs, staged
+from onnxopt.core.files import FilePlan, Outputs, scratch_cwd, staged
 
 
 def _tiny() -> onnx.ModelProto:
@@ -140,3 +141,72 @@ def test_a_file_in_the_way_of_the_output_folder_is_refused(tmp_path: Path) -> No
     blocker.write_text("x")
     with pytest.raises(InvalidInputError, match="cannot write into .*file"):
         FilePlan.of(writes={"--report-json": blocker / "sub" / "r.json"}).check()
+
+
+def test_clashing_paths_are_usage_errors(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(InvalidOptionError) as e:
+        FilePlan.of(reads={"input model": model}, writes={"-o": model}).check()
+    assert e.value.exit_code == 2
+
+
+def test_work_dirs_are_planned_too(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(InvalidOptionError, match="--workdir .*is a file"):
+        FilePlan.of(dirs={"--workdir": model}).check()
+    with pytest.raises(InvalidOptionError, match="is the input model"):
+        FilePlan.of(reads={"input model": model}, dirs={"--workdir": model}).check()
+    with pytest.raises(InvalidInputError, match="cannot write into"):
+        FilePlan.of(dirs={"--workdir": model / "w"}).check()
+    FilePlan.of(dirs={"--workdir": tmp_path / "new" / "w"}).check()
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_failed_outputs_remove_the_folders_they_made(tmp_path: Path) -> None:
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(RuntimeError), Outputs() as out:
+        out.model(tmp_path / "a" / "b" / "m.onnx", _tiny())
+        out.text(tmp_path / "keep" / "r.md", "report")
+        raise RuntimeError("a later step failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"] and not any((tmp_path / "keep").iterdir())
+
+
+def test_outputs_path_is_for_code_that_writes_the_file_itself(tmp_path: Path) -> None:
+    with Outputs() as out:
+        staged_path = out.path(tmp_path / "plots" / "p.png")
+        assert staged_path.name == "p.png" and staged_path.parent != tmp_path / "plots"
+        staged_path.write_bytes(b"png")
+        (staged_path.parent / "p.png.extra").write_bytes(b"sibling")
+        out.commit()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["p.png", "p.png.extra"]
+
+
+def test_scratch_cwd_is_removed_and_the_cwd_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError), scratch_cwd() as scratch:
+        assert Path.cwd() == scratch.resolve()
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"left by a tool")
+        raise RuntimeError("the tool failed")
+    assert Path.cwd() == tmp_path.resolve() and not scratch.exists() and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("array", "needle"),
+    [
+        (np.array(["a", "b"]), "holds <U1 values"),
+        (np.array([1 + 2j]), "holds complex128 values"),
+        (np.array([[0.0], [np.inf]], dtype=np.float32), "first at sample 1"),
+    ],
+)
+def test_check_data_refuses_what_no_model_can_use(array: np.ndarray, needle: str) -> None:
+    with pytest.raises(InvalidInputError, match=needle):
+        check_data({"input": array}, "d.npz")
+
+
+def test_check_data_checks_labels_against_the_classes() -> None:
+    x = np.zeros((3, 2), np.float32)
+    assert check_data({"x": x}, "d.npz", labels=np.array([0.0, 1.0, 2.0]), classes=3).dtype == np.int64  # type: ignore[union-attr]
+    with pytest.raises(InvalidInputError, match="label of sample 2 is 3 but the model has 3 classes"):
+        check_data({"x": x}, "d.npz", labels=np.array([0, 1, 3]), classes=3)

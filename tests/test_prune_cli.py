@@ -72,9 +72,9 @@ def test_bad_sparsity_one_line_no_output(convnet_path: Path, tmp_path: Path) -> 
         [sys.executable, "-m", "onnxopt", "prune", str(convnet_path), "-o", str(out), "--sparsity", "1.5"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )
-    assert r.returncode == 1 and not out.exists()
+    assert r.returncode == 2 and not out.exists()  # a bad option value is a usage error (issue 15)
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "sparsity must be in [0, 1)" in lines[0] and "Traceback" not in r.stderr
+    assert len(lines) == 1 and "--sparsity 1.5: must be in [0, 1)" in lines[0] and "Traceback" not in r.stderr
 
 
 def test_refuses_to_overwrite_input(convnet_path: Path) -> None:

@@ -185,7 +185,7 @@ def test_cli_impossible_budget_reports_closest_exit_3(tmp_path: Path, tiny_space
 def test_cli_bad_options_one_line(tmp_path: Path, tiny_space: Path, extra: list[str], message: str) -> None:
     out = tmp_path / "best.onnx"
     r = run_cli("search", "--space", str(tiny_space), "--data", str(TRAIN), "--val", str(VAL), "-o", str(out), *extra)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # bad option values are usage errors (issue 15)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert not out.exists() and not out.with_name("best.onnx.search").exists()
@@ -234,5 +234,5 @@ def test_cli_refuses_output_over_an_input(tmp_path: Path, tiny_space: Path) -> N
     base.write_bytes((MODELS / "digits_cnn.onnx").read_bytes())
     r = run_cli("search", "--space", str(tiny_space), "--data", str(TRAIN), "--val", str(VAL),
                 "-o", str(base), "--baseline", str(base))
-    assert r.returncode == 1 and "is also the --baseline file" in r.stderr
+    assert r.returncode == 2 and "is the --baseline this command reads" in r.stderr
     assert base.read_bytes() == (MODELS / "digits_cnn.onnx").read_bytes()

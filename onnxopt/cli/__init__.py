@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from typing import Any
 
@@ -81,9 +82,35 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("onnxopt").setLevel(level)
+    _quiet_native_logs(verbose)
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
     ctx.obj["verbose"] = verbose
+
+
+def _quiet_native_logs(verbose: int) -> None:
+    """onnxruntime's C++ log, Python warnings, TensorFlow and absl: quiet unless -v.
+
+    Both write to stderr themselves, past Python's logging: their levels are set before any
+    session is created or TensorFlow imported (it reads TF_CPP_MIN_LOG_LEVEL once, at import).
+    """
+    from onnxopt.core.runtime import FATAL, WARNING, set_log_severity
+
+    set_log_severity(WARNING if verbose else FATAL)
+    # Python warnings of third-party code (numpy inside onnxruntime's calibrator, ...) become log
+    # records, shown with -v.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        for name in ("tensorflow", "absl", "h5py", "tf2onnx"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """A click usage error as one line (click's own form spans three)."""
+    help_hint = f" (see '{e.ctx.command_path} -h')" if e.ctx is not None else ""
+    return f"onnxopt: error: {' '.join(e.format_message().split())}{help_hint}"
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -98,9 +125,16 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("onnxopt: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        click.echo(_usage_line(e), err=True)
+        sys.exit(EXIT_USAGE)
     except click.ClickException as e:
         e.show()
-        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
+        sys.exit(e.exit_code)
+    except MemoryError:  # e.g. inputs synthesized for a model whose declared dims are enormous
+        click.echo("onnxopt: error: out of memory: the model or its inputs are too large for this machine "
+                   "(give smaller inputs with --shape/--batch or --data)", err=True)  # fmt: skip
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("onnxopt: interrupted", err=True)
         sys.exit(130)

@@ -203,18 +203,21 @@ def command(
         return
     if not models:
         raise click.UsageError("give at least one MODEL (or --list-providers)")
-    from onnxopt.core.errors import InvalidInputError
+    from onnxopt.core.errors import InvalidOptionError
+    from onnxopt.core.files import FilePlan, staged
     from onnxopt.core.model import load_model
     from onnxopt.measure.benchmark import benchmark, data_feed
 
+    plan = FilePlan.of(reads={"MODEL": models, "--data": data}, writes={"--plot": plot})
+    plan.check()  # before any work: the plot may not clobber a model or the data
     config = bench.config()
-    feed = data_feed(load_model(models[0]), data, bench.batch) if data is not None else None
     if plot is not None:
         from onnxopt.measure.plots import require_matplotlib
 
-        require_matplotlib()
         if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise InvalidInputError(f"--plot {plot}: use a .png, .svg or .pdf file name")
+            raise InvalidOptionError(f"--plot {plot}: use a .png, .svg or .pdf file name")
+        require_matplotlib()
+    feed = data_feed(load_model(models[0]), data, bench.batch) if data is not None else None
     names = [m.name for m in models]
     with progress_bar(not as_json, "benchmarking") as cb:
         results = benchmark(
@@ -225,7 +228,8 @@ def command(
     if plot is not None:
         from onnxopt.measure.plots import latency_plot
 
-        latency_plot(results, plot, title=f"latency ({config.isolation})")
+        with staged(plan) as outputs:
+            latency_plot(results, outputs.path(plot), title=f"latency ({config.isolation})")
     if as_json:
         doc = results_json(results, config, comps, samples=with_samples)
         if plot is not None:

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxopt.cli._options import BenchOptions, bench_options, echo_json, json_option
+from onnxopt.cli._options import (
+    BenchOptions,
+    bench_options,
+    echo_json,
+    json_option,
+    max_accuracy_drop_option,
+    min_cosine_option,
+    min_speedup_option,
+    number_option,
+)
 
 if TYPE_CHECKING:
     from onnxopt.measure.benchmark import BenchConfig
@@ -45,14 +54,11 @@ def print_fidelity(report: FidelityReport, feed_source: str) -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help=".npz with inputs (keys = input names) and optionally labels.")
 @click.option("--labels-key", default="labels", show_default=True, help="Key of the labels in --data.")
-@click.option("--samples", "n_samples", type=int, default=64, show_default=True,
-              help="Synthesized samples for fidelity when --data is not given.")
-@click.option("--max-accuracy-drop", type=float, default=None, metavar="PP",
-              help="Exit 3 if accuracy drops by more than PP percentage points (needs labels).")
-@click.option("--min-speedup", type=float, default=None, metavar="X",
-              help="Exit 3 if the candidate's measured speedup (at --ratio-quantile) is below X.")
-@click.option("--min-cosine", type=float, default=None, metavar="C",
-              help="Exit 3 if any output's mean cosine similarity is below C.")
+@number_option("--samples", "n_samples", kind=int, low=1, default=64, show_default=True,
+               help="Synthesized samples for fidelity when --data is not given.")
+@max_accuracy_drop_option("Exit 3 if accuracy drops by more than PP percentage points (needs labels).")
+@min_speedup_option("Exit 3 if the candidate's measured speedup (at --ratio-quantile) is below X.")
+@min_cosine_option("Exit 3 if any output's mean cosine similarity is below C.")
 @click.option("--no-latency", is_flag=True, help="Only fidelity; skip the latency comparison.")
 @bench_options
 @json_option
@@ -81,11 +87,11 @@ def command(
       onnxopt compare model.onnx model.int8.onnx --data val.npz --max-accuracy-drop 0.5 --min-speedup 1.2
     """
     from onnxopt.cli.bench_cmd import progress_bar
-    from onnxopt.core.errors import GateFailedError, InvalidInputError
+    from onnxopt.core.errors import GateFailedError
     from onnxopt.measure.compare import CompareGates, compare_files
 
     if bench.threads and len(bench.threads) > 1:
-        raise InvalidInputError("compare takes one --threads value; use `onnxopt bench --threads 1,2` to sweep")
+        raise click.UsageError("compare takes one --threads value; use `onnxopt bench --threads 1,2` to sweep")
     config = bench.config()
     with progress_bar(not as_json and not no_latency, "benchmarking") as cb:
         result = compare_files(

@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from onnxopt.cli._options import echo_json, human_bytes, json_option, output_option
+from onnxopt.cli._options import (
+    echo_json,
+    human_bytes,
+    json_option,
+    number_option,
+    option_config,
+    output_option,
+    seed_option,
+    source_path,
+)
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -32,7 +41,7 @@ def _shapes(items: tuple[str, ...]) -> tuple[dict[str, tuple[int, ...]] | None, 
         plain.append(spec)
         if dtype:
             dtypes[spec.partition("=")[0].strip()] = dtype.strip()
-    return parse_shape_overrides(plain), dtypes or None
+    return option_config(parse_shape_overrides, plain), dtypes or None
 
 
 @click.command("convert")
@@ -45,18 +54,18 @@ def _shapes(items: tuple[str, ...]) -> tuple[dict[str, tuple[int, ...]] | None, 
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript", "keras", "tf2onnx"]),
               default="auto", show_default=True,
               help="auto: try each exporter, keep those that pass parity, keep the faster in onnxruntime.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
+@number_option("--opset", kind=int, low=11, high=23, default=17, show_default=True, help="ONNX opset version.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,..[@DTYPE]",
               help="Example input shape (repeatable), e.g. input=1,3,224,224 or ids=1,128@int64.")
 @click.option("--input-names", default=None, help="Comma-separated ONNX input names.")
 @click.option("--output-names", default=None, help="Comma-separated ONNX output names.")
 @click.option("--static-batch", is_flag=True, help="Keep the example batch size fixed (default: dynamic batch axis).")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity: absolute tolerance.")
-@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Parity: relative tolerance.")
+@number_option("--atol", low=0, default=1e-4, show_default=True, help="Parity: absolute tolerance.")
+@number_option("--rtol", low=0, default=1e-3, show_default=True, help="Parity: relative tolerance.")
 @click.option("--no-simplify", is_flag=True, help="Skip constant folding / redundant-node removal.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help=".npz of real inputs to check parity on too (keys = input names; 'labels' ignored).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic parity inputs.")
+@seed_option("Seed of the synthetic parity inputs.")
 @json_option
 def command(
     source: str,
@@ -95,16 +104,23 @@ def command(
     parity above --atol/--rtol: no output file is written).
     """
     from onnxopt.conversion.api import convert_source
+    from onnxopt.core.checks import check_data
     from onnxopt.core.feeds import load_npz
+    from onnxopt.core.files import FilePlan, staged
 
+    plan = FilePlan.of(reads={"SOURCE": source_path(source), "--weights": weights, "--data": data},
+                       writes={"-o": output})  # fmt: skip
+    plan.check()  # before any work: the output may not clobber the source, its weights or the data
     shapes, dtypes = _shapes(input_shape)
-    feed = load_npz(data) if data is not None else None
+    feed = None
+    if data is not None:
+        feed = load_npz(data)
+        check_data({k: v for k, v in feed.items() if k != "labels"}, str(data))
     start = time.perf_counter()
     result = convert_source(
         source,
         framework=framework,
         weights=weights,
-        output=output,
         input_shapes=shapes,
         input_dtypes=dtypes,
         opset=opset,
@@ -118,8 +134,10 @@ def command(
         data=feed,
         seed=seed,
     )
+    with staged(plan) as outputs:
+        outputs.model(output, result.model)
     elapsed = time.perf_counter() - start
-    report: dict[str, Any] = dict(result.report, seconds=round(elapsed, 2), source=source)
+    report: dict[str, Any] = dict(result.report, seconds=round(elapsed, 2), source=source, output=str(output))
     if as_json:
         echo_json(report)
         return

@@ -7,7 +7,18 @@ from typing import Any
 
 import click
 
-from onnxopt.cli._options import echo_json, human_bytes, json_option, output_option
+from onnxopt.cli._options import (
+    THREADS_MAX,
+    echo_json,
+    human_bytes,
+    json_option,
+    number_option,
+    option_config,
+    output_option,
+    runs_option,
+    seed_option,
+    source_path,
+)
 
 
 def _hint(value: str | None) -> tuple[str, str] | None:
@@ -15,7 +26,7 @@ def _hint(value: str | None) -> tuple[str, str] | None:
         return None
     teacher, sep, student = value.rpartition(":")
     if not sep or not teacher or not student:
-        raise click.BadParameter("expected TEACHER_LAYER:STUDENT_LAYER", param_hint="--hint")
+        raise click.UsageError(f"--hint {value!r}: expected TEACHER_LAYER:STUDENT_LAYER")
     return teacher, student
 
 
@@ -35,25 +46,28 @@ def _hint(value: str | None) -> tuple[str, str] | None:
               help="Framework of the student.")
 @click.option("--teacher-weights", default=None, help="Weights for a teacher factory (state dict / .weights.h5).")
 @click.option("--student-weights", default=None, help="Initial weights for the student factory.")
-@click.option("--temperature", "-T", type=float, default=4.0, show_default=True, help="Softening temperature (> 0).")
-@click.option("--alpha", type=float, default=0.7, show_default=True,
-              help="Weight of the teacher term in [0, 1]; 1 - alpha goes to the labels.")
-@click.option("--epochs", type=int, default=40, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak AdamW learning rate (cosine decay).")
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--patience", type=int, default=8, show_default=True,
-              help="Early stopping: epochs without validation improvement (0: never stop).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@number_option("--temperature", "-T", low=0, low_open=True, default=4.0, show_default=True,
+               help="Softening temperature (> 0).")
+@number_option("--alpha", low=0, high=1, default=0.7, show_default=True,
+               help="Weight of the teacher term in [0, 1]; 1 - alpha goes to the labels.")
+@number_option("--epochs", kind=int, low=1, default=40, show_default=True)
+@number_option("--batch-size", kind=int, low=1, default=64, show_default=True)
+@number_option("--lr", low=0, low_open=True, default=3e-3, show_default=True,
+               help="Peak AdamW learning rate (cosine decay).")
+@number_option("--weight-decay", low=0, default=1e-4, show_default=True)
+@number_option("--patience", kind=int, low=0, default=8, show_default=True,
+               help="Early stopping: epochs without validation improvement (0: never stop).")
+@seed_option("Seed of initialization, shuffling and training.")
 @click.option("--hint", "hint", default=None,
               help="Hint loss between intermediate features: TEACHER_LAYER:STUDENT_LAYER (ONNX tensor name for an .onnx teacher).")
-@click.option("--hint-weight", type=float, default=1.0, show_default=True)
-@click.option("--threads", type=int, default=0, help="PyTorch training threads (0: framework default).")
+@number_option("--hint-weight", low=0, default=1.0, show_default=True)
+@number_option("--threads", kind=int, low=0, high=THREADS_MAX, default=0,
+               help="PyTorch training threads (0: framework default).")
 @click.option("--no-baseline", is_flag=True, help="Skip training the same student on labels alone.")
 @click.option("--baseline-output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also save the labels-only student here.")
 @click.option("--no-bench", is_flag=True, help="Skip the onnxruntime latency measurement.")
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per model for latency.")
+@runs_option(200, "Timed runs per model for latency.")
 @click.option("--input-key", default=None, help="Name of the inputs array in the .npz files (default: 'input').")
 @click.option("--labels-key", default=None, help="Name of the labels array (default: labels/label/y/targets).")
 @json_option
@@ -75,18 +89,23 @@ def command(
       onnxopt distill --teacher teacher.onnx --student examples/distill_models.py:keras_student \\
           --data models/digits_train.npz --val models/digits_val.npz -o build/student_keras.onnx --json
     """
-    from onnxopt.core.errors import InvalidInputError
     from onnxopt.core.feeds import load_labelled_npz
-    from onnxopt.core.model import same_file
+    from onnxopt.core.files import FilePlan, staged
     from onnxopt.distillation.api import DistillConfig, distill_sources
 
-    config = DistillConfig(
+    plan = FilePlan.of(
+        reads={"--teacher": source_path(teacher), "--student": source_path(student),
+               "--teacher-weights": teacher_weights, "--student-weights": student_weights,
+               "--data": data, "--val": val, "--test": test},
+        writes={"-o": output, "--baseline-output": baseline_output},
+    )  # fmt: skip
+    plan.check()  # before any work: no output may clobber an input or the other output
+    config = option_config(
+        DistillConfig,
         temperature=temperature, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, patience=patience, seed=seed, hint=_hint(hint),
         hint_weight=hint_weight, threads=threads,
     )
-    if Path(teacher).exists() and same_file(output, teacher):
-        raise InvalidInputError(f"{output}: refusing to overwrite the teacher; choose another output path")
     bench = None
     if not no_bench:
         from onnxopt.measure.benchmark import BenchConfig
@@ -98,10 +117,13 @@ def command(
             teacher, student, data, val, config, framework=framework,
             teacher_weights=teacher_weights, student_weights=student_weights,
             input_key=input_key, labels_key=labels_key,
-            baseline=not no_baseline, output=output, baseline_output=baseline_output,
-            bench=bench, benchmark_latency=not no_bench, progress=progress.epoch, stage=progress.stage,
-            test=test_data,
+            baseline=not no_baseline, bench=bench, benchmark_latency=not no_bench, progress=progress.epoch,
+            stage=progress.stage, test=test_data,
         )
+    with staged(plan) as outputs:  # the student and the baseline, or (on any failure) neither
+        outputs.model(output, result.model)
+        if baseline_output is not None and result.baseline_model is not None:
+            outputs.model(baseline_output, result.baseline_model)
     report = result.to_dict()
     report["output"] = str(output)
     if as_json:

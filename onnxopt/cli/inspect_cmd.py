@@ -21,12 +21,23 @@ def command(model: Path, as_json: bool, no_validate: bool) -> None:
       onnxopt inspect models/digits_cnn.onnx
       onnxopt inspect models/digits_cnn.onnx --json | jq .parameter_count
     """
+    from onnxopt.core.errors import InvalidModelError, short_message
     from onnxopt.core.model import describe, load_model, validate_model
 
     proto = load_model(model)
     if not no_validate:
         validate_model(proto)
-    desc = describe(model, proto)
+    try:
+        desc = describe(model, proto)
+    except InvalidModelError as e:  # e.g. an unknown element type, named by its tensor
+        raise InvalidModelError(f"{model}: {e}") from e
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeError) as e:
+        # Only an unvalidated model gets here: unknown data types, undecodable names, ...
+        reason = f"unknown value {e.args[0]!r}" if isinstance(e, KeyError) and e.args else short_message(e)
+        raise InvalidModelError(
+            f"{model}: cannot describe the model ({reason}); "
+            "run `onnxopt inspect` without --no-validate to see what is wrong with it"
+        ) from e
     if as_json:
         echo_json(desc.to_dict())
         return

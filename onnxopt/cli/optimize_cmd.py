@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,12 @@ import click
 from onnxopt.cli._options import (
     echo_json,
     json_option,
+    max_accuracy_drop_option,
+    min_cosine_option,
+    min_speedup_option,
     model_argument,
+    number_option,
+    option_config,
     output_option,
     seed_option,
     threads_option,
@@ -19,8 +25,8 @@ from onnxopt.cli._options import (
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
 
-def _gate(name: str, help_text: str) -> Any:
-    return click.option(name, type=float, default=None, help=help_text)
+def _limit(name: str, help_text: str) -> Any:
+    return number_option(name, low=0, low_open=True, default=None, help=help_text)
 
 
 @click.command("optimize")
@@ -32,11 +38,11 @@ def _gate(name: str, help_text: str) -> Any:
 @click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True, help="latency: keep int8 only when measured clearly faster; size: the smallest model. Both hold the fidelity floor.")
 @click.option("--show-recipe", is_flag=True, help="Print the recipe that would run, as TOML, and exit.")
 @seed_option("Seed for synthetic inputs, calibration and the bootstrap.")
-@_gate("--max-accuracy-drop", "Floor and gate: max accuracy points lost (needs --data with labels; default 0.5 when labels are given).")
-@_gate("--min-cosine", "Floor and gate: min output cosine vs the input model, per sample (default 0.99; lower it explicitly, e.g. 0.9).")
-@_gate("--min-speedup", "Gate: min p50 speedup (point estimate) vs the input model.")
-@_gate("--max-size-mb", "Gate: max output size in MB (10^6 bytes).")
-@_gate("--max-latency-ms", "Gate: max p50 latency of the output in ms.")
+@max_accuracy_drop_option("Floor and gate: max accuracy points lost (needs --data with labels; default 0.5 when labels are given).")
+@min_cosine_option("Floor and gate: min output cosine vs the input model, per sample (default 0.99; lower it explicitly, e.g. 0.9).")
+@min_speedup_option("Gate: min p50 speedup (point estimate) vs the input model.")
+@_limit("--max-size-mb", "Gate: max output size in MB (10^6 bytes).")
+@_limit("--max-latency-ms", "Gate: max p50 latency of the output in ms.")
 @click.option("--report-json", type=_PATH, default=None, help="Write the full report as JSON.")
 @click.option("--report-md", type=_PATH, default=None, help="Write a Markdown report (fits $GITHUB_STEP_SUMMARY).")
 @click.option("--report-html", type=_PATH, default=None, help="Write a self-contained HTML report with plots (report extra).")
@@ -44,9 +50,9 @@ def _gate(name: str, help_text: str) -> Any:
 @click.option("--decisions", "decisions_path", type=_PATH, default=None,
               help="Decisions file: recorded by the first run (when gates pass), replayed after (no measuring, same bytes).")
 @threads_option("Intra-op threads for benchmarking (0: physical cores).")
-@click.option("--bench-runs", type=int, default=50, show_default=True, help="Minimum timed runs per stage (interleaved).")
-@click.option("--bench-seconds", type=float, default=2.0, show_default=True, help="Benchmark for at least this long (more rounds: tighter CIs).")
-@click.option("--batch", type=int, default=1, show_default=True, help="Batch latency is measured at (a fixed-batch model: its own).")
+@number_option("--bench-runs", kind=int, low=2, default=50, show_default=True, help="Minimum timed runs per stage (interleaved).")
+@number_option("--bench-seconds", low=0, low_open=True, default=2.0, show_default=True, help="Benchmark for at least this long (more rounds: tighter CIs).")
+@number_option("--batch", kind=int, low=1, default=1, show_default=True, help="Batch latency is measured at (a fixed-batch model: its own).")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..", help="Deployment shape of an input with symbolic dims (repeatable).")
 @json_option
 @click.pass_context
@@ -82,11 +88,23 @@ def command(
       onnxopt optimize model.onnx --calib-data calib.npz --decisions model.decisions.json
     """
     from onnxopt.core.errors import MissingLabelsError
-    from onnxopt.core.model import load_model, same_file
+    from onnxopt.core.files import FilePlan, staged
+    from onnxopt.core.model import load_model
     from onnxopt.optimization import run
     from onnxopt.optimization.recipe import load_recipe
 
     config = _config(**settings)
+    out = output or run.default_output(model)
+    reports = {"--report-json": report_json, "--report-md": report_md, "--report-html": report_html}
+    # A decisions file is read when it exists (replay) and written otherwise (record).
+    replaying = decisions_path is not None and decisions_path.exists()
+    record_to = None if replaying or show_recipe else decisions_path
+    plan = FilePlan.of(
+        reads={"input model": model, "--recipe": recipe, "--data": data, "--calib-data": calib_data,
+               "--decisions": decisions_path if replaying else None},
+        writes={} if show_recipe else {"-o": out, **reports, "--decisions": record_to},
+    )
+    plan.check()  # before any work: no output may clobber an input or another output
     proto = load_model(model)
     decided = run.plan(proto, load_recipe(recipe) if recipe is not None else None, config)
     if show_recipe:
@@ -96,32 +114,30 @@ def command(
         from onnxopt.optimization.report import check_html_available
 
         check_html_available()
-    out = output or run.default_output(model)
-    if same_file(out, model):
-        raise click.UsageError(f"-o {out}: that is the input model; choose another output path")
     val, calib = run.load_data(proto, data, calib_data)
     replay = None
-    if decisions_path is not None and decisions_path.exists():
+    if replaying:
         from onnxopt.optimization.decisions import load_decisions
 
-        replay = load_decisions(decisions_path)
+        replay = load_decisions(typing.cast(Path, decisions_path))
     quiet = as_json or bool((ctx.obj or {}).get("quiet"))
     progress = None if quiet else (lambda msg: click.echo(f"... {msg}", err=True))
     try:
         result = run.run_plan(proto, decided, val=val, calib=calib, progress=progress, decisions=replay)
     except MissingLabelsError as e:  # a missing --data is a usage error here, as for the other options
         raise click.UsageError(str(e)) from e
-    written = run.save_result(result, out, input_path=model, write_on_gate_failure=not no_output_on_fail)
-    if decisions_path is not None and replay is None and result.gates_passed:
-        from onnxopt.optimization.decisions import save_decisions
-
-        save_decisions(result.decisions, decisions_path)
     from onnxopt.optimization import report
 
     prov = report.provenance_of(
         result, model_path=model, feed=val[0] if val is not None else None, invocation=_command_line(ctx)
     )
-    _write_reports(result, prov, report_json, report_md, report_html)
+    final = _output_model(result, write_on_gate_failure=not no_output_on_fail)
+    with staged(plan) as outputs:  # the model and every report, or (on any failure) none of them
+        written = outputs.model(out, final) if final is not None else None
+        for path, render in _renderers(report_json, report_md, report_html):
+            outputs.text(path, render(result, provenance=prov))
+        if record_to is not None and result.gates_passed:
+            outputs.text(record_to, result.decisions.to_json())
     if as_json:
         echo_json({**report.report_dict(result, prov), "output": str(written) if written else None})
     else:
@@ -140,28 +156,33 @@ def _config(
     shapes: tuple[str, ...] = (), **gates: float | None
 ) -> Any:
     """The OptimizeConfig of the options; an out-of-range value is a usage error."""
-    from onnxopt.core.errors import InvalidInputError
     from onnxopt.core.feeds import parse_shape_overrides
     from onnxopt.optimization.types import Gates, OptimizeConfig
 
-    try:
-        return OptimizeConfig(
-            objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
-            bench_seconds=bench_seconds, gates=Gates(**gates), batch=batch,
-            shape_overrides=parse_shape_overrides(shapes) or None,
-        )
-    except InvalidInputError as e:
-        raise click.UsageError(str(e)) from e
+    return option_config(
+        OptimizeConfig, objective=objective, seed=seed, threads=threads, bench_runs=bench_runs,
+        bench_seconds=bench_seconds, gates=option_config(Gates, **gates), batch=batch,
+        shape_overrides=parse_shape_overrides(shapes) or None,
+    )
 
 
-def _write_reports(
-    result: Any, prov: Any, json_path: Path | None, md_path: Path | None, html_path: Path | None
-) -> None:
+def _output_model(result: Any, *, write_on_gate_failure: bool) -> Any:
+    """The model to write: the result, marked when a gate failed, or None (--no-output-on-fail)."""
+    if result.gates_passed:
+        return result.model
+    if not write_on_gate_failure:
+        return None
+    from onnxopt.optimization.decide import mark_gate_failed
+
+    return mark_gate_failed(result.model, result.failed_gates)
+
+
+def _renderers(json_path: Path | None, md_path: Path | None, html_path: Path | None) -> list[tuple[Path, Any]]:
+    """(path, render function) of each report asked for."""
     from onnxopt.optimization import report
 
-    for path, render in ((json_path, report.to_json), (md_path, report.to_markdown), (html_path, report.to_html)):
-        if path is not None:
-            report.write_text(path, render(result, provenance=prov))
+    pairs = ((json_path, report.to_json), (md_path, report.to_markdown), (html_path, report.to_html))
+    return [(path, render) for path, render in pairs if path is not None]
 
 
 def _command_line(ctx: click.Context) -> str:

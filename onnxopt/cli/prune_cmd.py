@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from onnxopt.cli._options import echo_json, human_bytes, json_option, model_argument, output_option
+from onnxopt.cli._options import (
+    echo_json,
+    human_bytes,
+    json_option,
+    model_argument,
+    number_option,
+    option_config,
+    output_option,
+)
 
 MAGNITUDE_ONLY = ("sparsity", "threshold", "global_", "include", "min_elements", "sparse_storage", "gzip")
 CHANNELS_ONLY = ("ratio", "importance", "min_channels", "round_to")
@@ -19,19 +27,23 @@ CHANNELS_ONLY = ("ratio", "importance", "min_channels", "round_to")
 @click.option("--method", type=click.Choice(["magnitude", "channels"]), default="magnitude", show_default=True,
               help="magnitude: zero small weights (smaller files, same speed); channels: remove whole "
                    "channels (faster, smaller; needs fine-tuning to recover accuracy).")
-@click.option("--sparsity", type=float, default=None, help="magnitude: fraction of weights set to zero [default: 0.5].")
+@number_option("--sparsity", low=0, high=1, high_open=True, default=None,
+               help="magnitude: fraction of weights set to zero [default: 0.5].")
 @click.option("--global", "global_", is_flag=True, default=None,
               help="magnitude: one threshold over all candidate tensors instead of per tensor.")
-@click.option("--threshold", type=float, default=None, help="magnitude: zero every weight with |w| < T instead.")
+@number_option("--threshold", low=0, default=None, help="magnitude: zero every weight with |w| < T instead.")
 @click.option("--include", multiple=True, help="magnitude: also prune this initializer (repeatable).")
-@click.option("--min-elements", type=int, default=None, help="magnitude: skip tensors smaller than this [default: 256].")
+@number_option("--min-elements", kind=int, low=0, default=None,
+               help="magnitude: skip tensors smaller than this [default: 256].")
 @click.option("--sparse-storage", is_flag=True, default=None,
               help="magnitude: store pruned tensors compressed (bitmask + values); onnxruntime rebuilds them at load.")
 @click.option("--gzip", is_flag=True, default=None, help="magnitude: also report gzip sizes (slow on big models).")
-@click.option("--ratio", type=float, default=None, help="channels: fraction of each group's channels removed [default: 0.3].")
+@number_option("--ratio", low=0, high=1, high_open=True, default=None,
+               help="channels: fraction of each group's channels removed [default: 0.3].")
 @click.option("--importance", type=click.Choice(["l1", "l2"]), default=None, help="channels: channel score [default: l1].")
-@click.option("--min-channels", type=int, default=None, help="channels: keep at least this many per group [default: 1].")
-@click.option("--round-to", type=int, default=None, help="channels: round kept counts up to a multiple (e.g. 8).")
+@number_option("--min-channels", kind=int, low=1, default=None,
+               help="channels: keep at least this many per group [default: 1].")
+@number_option("--round-to", kind=int, low=1, default=None, help="channels: round kept counts up to a multiple (e.g. 8).")
 @click.option("--skip", multiple=True, help="Node or initializer name to leave alone (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit 1 (and write nothing) when there is nothing to prune.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
@@ -62,31 +74,35 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
         raise click.UsageError("give --sparsity or --threshold, not both")
 
     from onnxopt.core.errors import OnnxoptError
-    from onnxopt.core.model import load_model, same_file, save_model
+    from onnxopt.core.files import FilePlan, staged
+    from onnxopt.core.model import load_model
     from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
     from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
 
-    if same_file(output, model):
-        raise OnnxoptError(f"{output}: refusing to overwrite the input model; choose another output path")
-    proto = load_model(model)
+    plan = FilePlan.of(reads={"input model": model, "--data": data}, writes={"-o": output})
+    plan.check()  # before any work: the output may not clobber an input
     if method == "magnitude":
-        cfg: Any = MagnitudeConfig(
+        cfg: Any = option_config(
+            MagnitudeConfig,
             sparsity=None if opts["threshold"] is not None else (opts["sparsity"] if opts["sparsity"] is not None else 0.5),
             threshold=opts["threshold"], global_=bool(opts["global_"]), skip=skip, include=opts["include"],
             min_elements=opts["min_elements"] if opts["min_elements"] is not None else 256,
             sparse_storage=bool(opts["sparse_storage"]), measure_gzip=bool(opts["gzip"]))
-        result = prune_magnitude(proto, cfg)
     else:
-        cfg = ChannelConfig(
+        cfg = option_config(
+            ChannelConfig,
             ratio=opts["ratio"] if opts["ratio"] is not None else 0.3, importance=opts["importance"] or "l1",
             min_channels=opts["min_channels"] or 1, round_to=opts["round_to"] or 1, skip=skip)
-        result = prune_channels(proto, cfg)
+    proto = load_model(model)
+    _validate(proto, model)
+    result = prune_magnitude(proto, cfg) if method == "magnitude" else prune_channels(proto, cfg)
     report = dict(result.report)
     if not result.modified and strict:
         raise OnnxoptError(f"{model}: nothing to prune ({report.get('message', 'no change')}); --strict")
     if data is not None:
         report["accuracy"] = _accuracy(proto, result.model, data)
-    save_model(result.model, output, input_path=model)
+    with staged(plan) as outputs:
+        outputs.model(output, result.model)
     report["input_file_size"] = model.stat().st_size
     report["output_file_size"] = output.stat().st_size
     report["output"] = str(output)
@@ -94,6 +110,29 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
         echo_json(report)
         return
     _print(report, method)
+
+
+def _validate(proto: Any, path: Path) -> None:
+    """The ONNX checker, an onnxruntime load and, when every input is floating point with a fixed
+    sample shape (so random inputs are valid ones), one run: a model that fails them is not pruned."""
+    import numpy as np
+
+    from onnxopt.core.errors import InvalidModelError
+    from onnxopt.core.feeds import synthesize_feed
+    from onnxopt.core.model import graph_inputs, validate_model
+    from onnxopt.core.runtime import SessionConfig, create_session, lean_session, run
+
+    try:
+        validate_model(proto, check_runtime=False)
+        sess = create_session(proto, lean_session(proto, SessionConfig(intra_op_threads=1)))
+        specs = graph_inputs(proto)
+        if specs and all(
+            np.issubdtype(s.numpy_dtype, np.floating) and all(isinstance(d, int) and d > 0 for d in s.shape[1:])
+            for s in specs
+        ):
+            run(sess, synthesize_feed(proto, batch=1))
+    except InvalidModelError as e:
+        raise InvalidModelError(f"{path}: {e}") from e
 
 
 def _accuracy(before: Any, after: Any, data: Path) -> dict[str, float | None]:

@@ -11,8 +11,13 @@ from onnxopt.cli._options import (
     echo_json,
     human_bytes,
     json_option,
+    max_accuracy_drop_option,
+    min_cosine_option,
     model_argument,
+    number_option,
+    option_config,
     output_option,
+    runs_option,
     threads_option,
 )
 
@@ -22,12 +27,17 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 
 def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
+    import math
+
     if not value:
         return None
     try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError as e:
-        raise click.BadParameter(f"{what}: expected comma-separated numbers, got {value!r}") from e
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.UsageError(f"{what} {value!r}: expected comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise click.UsageError(f"{what} {value!r}: every value must be a finite number")
+    return values
 
 
 @click.command("quantize")
@@ -41,12 +51,12 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
               help="Calibration inputs: an .npz, a folder of .npy/.npz files, or a folder of images.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
-@click.option("--calib-samples", type=int, default=200, show_default=True, help="Calibration samples to use.")
+@number_option("--calib-samples", kind=int, low=1, default=200, show_default=True, help="Calibration samples to use.",
+               hint="200 is a good default")
 @click.option("--data", "val_data", type=click.Path(path_type=Path), default=None,
               help="Validation .npz (inputs + optional 'labels') for fidelity and --max-accuracy-drop.")
-@click.option("--max-accuracy-drop", type=float, default=None,
-              help="Budget in percentage points (needs labels in --data).")
-@click.option("--min-cosine", type=float, default=None, help="Budget: minimum output cosine similarity (no labels).")
+@max_accuracy_drop_option("Budget in percentage points (needs labels in --data).")
+@min_cosine_option("Budget: minimum output cosine similarity (no labels).")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
               help="static: QDQ or QOperator (QLinear*) format. Format, types, --per-channel and "
               "--reduce-range apply to dynamic/static; auto tries them itself.")
@@ -60,12 +70,12 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--mean", default=None, help="Image calibration: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")
 @click.option("--std", default=None, help="Image calibration: per-channel std, e.g. 0.229,0.224,0.225.")
-@click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Image calibration: pixel scale.")
+@number_option("--scale", low=0, low_open=True, default=1 / 255, show_default="1/255", help="Image calibration: pixel scale.")
 @click.option("--grid", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
               help="auto: a CPU-ordered shortlist of candidates; full: onnxruntime's whole quantizer grid.")
 @threads_option("Benchmark intra-op threads (0: physical cores).")
-@click.option("--runs", type=int, default=30, show_default=True, help="Timed rounds for the finalists.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Batch latency is measured at (a fixed-batch model: its own).")
+@runs_option(30, "Timed rounds for the finalists.")
+@number_option("--batch", kind=int, low=1, default=1, show_default=True, help="Batch latency is measured at (a fixed-batch model: its own).")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..", help="Deployment shape of an input with symbolic dims (repeatable).")
 @click.option("--no-bench", is_flag=True, help="dynamic/static: skip the latency measurement.")
 @click.option("--force", is_flag=True, help="Quantize even if the model already holds quantized ops.")
@@ -88,11 +98,13 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       onnxopt quantize model.onnx -o q.onnx --mode dynamic --data val.npz --max-accuracy-drop 0.5
 
-    Exit codes: 0 ok, 1 bad input, 3 the accuracy budget was not met (the closest model is still written).
+    Exit codes: 0 ok, 1 bad input, 2 usage error, 3 the accuracy budget was not met (the closest model is
+    still written).
     """
-    from onnxopt.core.errors import GateFailedError, InvalidInputError
+    from onnxopt.core.errors import GateFailedError
     from onnxopt.core.feeds import parse_shape_overrides
-    from onnxopt.core.model import load_model, same_file, save_model
+    from onnxopt.core.files import FilePlan, staged
+    from onnxopt.core.model import load_model
     from onnxopt.core.runtime import bench_session
     from onnxopt.measure.benchmark import BenchConfig
     from onnxopt.measure.fidelity import load_eval_data
@@ -100,41 +112,44 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     from onnxopt.quantization.calibration import ImageSpec, open_calibration
     from onnxopt.quantization.config import QuantizeConfig
 
-    if same_file(output, model):
-        raise InvalidInputError(f"{output}: refusing to overwrite the input model; choose another output path")
-    proto = load_model(model)
-    config = QuantizeConfig(
+    plan = FilePlan.of(reads={"input model": model, "--calib-data": calib_data, "--data": val_data},
+                       writes={"-o": output, "--report": report_path})  # fmt: skip
+    plan.check()  # before any work: no output may clobber an input or another output
+    config = option_config(
+        QuantizeConfig,
         mode=mode, format=fmt, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
         activation_type=activation_type, calib_method=calib_method, calib_samples=calib_samples,
         op_types=_csv(op_types), exclude_nodes=_csv(exclude_nodes), objective=objective,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, force=force, grid=grid, final_runs=runs,
     )
-    calib = None
+    spec = None
     if calib_data is not None:
         size = None
         if image_size:
             dims = _floats(image_size, "--image-size") or ()
-            if len(dims) != 2:
-                raise InvalidInputError(f"--image-size {image_size!r}: give H,W e.g. 224,224")
+            if len(dims) != 2 or not all(d >= 1 and d == int(d) for d in dims):
+                raise click.UsageError(f"--image-size {image_size!r}: give H,W e.g. 224,224")
             size = (int(dims[0]), int(dims[1]))
-        spec = ImageSpec(size=size, layout=layout, mean=_floats(mean, "--mean") or (0.0,),
-                         std=_floats(std, "--std") or (1.0,), scale=scale)
-        calib = open_calibration(proto, calib_data, samples=calib_samples, image=spec)
+        spec = option_config(ImageSpec, size=size, layout=layout, mean=_floats(mean, "--mean") or (0.0,),
+                             std=_floats(std, "--std") or (1.0,), scale=scale)  # fmt: skip
+    proto = load_model(model)
+    calib = open_calibration(proto, calib_data, samples=calib_samples, image=spec) if calib_data is not None else None
     val = load_eval_data(proto, val_data) if val_data is not None else None
     bench = None
     if mode == "auto" or not no_bench:
         bench = BenchConfig(session=bench_session(threads), runs=max(2, runs), batch=batch,
                             shape_overrides=parse_shape_overrides(shapes) or None)
     result = quantize(proto, config, calib=calib, val=val, bench=bench)
-    save_model(result.model, output, input_path=model)
     report: dict[str, Any] = dict(result.report)
     report["output"] = str(output)
-    if report_path is not None:
-        import json
+    with staged(plan) as outputs:  # the model and the report, or (on any failure) neither
+        outputs.model(output, result.model)
+        if report_path is not None:
+            import json
 
-        from onnxopt.core.jsonable import json_default
+            from onnxopt.core.jsonable import json_default
 
-        report_path.write_text(json.dumps(report, indent=2, default=json_default))
+            outputs.text(report_path, json.dumps(report, indent=2, default=json_default))
     if as_json:
         echo_json(report)
     else:

@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from onnxopt.cli._options import echo_json, human_bytes, json_option, output_option
+from onnxopt.cli._options import (
+    echo_json,
+    human_bytes,
+    json_option,
+    number_option,
+    option_config,
+    output_option,
+    seed_option,
+)
 
 
 @click.command("search")
@@ -24,14 +32,14 @@ from onnxopt.cli._options import echo_json, human_bytes, json_option, output_opt
               help="Build and train candidates in PyTorch or Keras 3 (both exported to ONNX).")
 @click.option("--teacher", type=click.Path(path_type=Path), default=None,
               help="ONNX teacher: train candidates by distillation from its logits.")
-@click.option("--generations", type=int, default=6, show_default=True, help="Generations; the first is random (at most population x generations evaluations).")
-@click.option("--population", type=int, default=8, show_default=True, help="Genomes per generation.")
-@click.option("--elite", type=int, default=2, show_default=True, help="Best genomes kept unchanged each generation.")
+@number_option("--generations", kind=int, low=1, default=6, show_default=True, help="Generations; the first is random (at most population x generations evaluations).")
+@number_option("--population", kind=int, low=2, default=8, show_default=True, help="Genomes per generation.")
+@number_option("--elite", kind=int, low=0, default=2, show_default=True, help="Best genomes kept unchanged each generation.")
 @output_option(required=True)
-@click.option("--max-latency-ms", type=float, default=None,
-              help="Latency budget (p50, ms): maximize accuracy among candidates under it.")
+@number_option("--max-latency-ms", low=0, low_open=True, default=None,
+               help="Latency budget (p50, ms): maximize accuracy among candidates under it.")
 @click.option("--pareto", is_flag=True, help="Pareto search (accuracy vs latency); writes the whole front.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Parallel evaluations (local processes).")
+@number_option("--workers", kind=int, low=1, high=1024, default=1, show_default=True, help="Parallel evaluations (local processes).")
 @click.option("--dask", "dask_address", default=None,
               help="Evaluate on a Dask cluster at this scheduler address (needs dask distributed).")
 @click.option("--resume", is_flag=True, help="Continue the search checkpointed in the work directory.")
@@ -41,12 +49,12 @@ from onnxopt.cli._options import echo_json, human_bytes, json_option, output_opt
               help="Save accuracy vs latency with the front highlighted (needs the report extra).")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="ONNX model to compare the result with (accuracy on --val, latency re-measured together).")
-@click.option("--epochs", type=int, default=None, help="Training epochs per candidate (default: [train] or 15).")
-@click.option("--max-minutes", type=float, default=None,
-              help="Wall-clock budget: stop after the generation that exceeds it (resumable).")
-@click.option("--remeasure-runs", type=int, default=300, show_default=True,
-              help="Timed runs per model when the result is re-measured against the baseline.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search and of training.")
+@number_option("--epochs", kind=int, low=1, default=None, help="Training epochs per candidate (default: [train] or 15).")
+@number_option("--max-minutes", low=0, low_open=True, default=None,
+               help="Wall-clock budget: stop after the generation that exceeds it (resumable).")
+@number_option("--remeasure-runs", kind=int, low=5, default=300, show_default=True,
+               help="Timed runs per model when the result is re-measured against the baseline.")
+@seed_option("Seed of the search and of training.")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where candidates and the checkpoint live (default: <output>.search/).")
 @json_option
@@ -92,14 +100,24 @@ def command(
       onnxopt search ... --framework keras
     """
     from onnxopt.core.errors import GateFailedError
+    from onnxopt.core.files import FilePlan, Outputs
     from onnxopt.nas.run import SearchRunConfig, run_search
 
+    plan = FilePlan.of(
+        reads={"--space": space_path, "--data": data_path, "--val": val_path, "--teacher": teacher,
+               "--baseline": baseline},
+        writes={"-o": output, "--log": log_path, "--plot": plot_path},
+        dirs={"--workdir": workdir if workdir is not None else output.with_name(output.name + ".search")},
+    )  # fmt: skip
+    plan.check()  # before anything is created: no output may clobber an input or another output
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    config = SearchRunConfig(  # validates the options before the (long) search starts
+    config = option_config(  # validates the options before the (long) search starts
+        SearchRunConfig,
         framework=framework, generations=generations, population=population, elite=elite,
         max_latency_ms=max_latency_ms, pareto=pareto, workers=workers, dask_address=dask_address,
         resume=resume, epochs=epochs, max_minutes=max_minutes, remeasure_runs=remeasure_runs, seed=seed,
     )
+    option_config(config.search_config)  # population vs elite, ...: usage errors, before any work
 
     def progress(s: Any) -> None:
         if quiet:
@@ -114,10 +132,12 @@ def command(
             err=True,
         )
 
-    result = run_search(
-        space_path, data_path, val_path, output, config, teacher=teacher, baseline=baseline,
-        workdir=workdir, log_path=log_path, plot_path=plot_path, progress=progress,
-    )
+    with Outputs() as outputs:  # the model(s) and the plot, or (on any failure) none of them
+        result = run_search(
+            space_path, data_path, val_path, output, config, teacher=teacher, baseline=baseline,
+            workdir=workdir, log_path=log_path, plot_path=plot_path, progress=progress, outputs=outputs,
+        )
+        outputs.commit()
     summary = result.to_dict()
     if as_json:
         echo_json(summary)

@@ -126,13 +126,13 @@ def check_dynamic_batch(
     model: ModelProto, feed: Feed, batches: Sequence[int] = (1, 5), *, session: Any = None
 ) -> None:
     """Run the model at several batch sizes; raise OnnxoptError when it cannot."""
-    from onnxopt.core.runtime import create_session
+    from onnxopt.core.runtime import create_session, run
 
     sess = session if session is not None else create_session(model)
     for b in batches:
         f = {k: np.concatenate([v] * (b // max(len(v), 1) + 1))[:b] for k, v in feed.items()}
         try:
-            outs = sess.run(None, f)
+            outs = run(sess, f, what="the exported model")
         except Exception as e:
             raise OnnxoptError(
                 f"the exported model fails at batch {b}: {_short(e)}; export with --static-batch "

@@ -63,7 +63,7 @@ def check_parity(
     Passes when every element satisfies |onnx - ref| <= atol + rtol * |ref| (numpy.allclose).
     model may also be an onnxruntime InferenceSession already created for the model.
     """
-    from onnxopt.core.runtime import create_session
+    from onnxopt.core.runtime import create_session, run
 
     sess = create_session(model) if isinstance(model, ModelProto) else model
     names = [o.name for o in sess.get_outputs()]
@@ -77,7 +77,7 @@ def check_parity(
                 f"the ONNX model has {len(names)} outputs but the source model returned {len(ref)}"
             )
         try:
-            got = sess.run(None, feed)
+            got = run(sess, feed, what="the exported model")
         except Exception as e:
             raise ParityError(f"onnxruntime cannot run the exported model: {_short(e)}") from e
         samples += int(next(iter(feed.values())).shape[0]) if feed else 1

@@ -3,9 +3,12 @@
 Options: a value must be a finite number inside its documented range; NaN compares false with
 everything, so a plain range check lets it through every gate. Violations raise
 InvalidOptionError (a usage error, exit code 2).
-Data: floating inputs must be finite; labels must be a 1-D array of non-negative integers, one
-per sample, below the number of classes when it is known. Violations raise InvalidInputError
-naming the key and the first offending sample.
+Data: `check_data` is the one validator of data read from files (model inputs, labels,
+calibration data): arrays must be numeric (bool, integer or floating point), floating inputs
+finite, and labels a 1-D array of non-negative integers, one per sample, below the number of
+classes when it is known; inputs with a batch axis must hold as many samples as each other
+(`check_sample_counts`). Violations raise InvalidInputError (exit code 1) naming the key and
+the first offending sample. Shapes and dtypes against the model are core.feeds.check_feed's job.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidOptionError
+from onnxopt.core.model import fixed_batch, graph_inputs
 
 
 def check_number(
@@ -51,6 +56,45 @@ def check_number(
         raise InvalidOptionError(f"{name} {value}: must be {rng}{suffix}")
 
 
+def check_numeric(feed: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise InvalidInputError when an array is not numbers (strings, objects, complex, ...)."""
+    for key, arr in feed.items():
+        a = np.asarray(arr)
+        if a.dtype.kind not in "biuf":
+            raise InvalidInputError(
+                f"{source}: {key!r} holds {a.dtype} values; inputs must be numbers (bool, integer or float arrays)"
+            )
+
+
+def check_data(
+    feed: Mapping[str, np.ndarray],
+    source: str,
+    *,
+    labels: np.ndarray | None = None,
+    classes: int | None = None,
+) -> np.ndarray | None:
+    """Check data read from a file: numeric and finite arrays, and (when given) labels that are
+    1-D class indices, one per sample, below `classes` when known. Returns the labels as int64."""
+    check_numeric(feed, source)
+    check_finite(feed, source)
+    if labels is None:
+        return None
+    samples = min((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), default=len(labels))
+    return check_labels(labels, samples, source, classes=classes)
+
+
+def check_sample_counts(model: ModelProto, feed: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise InvalidInputError when the model's batched inputs (a symbolic first dim, or the model's
+    fixed batch) differ in sample count; inputs without a batch axis may hold anything."""
+    fixed = fixed_batch(model)
+    batched = [s.name for s in graph_inputs(model)
+               if s.shape and (not isinstance(s.shape[0], int) or s.shape[0] <= 0 or s.shape[0] == fixed)]  # fmt: skip
+    counts = {k: int(np.shape(feed[k])[0]) for k in batched if k in feed and np.ndim(feed[k])}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k!r} {n}" for k, n in counts.items())
+        raise InvalidInputError(f"{source}: the inputs hold different numbers of samples ({listed}); give each as many")
+
+
 def check_finite(feed: Mapping[str, np.ndarray], source: str) -> None:
     """Raise InvalidInputError when a floating-point array holds NaN or Inf (names key and sample)."""
     for key, arr in feed.items():
@@ -76,13 +120,13 @@ def check_labels(labels: np.ndarray, samples: int, source: str, *, classes: int 
         )
     if a.shape[0] != samples:
         raise InvalidInputError(f"{source}: {a.shape[0]} labels for {samples} samples; give one label per sample")
-    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
+    if a.dtype.kind not in "biuf":
         raise InvalidInputError(f"{source}: labels must be integers, got dtype {a.dtype}")
     if np.issubdtype(a.dtype, np.floating):
         bad = ~np.isfinite(a) | (a != np.round(a))
         if bad.any():
             i = int(np.argmax(bad))
-            raise InvalidInputError(f"{source}: label of sample {i} is {a[i]!r}; labels must be whole class indices")
+            raise InvalidInputError(f"{source}: label of sample {i} is {a[i].item()!r}; labels must be whole class indices")
     out = a.astype(np.int64)
     if out.size and out.min() < 0:
         i = int(np.argmax(out < 0))

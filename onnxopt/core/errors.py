@@ -13,6 +13,10 @@ class InvalidModelError(OnnxoptError):
     """The model file is missing, unreadable, not ONNX, or fails validation."""
 
 
+class ModelRunError(InvalidModelError):
+    """onnxruntime loaded the model but failed while running it (the message names the node)."""
+
+
 class InvalidInputError(OnnxoptError):
     """Input data (npz, shapes, dtypes, options) does not fit the model or the command."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto
 
+from onnxopt.core.checks import check_data
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.model import TensorSpec, batch_axes, graph_inputs
 
@@ -377,4 +378,5 @@ def load_labelled_npz(
         y = y.argmax(axis=1)
     if y.ndim == 1 and np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
         y = y.astype(np.int64)
+    check_data({ik: x}, str(path))  # numbers, finite; the labels are checked where classes are known
     return x, y

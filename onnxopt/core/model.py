@@ -139,6 +139,8 @@ def tensor_specs(values: Any) -> tuple[TensorSpec, ...]:
     specs = []
     for vi in values:
         tt = vi.type.tensor_type
+        if tt.elem_type not in TensorProto.DataType.values():
+            raise InvalidModelError(f"{vi.name!r}: unknown element type {tt.elem_type} (a corrupt or too new model)")
         dtype = TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "undefined"
         dims: list[int | str | None] = []
         if tt.HasField("shape"):
@@ -348,7 +350,7 @@ def op_histogram(model: ModelProto) -> dict[str, int]:
     counter: collections.Counter[str] = collections.Counter()
     for g in all_graphs(model.graph):
         for n in g.node:
-            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            key = str(n.op_type) if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
             counter[key] += 1
     return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 

@@ -1,11 +1,22 @@
-"""onnxruntime session creation with onnxopt's conventions (custom ops, threads, spinning)."""
+"""onnxruntime sessions with onnxopt's conventions: creation (custom ops, threads, spinning,
+log severity) and running, with any onnxruntime error turned into one OnnxoptError line.
+
+`create_session` raises InvalidModelError when onnxruntime cannot load a model; `run` (and
+`run_error`, for timing loops that call `sess.run` themselves) raises ModelRunError naming the
+node that failed and what to check. onnxruntime's C++ logging goes to stderr directly, so its
+severity is set here once for the process (`set_log_severity`): errors only unless -v.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import logging
 import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,9 +24,28 @@ from typing import Any
 import onnxruntime as ort
 from onnx import ModelProto
 
-from onnxopt.core.errors import InvalidInputError, InvalidModelError
+from onnxopt.core.errors import InvalidInputError, InvalidModelError, ModelRunError, OnnxoptError
 
 log = logging.getLogger(__name__)
+
+# onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.
+FATAL, ERROR, WARNING = 4, 3, 2
+# Quiet by default: an onnxruntime error that matters is raised, and reaches the user as the
+# exception's one line; its own [E:onnxruntime] log line would only repeat it in colour.
+_severity = FATAL
+
+
+def set_log_severity(level: int) -> None:
+    """onnxruntime's C++ log severity for this process: its default logger and every session
+    created from now on (the CLI: FATAL, i.e. quiet, by default; WARNING with -v)."""
+    global _severity
+    _severity = level
+    ort.set_default_logger_severity(level)
+
+
+def log_severity() -> int:
+    """The severity set by set_log_severity (sessions and helpers that change it restore this)."""
+    return _severity
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -108,7 +138,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     if not config.allow_spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
+    so.log_severity_level = _severity
     if config.custom_ops:
         lib = _extensions_library()
         if lib:
@@ -132,9 +162,13 @@ def create_session(
     else:
         src = str(Path(model))
         name = src
+    printed = io.StringIO()
     try:
-        return ort.InferenceSession(src, sess_options=so, providers=[cfg.provider])
+        # onnxruntime print()s an "EP Error" banner to stdout when a provider fails: keep it out of ours.
+        with contextlib.redirect_stdout(printed):
+            return ort.InferenceSession(src, sess_options=so, providers=[cfg.provider])
     except Exception as e:
+        log.debug("onnxruntime printed: %s", printed.getvalue().strip())
         msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
         raise InvalidModelError(f"onnxruntime cannot load {name}: {msg}") from e
 
@@ -155,3 +189,61 @@ def lean_session(proto: ModelProto, session: SessionConfig) -> SessionConfig:
     if session.custom_ops and not needs_custom_ops(proto):
         return replace(session, custom_ops=False)
     return session
+
+
+_NODE = re.compile(r"Name:'(?P<name>[^']*)'")
+_OP = re.compile(r"while running (?P<op>[\w.]+) node")
+_STATUS = re.compile(r"Status Message:\s*(?P<msg>.*)", re.S)
+_SOURCE = re.compile(r"^/\S+:\d+ (?=[^()]*::[^()]*\()")  # "/src/x.cc:91 [ret] ns::fn(" ahead
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+
+
+def run_error(e: BaseException, what: str = "the model") -> OnnxoptError:
+    """The one-line OnnxoptError for an exception raised by InferenceSession.run.
+
+    onnxruntime names the failing node as "Name:'...'" in its message; the error states that
+    node, its op type, onnxruntime's reason, and what to check.
+    """
+    if isinstance(e, OnnxoptError):
+        return e
+    text = " ".join(str(e).split()) or type(e).__name__
+    node, op, status = _NODE.search(text), _OP.search(text), _STATUS.search(text)
+    reason = _without_source_location((status["msg"] if status else _ORT_PREFIX.sub("", text)).strip())[:300]
+    if node is not None:
+        where = f" at node {node['name']!r}" + (f" ({op['op']})" if op else "")
+        hint = "the model loads but this node fails on these inputs: check the node with `onnxopt inspect` and that the inputs (--data, --shape, --batch) fit the model"
+    else:
+        where = ""
+        hint = "check that the inputs (--data, --shape, --batch) fit the model's inputs"
+    return ModelRunError(f"onnxruntime failed while running {what}{where}: {reason}; {hint}")
+
+
+def _without_source_location(msg: str) -> str:
+    """onnxruntime's reason without the C++ file, line and function signature before it."""
+    m = _SOURCE.match(msg)
+    if m is None:
+        return msg
+    rest = msg[m.end() :]
+    depth = 0
+    for i, ch in enumerate(rest):  # skip the signature "ns::Class::fn(args...)" up to its closing parenthesis
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return rest[i + 1 :].removeprefix(" const").strip() or msg
+    return msg
+
+
+def run(
+    sess: ort.InferenceSession,
+    feed: Mapping[str, Any],
+    outputs: Sequence[str] | None = None,
+    *,
+    what: str = "the model",
+) -> list[Any]:
+    """sess.run(outputs, feed); any onnxruntime error becomes a ModelRunError naming the node."""
+    try:
+        return list(sess.run(list(outputs) if outputs is not None else None, dict(feed)))
+    except Exception as e:
+        raise run_error(e, what) from e

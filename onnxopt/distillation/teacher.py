@@ -13,7 +13,7 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError
 from onnxopt.core.model import copy_model, graph_inputs, load_model
-from onnxopt.core.runtime import create_session
+from onnxopt.core.runtime import create_session, run
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def teacher_outputs(
     chunks: list[list[np.ndarray]] = [[], []]
     try:
         for start in range(0, len(x), batch_size):
-            outs = sess.run(None, {spec.name: x[start : start + batch_size]})
+            outs = run(sess, {spec.name: x[start : start + batch_size]}, what="the teacher")
             for i, o in enumerate(outs):
                 chunks[i].append(np.asarray(o))
     except Exception as e:

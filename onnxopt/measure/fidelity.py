@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
+from onnxopt.core.checks import check_data, check_sample_counts
 from onnxopt.core.errors import InvalidInputError, MissingLabelsError
 from onnxopt.core.feeds import (
     Feed,
@@ -29,7 +30,7 @@ from onnxopt.core.model import (
     graph_outputs,
     load_model,
 )
-from onnxopt.core.runtime import SessionConfig, create_session
+from onnxopt.core.runtime import SessionConfig, create_session, run
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def run_batched(
         if fixed is not None and n != fixed:
             log.warning("dropping the last %d samples: the model's batch is fixed at %d", n, fixed)
             break
-        chunks.append(list(sess.run(None, b)))
+        chunks.append(run(sess, b))
     if not chunks:
         raise InvalidInputError("the feed has no samples to run")
     n_out = len(chunks[0])
@@ -270,15 +271,27 @@ def load_eval_data(
     an array one rank short of its input is one sample."""
     data = load_npz(path)
     labels = data.pop(labels_key, None)
+    check_data(data, str(path))  # strings, NaN, ...: refused before they reach the model
     labels = np.atleast_1d(labels) if labels is not None else None
     feed = model_feed_from_npz(with_free_batch(model), add_batch_axis(model, data), source=str(path))
+    check_sample_counts(model, feed, str(path))
     if labels is not None:
         n = feed_samples(feed, batch_axes(model))
-        if labels.shape[0] != n:
+        if labels.ndim == 0 or labels.shape[0] != n:
             raise InvalidInputError(
-                f"{path}: {labels_key!r} has {labels.shape[0]} entries but the inputs have {n} samples"
+                f"{path}: {labels_key!r} has {labels.size} entries but the inputs have {n} samples"
             )
+        labels = check_data(feed, f"{path}: {labels_key!r}", labels=labels, classes=output_classes(model))
     return feed, labels
+
+
+def output_classes(model: ModelProto) -> int | None:
+    """The number of classes of the first output (its static non-batch dims), or None when unknown."""
+    outs = graph_outputs(model)
+    dims = outs[0].shape[1:] if outs else ()
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        return None
+    return int(np.prod([int(d) for d in dims if isinstance(d, int)]))
 
 
 def require_labels(labels: np.ndarray | None, labels_key: str = "labels") -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.core.errors import InvalidInputError, OnnxoptError
+from onnxopt.core.files import Outputs
 from onnxopt.nas.engine import search
 from onnxopt.nas.evaluate import (
     Data,
@@ -174,6 +175,7 @@ def run_search(
     log_path: PathLike | None = None,
     plot_path: PathLike | None = None,
     progress: Callable[[GenerationStats], None] | None = None,
+    outputs: Outputs | None = None,
 ) -> SearchRunResult:
     """Search the space (TOML file) on the train/val splits (.npz with labels); write the result.
 
@@ -183,6 +185,8 @@ def run_search(
     latency plot (needs matplotlib). progress is called after each generation. Raises
     InvalidInputError before any training when an input is unusable, OnnxoptError when every
     candidate failed; a missed latency budget is reported in ``gate_error``, not raised.
+    outputs: stage the model(s) and the plot there (the caller commits them) instead of writing
+    them directly. Nothing is created before every input has been checked.
     """
     out = Path(output)
     _check_output(out, {"--baseline": baseline, "--teacher": teacher, "--data": train, "--val": val})
@@ -197,14 +201,15 @@ def run_search(
         require_matplotlib()  # fail now, not after the search, when matplotlib is missing
     base_acc = _accuracy(baseline, val_data, val) if baseline is not None else None
     t_logits = teacher_logits_for(teacher, train_data[0]) if teacher is not None else None
+    work = Path(workdir) if workdir is not None else out.with_name(out.name + ".search")
+    models_dir = work / "models"
+    evaluator = evaluator_for(config.framework)(  # checks the data; creates nothing
+        train_data, val_data, eval_cfg, teacher_logits=t_logits, workdir=models_dir
+    )
+    space_obj.check_feasible(config.seed)  # a contradictory space fails before the work dir exists
     client = _dask_client(config.dask_address) if config.dask_address is not None else None
     try:
-        work = Path(workdir) if workdir is not None else out.with_name(out.name + ".search")
-        models_dir = work / "models"
         models_dir.mkdir(parents=True, exist_ok=True)
-        evaluator = evaluator_for(config.framework)(
-            train_data, val_data, eval_cfg, teacher_logits=t_logits, workdir=models_dir
-        )
         log_file = Path(log_path) if log_path is not None else work / "search.jsonl"
         executor = client.get_executor() if client is not None else None
         result = _logged_search(space_obj, evaluator, search_cfg, config, executor, work, log_file, progress)
@@ -219,9 +224,9 @@ def run_search(
     gate_error = _latency_gate(result, space_obj.canonical, config.max_latency_ms, out)
     written: tuple[str, ...] = ()
     if gate_error is None:
-        models, written = _write(models, out, config.pareto)
+        models, written = _write(models, out, config.pareto, outputs)
     if plot_path is not None:
-        _plot(result, config.pareto, plot_path, base)
+        _plot(result, config.pareto, outputs.path(plot_path) if outputs is not None else plot_path, base)
     return SearchRunResult(
         result, tuple(models), base, written, log_file, work, eval_cfg, config.framework,
         space_obj.names, gate_error,
@@ -352,18 +357,27 @@ def _latency_gate(
     )
 
 
-def _write(models: list[ChosenModel], output: Path, pareto: bool) -> tuple[list[ChosenModel], tuple[str, ...]]:
-    """Write the first model to output (and the front beside it); the models with their files."""
+def _write(
+    models: list[ChosenModel], output: Path, pareto: bool, outputs: Outputs | None = None
+) -> tuple[list[ChosenModel], tuple[str, ...]]:
+    """Write (or stage in outputs) the first model to output and the front beside it; the models
+    with their files."""
     from onnxopt.core.model import load_model, save_model
 
-    save_model(load_model(models[0].candidate), output)
+    if outputs is not None:
+        outputs.model(output, load_model(models[0].candidate))
+    else:
+        save_model(load_model(models[0].candidate), output)
     written = [str(output)]
     if not pareto:
         return [replace(models[0], file=str(output))], tuple(written)
     out = []
     for i, m in enumerate(models):
         p = front_path(output, i)
-        shutil.copyfile(m.candidate, p)
+        if outputs is not None:
+            outputs.data(p, Path(m.candidate).read_bytes())
+        else:
+            shutil.copyfile(m.candidate, p)
         out.append(replace(m, file=str(p)))
         written.append(str(p))
     return out, tuple(written)

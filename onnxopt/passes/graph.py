@@ -274,7 +274,7 @@ def _evaluate(
     outputs: list[str],
 ) -> dict[str, np.ndarray]:
     """Run the constant nodes as a standalone model in onnxruntime (optimizer off)."""
-    from onnxopt.core.runtime import create_session
+    from onnxopt.core.runtime import create_session, run
 
     needed = {i for n in nodes for i in n.input if i}
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -292,5 +292,5 @@ def _evaluate(
     sub = helper.make_model(graph, opset_imports=list(model.opset_import))
     sub.ir_version = model.ir_version
     sess = create_session(sub, opt_level="disable", intra_op_threads=1, custom_ops=False)  # default-domain ops only
-    results = sess.run(outputs, {})
+    results = run(sess, {}, outputs, what="the constant subgraph")
     return {name: np.asarray(v) for name, v in zip(outputs, results)}

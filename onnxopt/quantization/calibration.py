@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
+from onnxopt.core.checks import check_data, check_sample_counts
 from onnxopt.core.errors import InvalidInputError, MissingExtraError
-from onnxopt.core.errors import short_message as _short
 from onnxopt.core.feeds import (
     Axes,
     Feed,
@@ -28,6 +28,7 @@ from onnxopt.core.feeds import (
     select_inputs,
 )
 from onnxopt.core.model import TensorSpec, batch_axes, fixed_batch, graph_inputs
+from onnxopt.core.runtime import run_error
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,10 @@ class CalibrationSource:
 
 
 def check_samples(model: ModelProto, feed: Feed, source: str) -> None:
-    """check_feed that accepts any number of samples for models with a fixed batch size (run batch by batch)."""
+    """check_data (numbers, finite), then check_feed, which accepts any number of samples for models
+    with a fixed batch size (run batch by batch)."""
+    check_data(feed, source)
+    check_sample_counts(model, feed, source)
     fixed = fixed_batch(model)
     axes = batch_axes(model)
     if fixed is not None and feed and feed_samples(feed, axes) >= fixed:
@@ -331,8 +335,8 @@ def compute_ranges(
         seen += sum(feed_samples(c, axes) for c in chunk)
         try:
             calibrator.collect_data(FeedReader(chunk))
-        except Exception as e:
-            raise InvalidInputError(f"calibration failed on {source.description}: {_short(e)}") from e
+        except Exception as e:  # onnxruntime runs the model here: the error names the node
+            raise run_error(e, f"the model on the calibration data {source.description}") from e
     if seen == 0:
         raise InvalidInputError(f"{source.description}: no calibration samples")
     ranges = calibrator.compute_data()

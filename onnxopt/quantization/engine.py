@@ -16,6 +16,7 @@ from onnx import ModelProto
 from onnxopt.core.errors import InvalidInputError, InvalidModelError
 from onnxopt.core.errors import short_message as _short
 from onnxopt.core.feeds import Feed, first_batch
+from onnxopt.core.files import scratch_cwd
 from onnxopt.core.model import (
     all_graphs,
     batch_axes,
@@ -27,7 +28,7 @@ from onnxopt.core.model import (
     sort_nodes,
     subgraph_notes,
 )
-from onnxopt.core.runtime import SessionConfig, create_session
+from onnxopt.core.runtime import SessionConfig, create_session, log_severity, run
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,9 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
     pre_path = workdir / "float_preprocessed.onnx"
     for kwargs, label in (({}, "defaults"), ({"skip_symbolic_shape": True}, "skip_symbolic_shape=True")):
         try:
-            with quiet_quantizer():  # its input is optimized already: skip its own basic optimization
-                quant_pre_process(str(folded_path), str(pre_path), skip_optimization=True, **kwargs)
+            # Its symbolic shape inference writes temporary files into the current directory.
+            with quiet_quantizer(), scratch_cwd("onnxopt-prep-"):  # input optimized already: skip its optimizer
+                quant_pre_process(str(folded_path.resolve()), str(pre_path.resolve()), skip_optimization=True, **kwargs)
             variants.append(Prepared("preprocessed", pre_path, onnx.load(str(pre_path))))
             if kwargs:
                 notes.append(
@@ -269,7 +271,7 @@ def quiet_quantizer() -> Iterator[None]:
         yield
     finally:
         root.setLevel(old)
-        ort.set_default_logger_severity(2)
+        ort.set_default_logger_severity(log_severity())
         for n, lv in zip(names, olds):
             logging.getLogger(n).setLevel(lv)
 
@@ -347,7 +349,7 @@ def check_runs(model: ModelProto, feed: Feed) -> None:
         cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
         sess = create_session(model, cfg)
         n = fixed_batch(model) or 2
-        sess.run(None, first_batch(feed, n, batch_axes(model)))
+        run(sess, first_batch(feed, n, batch_axes(model)))
     except InvalidModelError as e:
         raise CandidateFailed(f"onnxruntime refused the quantized model: {e}") from e
     except Exception as e:

@@ -1,7 +1,9 @@
 """Judge an outcome: which rules it broke, each with a signature for de-duplication.
 
 Rules (a case fails on any): a Python traceback in its output; the worker crashed; it hung;
-an exit code outside 0-3; a file or folder left behind (anything new after an exit other than
+an exit code outside 0-3; "noise": an error (exit 1 or 2) whose stderr holds anything but its
+"onnxopt: error:" lines (one per problem), onnxopt's own log records and progress lines "... ",
+or that prints to stdout; and onnxruntime's own log lines on stderr after any exit; a file or folder left behind (anything new after an exit other than
 0/3, and anything but the declared outputs after 0/3: exit 3 is a failed gate, after which
 quantize/optimize still write the model by design); an input file changed; and, where the
 case knows it, an exit 0 on input that must be refused ("accepted"), an exit other than 2 for a
@@ -21,8 +23,10 @@ from dataclasses import dataclass
 from scripts.fuzz.cases import OK, REJECT, USAGE
 from scripts.fuzz.runner import Outcome
 
-CATEGORIES = ("traceback", "crash", "hang", "exit-code", "leftover", "input-modified", "accepted",
+CATEGORIES = ("traceback", "crash", "hang", "exit-code", "noise", "leftover", "input-modified", "accepted",
               "wrong-exit", "valid-failed")  # fmt: skip
+_ORT_LOG = re.compile(r"\[[VIWEF]:onnxruntime")
+_OWN_LOG = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) onnxopt[.:]")  # onnxopt's logging format
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<func>\S+)', re.M)
 _EXC = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::|$)")
 # onnxruntime's C++ core writes a session-id file into $TMPDIR once per process: not ours.
@@ -86,6 +90,24 @@ def first_error(o: Outcome) -> str:
     return lines[-1].strip()[:160] if lines else ""
 
 
+def _noise(o: Outcome) -> str | None:
+    """What breaks the one-line rule, or None."""
+    if _ORT_LOG.search(o.stderr):
+        return "onnxruntime log lines on stderr"
+    if o.status != "exit" or o.rc not in (1, 2) or "Traceback (most recent call last)" in o.stderr:
+        return None
+    if o.stdout.strip():
+        return f"output on stdout with exit {o.rc}: {_VOLATILE.sub('*', o.stdout.strip().splitlines()[0])[:60]}"
+    lines = [ln for ln in o.stderr.splitlines() if ln.strip() and not ln.startswith("... ")]
+    errors = [ln for ln in lines if ln.startswith("onnxopt: error: ")]
+    other = [ln for ln in lines if not ln.startswith("onnxopt: error: ") and not _OWN_LOG.match(ln)]
+    if not errors:
+        return f"no error line with exit {o.rc}"
+    if other:
+        return f"other lines on stderr with exit {o.rc}: {_VOLATILE.sub('*', other[0].strip())[:60]}"
+    return None
+
+
 def _leftovers(o: Outcome) -> list[str]:
     allowed: set[str] = set()
     if o.status == "exit" and o.rc in (0, 3):
@@ -114,6 +136,9 @@ def judge(o: Outcome) -> list[Failure]:
         out.append(Failure("hang", f"hang: {what}"))
     elif o.status == "exit" and o.rc not in (0, 1, 2, 3):
         out.append(Failure("exit-code", f"exit {o.rc}: {c.command}"))
+    noise = _noise(o)
+    if noise is not None:
+        out.append(Failure("noise", f"{noise} ({c.command})"))
     left = _leftovers(o)
     if left:
         names = sorted({_VOLATILE.sub("*", p) for p in left})

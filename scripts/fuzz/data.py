@@ -90,7 +90,11 @@ def _rank(ch: Chooser, a: Arrays, s: Spec) -> str | None:
     k = _first_input(s)
     x = a[k]
     # One more axis, a single feature per sample (1-D), or a scalar: every choice changes rank.
-    a[k] = ch.pick((x[..., None], x.reshape(x.shape[0], -1)[:, 0], np.asarray(x.reshape(-1)[0])))
+    # A 1-D array as long as a sample is one sample (a batch axis is added): keep one sample fewer.
+    one_d = x.reshape(x.shape[0], -1)[:, 0]
+    if len(one_d) == int(np.prod(x.shape[1:])):
+        one_d = one_d[:-1]
+    a[k] = ch.pick((x[..., None], one_d, np.asarray(x.reshape(-1)[0])))
     return ALWAYS
 
 
