@@ -129,6 +129,12 @@ def run_command(entry: ModelEntry, command: str, out_dir: Path, args: argparse.N
     verb, *options = COMMANDS[command]
     if npz and command in DATA_OPTIONS:
         options += [o.format(npz=npz) for o in DATA_OPTIONS[command]]
+    elif command in DATA_OPTIONS:
+        # As a user states the deployment shape: the shape the package itself feeds (the manifest's),
+        # for every input that has one, so symbolic dims are timed where the model is deployed.
+        for name, spec in entry.inputs.items():
+            if spec.get("shape"):
+                options += ["--shape", f"{name}=" + ",".join(str(d) for d in spec["shape"])]
     cmd = [sys.executable, "-m", "onnxopt", verb, str(source), "-o", str(target), *options]
     # An empty working directory per command: files a command leaves behind are a bug to report.
     cwd = out_dir / "cwd" / f"{entry.name}.{label}"
