@@ -56,6 +56,8 @@ def _limit(name: str, help_text: str) -> Any:
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..", help="Deployment shape of an input with symbolic dims (repeatable).")
 @json_option
 @click.pass_context
+# Longer than ~80 lines only because click passes one parameter per option: the signature and
+# the help text are half of it; the work itself is in the library.
 def command(
     ctx: click.Context,
     model: Path,
@@ -88,7 +90,7 @@ def command(
       onnxopt optimize model.onnx --calib-data calib.npz --decisions model.decisions.json
     """
     from onnxopt.core.errors import MissingLabelsError
-    from onnxopt.core.files import FilePlan, staged
+    from onnxopt.core.files import FilePlan
     from onnxopt.core.model import load_model
     from onnxopt.optimization import run
     from onnxopt.optimization.recipe import load_recipe
@@ -132,21 +134,14 @@ def command(
         result, model_path=model, feed=val[0] if val is not None else None, invocation=_command_line(ctx)
     )
     final = _output_model(result, write_on_gate_failure=not no_output_on_fail)
-    with staged(plan) as outputs:  # the model and every report, or (on any failure) none of them
-        written = outputs.model(out, final) if final is not None else None
-        for path, render in _renderers(report_json, report_md, report_html):
-            outputs.text(path, render(result, provenance=prov))
-        if record_to is not None and result.gates_passed:
-            outputs.text(record_to, result.decisions.to_json())
+    renderers = _renderers(report_json, report_md, report_html)
+    written = _write_all(plan, result, prov, out, final, renderers, record_to)
     if as_json:
         echo_json({**report.report_dict(result, prov), "output": str(written) if written else None})
     else:
         _print_table(result, written, out)
         if decisions_path is not None:
-            recorded = replay is None and result.gates_passed
-            click.echo(f"replayed the decisions in {decisions_path} (nothing measured)" if replay is not None
-                       else f"recorded the decisions in {decisions_path}" if recorded
-                       else f"decisions not recorded in {decisions_path}: a gate failed")
+            click.echo(_decisions_line(decisions_path, replayed=replay is not None, recorded=result.gates_passed))
     if not result.gates_passed:
         raise run.gate_error(result, written)
 
@@ -164,6 +159,27 @@ def _config(
         bench_seconds=bench_seconds, gates=option_config(Gates, **gates), batch=batch,
         shape_overrides=parse_shape_overrides(shapes) or None,
     )
+
+
+def _write_all(
+    plan: Any, result: Any, prov: Any, out: Path, final: Any, renderers: list[tuple[Path, Any]], record_to: Path | None
+) -> Path | None:
+    """The model, every report and the decisions record, or (on any failure) none of them."""
+    from onnxopt.core.files import staged
+
+    with staged(plan) as outputs:
+        written = outputs.model(out, final) if final is not None else None
+        for path, render in renderers:
+            outputs.text(path, render(result, provenance=prov))
+        if record_to is not None and result.gates_passed:
+            outputs.text(record_to, result.decisions.to_json())
+    return written
+
+
+def _decisions_line(path: Path, *, replayed: bool, recorded: bool) -> str:
+    if replayed:
+        return f"replayed the decisions in {path} (nothing measured)"
+    return f"recorded the decisions in {path}" if recorded else f"decisions not recorded in {path}: a gate failed"
 
 
 def _output_model(result: Any, *, write_on_gate_failure: bool) -> Any:
