@@ -177,13 +177,19 @@ def test_min_cosine_0_forces_the_requested_sparsity(mlp_file: Path, val_x: np.nd
     assert min_cosine(mlp_file, out, {"x": val_x}) < 0.99
 
 
-def test_impossible_floor_exits_3_and_writes_nothing(mlp_file: Path, tmp_path: Path,
+def test_impossible_floor_exits_3_and_writes_nothing(mlp_file: Path, val_x: np.ndarray, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "never.onnx"
+    out, data = tmp_path / "never.onnx", tmp_path / "val.npz"
     code, text, err = _run(["prune", str(mlp_file), "-o", str(out), "--min-cosine", "1"], capsys)
     assert code == 3 and not out.exists() and text == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "no sparsity from 50% down to 0.8%" in lines[0] and "nothing written" in lines[0]
+    assert "pruning cannot be shown safe on synthetic inputs" in lines[0] and "pass --data" in lines[0]
+    np.savez(data, x=val_x)
+    code, text, err = _run(["prune", str(mlp_file), "-o", str(out), "--min-cosine", "1", "--data", str(data)], capsys)
+    assert code == 3 and not out.exists() and len(err.strip().splitlines()) == 1
+    assert err.startswith("onnxopt: error: pruning breaks the model: no sparsity from 50% down to 0.8% keeps "
+                          "output cosine >= 1 (")
 
 
 def test_channel_pruning_is_repaired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -281,3 +287,37 @@ def test_floor_validation() -> None:
         FidelityFloor(max_accuracy_drop=-1)
     with pytest.raises(GateFailedError, match="nothing written"):
         prune_channels(make_convnet(), ChannelConfig(ratio=0.5), floor=FidelityFloor(min_cosine=1.0))
+
+
+def test_probe_has_image_like_samples_and_sane_masks() -> None:
+    from onnxopt.pruning.probe import synthetic_feed
+
+    feed, described = synthetic_feed(make_convnet(), samples=6, seed=0)
+    assert described == "6 noise + 6 image-like" and feed["x"].shape == (12, 3, 8, 8)
+    images = feed["x"][6:].astype(np.float64)
+    assert images[0].min() >= 0.0 and images[0].max() <= 1.0  # kinds cycle: [0, 1], [-1, 1], standardized
+    assert images[1].min() >= -1.0 and images[1].max() <= 1.0 and images[1].min() < 0.0
+    assert abs(images[2].mean()) < 1e-3 and images[2].std() == pytest.approx(1.0, abs=1e-3)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    big = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+                 {"fc": np.ones((3, 10), np.float32)})
+    x = synthetic_feed(big, samples=3)[0]["x"]
+    # smooth: neighbouring pixels of a standardized image-like sample differ far less than in noise
+    assert np.abs(np.diff(x[5], axis=-1)).mean() < 0.2 * np.abs(np.diff(x[0], axis=-1)).mean()
+    assert synthetic_feed(make_mlp(), samples=3)[1] == "3 noise"  # no image input
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", 32])
+    model = make_mlp()
+    model.graph.input.append(mask)
+    feed, _ = synthetic_feed(model, samples=2)
+    assert feed["attention_mask"].shape == (2, 32) and (feed["attention_mask"] == 1).all()
+
+
+def test_cosines_ignore_entries_the_reference_gives_no_finite_value_for() -> None:
+    from onnxopt.pruning.guard import _cosines
+
+    ref = np.array([[1.0, np.nan, 2.0], [3.0, 4.0, np.inf]])
+    assert _cosines(ref, ref.copy(), 2) == pytest.approx([1.0, 1.0])
+    cand = np.array([[1.0, 5.0, 2.0], [3.0, np.nan, 0.0]])  # NaN where the reference is finite: broken
+    assert _cosines(ref, cand, 2) == pytest.approx([1.0, 0.0])
+    assert _cosines(ref, cand[:, :2], 2).tolist() == [0.0]  # shape changed

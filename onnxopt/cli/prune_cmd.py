@@ -171,8 +171,8 @@ def _print(report: dict, method: str) -> None:
     if fid.get("message"):
         console.print(escape(fid["message"]), soft_wrap=True)  # one line, whatever the terminal width
     elif fid.get("checked"):
-        console.print(f"output cosine {fid['min_cosine']:.4f} >= {fid['min_cosine_floor']:g} "
-                      f"(min over {fid['samples']} {fid['inputs']} samples)")
+        console.print(f"output cosine {fid['min_cosine']:.6f} >= {fid['min_cosine_checked']:g} "
+                      f"(min over {fid['samples']} samples: {fid['inputs']})")
     acc = report.get("accuracy")
     if acc:
         console.print(f"accuracy {acc['before']:.2f}% -> {acc['after']:.2f}% (drop {acc['drop']:.2f} pp, no fine-tuning)")

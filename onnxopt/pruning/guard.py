@@ -1,16 +1,16 @@
 """The fidelity floor of pruning: measure a pruned model against its input, lower the amount until it holds.
 
 Pruning changes the answers. After pruning, every sample of a feed (the user's data, else
-`samples` seeded synthetic inputs from core.feeds.synthesize_feed) is run through both models
-with onnxruntime, one sample at a time; per sample and per output the cosine of the flattened
-outputs is taken (float64, over the entries the input model gives finite values for). The floor
-holds when the minimum over them is >= `min_cosine` and, with labels, the top-1 accuracy drop
-is <= `max_accuracy_drop` percentage points.
+seeded synthetic samples from onnxopt.pruning.probe: noise, and image-like fields for image
+models) is run through both models with onnxruntime, one sample at a time; per sample and per
+output the cosine of the flattened outputs is taken (float64, over the entries the input model
+gives finite values for). The floor holds when the minimum over them is >= `min_cosine` and,
+with labels, the top-1 accuracy drop is <= `max_accuracy_drop` percentage points.
 
 Synthetic inputs are a weak probe: noise saturates classifier heads and fires no detection, so
 a pruned model can look fine on it and not on real inputs. Measured on 11 real models (the
 scripts/realmodels corpus, 8 samples each), 1 - cosine on real-looking inputs was 3x to 200x
-what it was on synthetic ones at the same sparsity. Without data the floor is therefore
+what it was on noise at the same sparsity. Without data the floor is therefore
 checked `synthetic_margin` (100) times tighter on 1 - cosine: 0.99 becomes 0.9999.
 
 When the requested amount (sparsity, threshold or channel ratio) misses the floor, it is
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +31,11 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.errors import GateFailedError, InvalidInputError, OnnxoptError, short_message
-from onnxopt.core.feeds import Feed, batches, concat_feeds, feed_samples, synthesize_feed
+from onnxopt.core.feeds import Feed, batches, feed_samples
 from onnxopt.core.model import batch_axes, fixed_batch, graph_inputs
 from onnxopt.core.runtime import SessionConfig, create_session, lean_session
 from onnxopt.measure.fidelity import accuracy_of
+from onnxopt.pruning.probe import synthetic_feed
 from onnxopt.pruning.result import PruneResult
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class FidelityFloor:
 
     min_cosine: lowest per-sample output cosine allowed (0 turns the cosine check off).
     max_accuracy_drop: largest top-1 accuracy drop in points, used only with labels (None: off).
-    samples/seed/shape_overrides: the synthetic feed used when no data is given.
+    samples/seed/shape_overrides: the synthetic feed used when no data is given (`samples` noise
+    samples, and as many image-like ones for an image model).
     synthetic_margin: on synthetic inputs 1 - cosine must be this many times smaller (module doc).
     steps: bisection steps of the repair (the smallest value tried is requested / 2**steps).
     """
@@ -180,21 +181,6 @@ class _Meter:
         return _Check(value, cos, acc, True, ok)
 
 
-def synthetic_feed(model: ModelProto, floor: FidelityFloor) -> Feed:
-    """`floor.samples` seeded samples (batch 1 each, seeds seed..seed+samples-1) joined sample-wise;
-    integer inputs named like a mask ('attention_mask') are all ones."""
-    axes = batch_axes(model)
-    parts = [synthesize_feed(model, batch=1, overrides=floor.shape_overrides, seed=floor.seed + i)
-             for i in range(floor.samples)]
-    for part in parts:  # random ids in an attention mask are no mask: a transformer's outputs turn NaN
-        for name, arr in part.items():
-            if np.issubdtype(arr.dtype, np.integer) and "mask" in re.findall(r"[a-z]+", name.lower()):
-                part[name] = np.ones_like(arr)
-    if not any(a is not None for a in axes.values()):
-        return parts[0]  # nothing batched: one sample is all there is
-    return concat_feeds(parts, axes)
-
-
 def _pct(field: str, value: float) -> str:
     if field == "threshold":
         return f"{value:g}"
@@ -270,8 +256,11 @@ def guarded_prune(
         result.report["fidelity"] = {"checked": False, "parameter": field, "requested": requested,
                                      "applied": requested, "min_cosine_floor": floor.min_cosine}
         return result
-    source = "data" if feed is not None else "synthetic"
-    meter = _Meter(model, feed if feed is not None else synthetic_feed(model, floor), labels, floor, source)
+    source, described = "data", "data"
+    if feed is None:
+        source = "synthetic"
+        feed, described = synthetic_feed(model, floor.samples, floor.seed, floor.shape_overrides)
+    meter = _Meter(model, feed, labels, floor, source)
 
     def run(value: float) -> _Check:
         return meter.check(value, prune(model, dataclasses.replace(fast, **{field: value})))
@@ -287,8 +276,9 @@ def guarded_prune(
             # the smallest value that changed the model (smaller ones may change nothing: channel counts round down)
             low = min((c for c in tried if c.modified), key=lambda c: c.value)
             at = f" at {_pct(field, low.value)}"
+            what = "pruning breaks the model" if source == "data" else "pruning cannot be shown safe on synthetic inputs"
             raise GateFailedError(
-                f"pruning breaks the model: no {field} from {_pct(field, requested)} down to {_pct(field, low.value)} "
+                f"{what}: no {field} from {_pct(field, requested)} down to {_pct(field, low.value)} "
                 f"keeps {_criteria(floor, low, meter, at)}; nothing written; {hint}"
             )
         message = (f"{field} lowered from {_pct(field, requested)} to {_pct(field, best.value)} to keep "
@@ -296,7 +286,7 @@ def guarded_prune(
         log.info("%s", message)
         check = best
     final = prune(model, dataclasses.replace(config, **{field: check.value}))
-    final.report["fidelity"] = _record(field, requested, check, meter, source, tried, floor, message)
+    final.report["fidelity"] = _record(field, requested, check, meter, described, tried, floor, message)
     if meter.acc_ref is not None and check.accuracy is not None:
         final.report["accuracy"] = {"before": meter.acc_ref, "after": check.accuracy,
                                     "drop": meter.acc_ref - check.accuracy}
@@ -323,7 +313,7 @@ def _record(field: str, requested: float, check: _Check, meter: _Meter, source: 
         "accuracy_before": meter.acc_ref,
         "accuracy_after": check.accuracy,
         "max_accuracy_drop": floor.max_accuracy_drop if meter.acc_ref is not None else None,
-        "inputs": source,
+        "inputs": source,  # "data", or "8 noise + 8 image-like" (onnxopt.pruning.probe)
         "samples": meter.samples,
         "tried": [{"value": c.value, "min_cosine": c.min_cosine, "accuracy": c.accuracy, "ok": c.ok}
                   for c in tried],
