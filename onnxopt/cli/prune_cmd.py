@@ -47,9 +47,18 @@ CHANNELS_ONLY = ("ratio", "importance", "min_channels", "round_to")
 @click.option("--skip", multiple=True, help="Node or initializer name to leave alone (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit 1 (and write nothing) when there is nothing to prune.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Validation .npz (inputs + 'labels'): report accuracy before/after.")
+              help="Validation .npz (inputs, optional 'labels'): the fidelity floor is measured on it "
+                   "(else on 8 seeded synthetic samples); with labels, accuracy before/after too.")
+@number_option("--min-cosine", low=0, high=1, default=None,
+               help="Floor: min per-sample output cosine vs the input model; below it the sparsity/ratio is "
+                    "lowered (exit 3 if none holds) [default: 0.99; 0 turns it off].")
+@number_option("--max-accuracy-drop", low=0, default=None,
+               help="Floor with labelled --data: max accuracy drop in points [default: 0.5].")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..",
+              help="Shape of an input with symbolic dims for the synthetic samples (repeatable).")
 @json_option
 def command(model: Path, output: Path, method: str, strict: bool, data: Path | None, skip: tuple[str, ...],
+            min_cosine: float | None, max_accuracy_drop: float | None, shapes: tuple[str, ...],
             as_json: bool, **opts: Any) -> None:
     """Prune MODEL and write the result to OUTPUT.
 
@@ -59,6 +68,9 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
     Channel pruning removes whole channels through the graph (residual groups, concat, depthwise,
     flatten heads) and makes the model faster; fine-tune afterwards to recover accuracy.
 
+    Fidelity floor: the pruned model is checked per sample against MODEL (output cosine >= 0.99,
+    accuracy drop <= 0.5 pt with labels); below it the sparsity/ratio is lowered and a line says
+    so; when no value holds, nothing is written and the exit code is 3.
     \b
     Examples:
       onnxopt prune model.onnx -o sparse.onnx --sparsity 0.5 --sparse-storage
@@ -81,6 +93,9 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
 
     plan = FilePlan.of(reads={"input model": model, "--data": data}, writes={"-o": output})
     plan.check()  # before any work: the output may not clobber an input
+    proto = load_model(model)
+    _validate(proto, model)
+    floor, feed, labels = _floor(proto, data, min_cosine, max_accuracy_drop, shapes)
     if method == "magnitude":
         cfg: Any = option_config(
             MagnitudeConfig,
@@ -93,13 +108,14 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
             ChannelConfig,
             ratio=opts["ratio"] if opts["ratio"] is not None else 0.3, importance=opts["importance"] or "l1",
             min_channels=opts["min_channels"] or 1, round_to=opts["round_to"] or 1, skip=skip)
-    proto = load_model(model)
-    _validate(proto, model)
-    result = prune_magnitude(proto, cfg) if method == "magnitude" else prune_channels(proto, cfg)
+    if method == "magnitude":
+        result = prune_magnitude(proto, cfg, floor=floor, feed=feed, labels=labels)
+    else:
+        result = prune_channels(proto, cfg, floor=floor, feed=feed, labels=labels)
     report = dict(result.report)
     if not result.modified and strict:
         raise OnnxoptError(f"{model}: nothing to prune ({report.get('message', 'no change')}); --strict")
-    if data is not None:
+    if labels is not None and data is not None:
         report["accuracy"] = _accuracy(proto, result.model, data)
     with staged(plan) as outputs:
         outputs.model(output, result.model)
@@ -146,6 +162,23 @@ def _accuracy(before: Any, after: Any, data: Path) -> dict[str, float | None]:
     return {"before": a0, "after": a1, "drop": a0 - a1}
 
 
+def _floor(proto: Any, data: Path | None, min_cosine: float | None, max_accuracy_drop: float | None,
+           shapes: tuple[str, ...]) -> tuple[Any, Any, Any]:
+    """The fidelity floor and the data it is measured on: (FidelityFloor, feed or None, labels or None)."""
+    from onnxopt.core.feeds import parse_shape_overrides
+    from onnxopt.measure.fidelity import load_eval_data, require_labels
+    from onnxopt.pruning.guard import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_COSINE, FidelityFloor
+
+    feed, labels = load_eval_data(proto, data) if data is not None else (None, None)
+    if max_accuracy_drop is not None:
+        require_labels(labels)
+    floor = FidelityFloor(
+        min_cosine=DEFAULT_MIN_COSINE if min_cosine is None else min_cosine,
+        max_accuracy_drop=DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop,
+        shape_overrides=parse_shape_overrides(shapes) or None)
+    return floor, feed, labels
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -189,6 +222,12 @@ def _print(report: dict, method: str) -> None:
         console.print(escape(f"skipped {skipped['name']}: {skipped['reason']}"))
     if report.get("message"):
         console.print(escape(report["message"]))
+    fid = report.get("fidelity", {})
+    if fid.get("message"):
+        console.print(escape(fid["message"]), soft_wrap=True)  # one line, whatever the terminal width
+    elif fid.get("checked"):
+        console.print(f"output cosine {fid['min_cosine']:.6f} >= {fid['min_cosine_checked']:g} "
+                      f"(min over {fid['samples']} samples: {fid['inputs']})")
     acc = report.get("accuracy")
     if acc:
         console.print(f"accuracy {acc['before']:.2f}% -> {acc['after']:.2f}% (drop {acc['drop']:.2f} pp, no fine-tuning)")

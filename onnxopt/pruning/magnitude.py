@@ -17,8 +17,10 @@ import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.feeds import Feed
 from onnxopt.core.model import copy_model, subgraph_op_counts
 from onnxopt.passes.graph import constants_to_initializers
+from onnxopt.pruning.guard import FidelityFloor, guarded_prune
 from onnxopt.pruning.result import PruneResult
 from onnxopt.pruning.sparse_storage import compress_initializers, model_sizes
 
@@ -151,11 +153,30 @@ def subgraph_skips(model: ModelProto, op_types: Iterable[str]) -> list[dict]:
     ]
 
 
-def prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
+def prune_magnitude(
+    model: ModelProto,
+    config: MagnitudeConfig,
+    *,
+    floor: FidelityFloor | None = None,
+    feed: Feed | None = None,
+    labels: np.ndarray | None = None,
+) -> PruneResult:
     """Zero the smallest-magnitude weights of Conv/Gemm/MatMul initializers (input not modified).
 
     Weights held in Constant nodes (paddle2onnx exports) are moved into initializers first.
+    With a `floor` (onnxopt.pruning.guard.FidelityFloor) the pruned model is measured against
+    the input on `feed` (with `labels`: accuracy too; without a feed: seeded synthetic inputs)
+    and the sparsity (or threshold) is lowered until the floor holds; GateFailedError when no
+    value does. `report["fidelity"]` records requested and applied values.
     """
+    if floor is not None:
+        field = "threshold" if config.threshold is not None else "sparsity"
+        return guarded_prune(model, config, _prune_magnitude, field, floor, feed, labels)
+    return _prune_magnitude(model, config)
+
+
+def _prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
+    """prune_magnitude without a fidelity floor."""
     original = model
     model, moved = constants_to_initializers(model)
     chosen, skipped = _candidates(model, config)

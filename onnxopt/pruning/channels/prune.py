@@ -20,10 +20,12 @@ import onnx
 from onnx import ModelProto, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError, OnnxoptError
+from onnxopt.core.feeds import Feed
 from onnxopt.core.model import copy_model, initializer_stats, subgraph_inputs, subgraph_op_counts
 from onnxopt.passes.graph import constants_to_initializers
 from onnxopt.pruning.channels.graph import GraphIndex, Group
 from onnxopt.pruning.channels.groups import build_groups
+from onnxopt.pruning.guard import FidelityFloor, guarded_prune
 from onnxopt.pruning.result import PruneResult
 
 log = logging.getLogger(__name__)
@@ -182,11 +184,29 @@ def _refresh_shapes(model: ModelProto) -> ModelProto:
         return model
 
 
-def prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
+def prune_channels(
+    model: ModelProto,
+    config: ChannelConfig,
+    *,
+    floor: FidelityFloor | None = None,
+    feed: Feed | None = None,
+    labels: np.ndarray | None = None,
+) -> PruneResult:
     """Remove the least important `ratio` of channels of every safely traceable group.
 
     Weights held in Constant nodes (paddle2onnx exports) are moved into initializers first.
+    With a `floor` (onnxopt.pruning.guard.FidelityFloor) the pruned model is measured against
+    the input on `feed` (with `labels`: accuracy too; without a feed: seeded synthetic inputs)
+    and the ratio is lowered until the floor holds; GateFailedError when no ratio does.
+    `report["fidelity"]` records requested and applied ratios.
     """
+    if floor is not None:
+        return guarded_prune(model, config, _prune_channels, "ratio", floor, feed, labels)
+    return _prune_channels(model, config)
+
+
+def _prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
+    """prune_channels without a fidelity floor."""
     original = model
     model, moved = constants_to_initializers(model)
     ix, groups = build_groups(model)
