@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 
+# Same block as scripts/resnet.py on purpose: files in models/ are self-contained factories that
+# `onnxopt convert models/digits_resnet.py:...` loads by path, without the scripts folder.
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity or 1x1 projection shortcut."""
 

@@ -210,3 +210,25 @@ def test_check_data_checks_labels_against_the_classes() -> None:
     assert check_data({"x": x}, "d.npz", labels=np.array([0.0, 1.0, 2.0]), classes=3).dtype == np.int64  # type: ignore[union-attr]
     with pytest.raises(InvalidInputError, match="label of sample 2 is 3 but the model has 3 classes"):
         check_data({"x": x}, "d.npz", labels=np.array([0, 1, 3]), classes=3)
+
+
+def test_empty_data_is_one_line() -> None:
+    from onnxopt.core.checks import check_sample_counts
+
+    with pytest.raises(InvalidInputError, match="'x' holds no samples"):
+        check_sample_counts(_tiny_batched(), {"x": np.zeros((0, 2), np.float32)}, "val.npz")
+
+
+def test_absurd_declared_dims_are_refused_before_allocating() -> None:
+    from onnxopt.core.feeds import synthesize_feed
+
+    model = _tiny_batched(width=2**62)
+    with pytest.raises(InvalidInputError, match="would take .* bytes; pass --shape"):
+        synthesize_feed(model)
+
+
+def _tiny_batched(width: int = 2) -> onnx.ModelProto:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, ["batch", width])],
+                          [helper.make_tensor_value_info("y", 1, ["batch", width])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])

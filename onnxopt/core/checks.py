@@ -90,6 +90,9 @@ def check_sample_counts(model: ModelProto, feed: Mapping[str, np.ndarray], sourc
     batched = [s.name for s in graph_inputs(model)
                if s.shape and (not isinstance(s.shape[0], int) or s.shape[0] <= 0 or s.shape[0] == fixed)]  # fmt: skip
     counts = {k: int(np.shape(feed[k])[0]) for k in batched if k in feed and np.ndim(feed[k])}
+    if 0 in counts.values():
+        empty = next(k for k, n in counts.items() if n == 0)
+        raise InvalidInputError(f"{source}: {empty!r} holds no samples; give at least one")
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{k!r} {n}" for k, n in counts.items())
         raise InvalidInputError(f"{source}: the inputs hold different numbers of samples ({listed}); give each as many")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,6 +16,8 @@ from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.model import TensorSpec, batch_axes, graph_inputs
 
 Feed = dict[str, np.ndarray]
+# Synthesized inputs larger than this are a mistake (a corrupt or absurd declared shape), not a deployment.
+MAX_SYNTHETIC_BYTES = 8 * 2**30
 
 Axes = Mapping[str, int | None]  # input name -> batch axis (core.model.batch_axes); None: fed as it is
 
@@ -130,6 +133,12 @@ def synthesize_feed(
     for spec in graph_inputs(model):
         shape = resolve_shape(spec, batch, overrides, batch_axis=axes.get(spec.name, 0))
         dt = spec.numpy_dtype
+        nbytes = math.prod(shape) * np.dtype(dt).itemsize  # Python ints: no overflow on absurd dims
+        if nbytes > MAX_SYNTHETIC_BYTES:
+            raise InvalidInputError(
+                f"input {spec.name}: shape {'x'.join(map(str, shape))} would take {nbytes:,} bytes; "
+                "pass --shape with the deployment size or real inputs with --data"
+            )
         if np.issubdtype(dt, np.floating):
             arr = np.asarray(rng.standard_normal(shape)).astype(dt)
         elif dt == np.bool_:
