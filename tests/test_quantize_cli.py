@@ -115,3 +115,18 @@ def test_subprocess_bad_input_has_no_traceback(tmp_path: Path, digits_cnn: Path)
                        cwd=ROOT, timeout=120)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_progress_on_stderr_and_none_under_json(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                convnet_path: Path) -> None:
+    """Long work says what it is doing ('... quantize: building X (i of n)'); --json keeps stderr quiet."""
+    code, out, err = run_main(capsys, str(convnet_path), "-o", str(tmp_path / "a.onnx"), "--mode", "auto",
+                              "--runs", "2")
+    assert code in (0, 3), err
+    steps = [line for line in err.splitlines() if line.startswith("... quantize: ")]
+    assert any("building dynamic" in s and " of " in s for s in steps), err
+    assert any("timing" in s for s in steps), err
+    code, out, err = run_main(capsys, str(convnet_path), "-o", str(tmp_path / "b.onnx"), "--mode", "auto",
+                              "--runs", "2", "--json")
+    assert code in (0, 3) and json.loads(out)["output"]
+    assert "... " not in err

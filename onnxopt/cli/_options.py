@@ -330,6 +330,15 @@ def source_path(spec: str | None) -> Path | None:
     return Path(file) if sep and file and Path(file).is_file() else None
 
 
+def progress_printer(as_json: bool = False) -> Callable[[str], None] | None:
+    """The listener of long work's progress (core.progress): '... step' lines on stderr, or
+    None under --quiet and --json (a pipeline reading stdout gets the JSON alone)."""
+    ctx = click.get_current_context(silent=True)
+    if as_json or (ctx is not None and (ctx.find_root().obj or {}).get("quiet")):
+        return None
+    return lambda msg: click.echo(f"... {msg}", err=True)
+
+
 def echo_json(obj: Any) -> None:
     """Print obj as indented JSON."""
     click.echo(json.dumps(obj, indent=2, default=json_default))

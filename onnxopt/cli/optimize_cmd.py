@@ -18,6 +18,7 @@ from onnxopt.cli._options import (
     number_option,
     option_config,
     output_option,
+    progress_printer,
     seed_option,
     threads_option,
 )
@@ -92,6 +93,7 @@ def command(
     from onnxopt.core.errors import MissingLabelsError
     from onnxopt.core.files import FilePlan
     from onnxopt.core.model import load_model
+    from onnxopt.core.progress import listening
     from onnxopt.optimization import run
     from onnxopt.optimization.recipe import load_recipe
 
@@ -122,10 +124,9 @@ def command(
         from onnxopt.optimization.decisions import load_decisions
 
         replay = load_decisions(typing.cast(Path, decisions_path))
-    quiet = as_json or bool((ctx.obj or {}).get("quiet"))
-    progress = None if quiet else (lambda msg: click.echo(f"... {msg}", err=True))
     try:
-        result = run.run_plan(proto, decided, val=val, calib=calib, progress=progress, decisions=replay)
+        with listening(progress_printer(as_json)):
+            result = run.run_plan(proto, decided, val=val, calib=calib, decisions=replay)
     except MissingLabelsError as e:  # a missing --data is a usage error here, as for the other options
         raise click.UsageError(str(e)) from e
     from onnxopt.optimization import report

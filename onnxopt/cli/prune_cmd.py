@@ -15,6 +15,7 @@ from onnxopt.cli._options import (
     number_option,
     option_config,
     output_option,
+    progress_printer,
 )
 
 MAGNITUDE_ONLY = ("sparsity", "threshold", "global_", "include", "min_elements", "sparse_storage", "gzip")
@@ -88,6 +89,7 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
     from onnxopt.core.errors import OnnxoptError
     from onnxopt.core.files import FilePlan, staged
     from onnxopt.core.model import load_model
+    from onnxopt.core.progress import listening
     from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
     from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
 
@@ -108,10 +110,11 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
             ChannelConfig,
             ratio=opts["ratio"] if opts["ratio"] is not None else 0.3, importance=opts["importance"] or "l1",
             min_channels=opts["min_channels"] or 1, round_to=opts["round_to"] or 1, skip=skip)
-    if method == "magnitude":
-        result = prune_magnitude(proto, cfg, floor=floor, feed=feed, labels=labels)
-    else:
-        result = prune_channels(proto, cfg, floor=floor, feed=feed, labels=labels)
+    with listening(progress_printer(as_json)):
+        if method == "magnitude":
+            result = prune_magnitude(proto, cfg, floor=floor, feed=feed, labels=labels)
+        else:
+            result = prune_channels(proto, cfg, floor=floor, feed=feed, labels=labels)
     report = dict(result.report)
     if not result.modified and strict:
         raise OnnxoptError(f"{model}: nothing to prune ({report.get('message', 'no change')}); --strict")

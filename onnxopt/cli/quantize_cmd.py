@@ -17,6 +17,7 @@ from onnxopt.cli._options import (
     number_option,
     option_config,
     output_option,
+    progress_printer,
     runs_option,
     threads_option,
 )
@@ -105,6 +106,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     from onnxopt.core.feeds import parse_shape_overrides
     from onnxopt.core.files import FilePlan, staged
     from onnxopt.core.model import load_model
+    from onnxopt.core.progress import listening
     from onnxopt.core.runtime import bench_session
     from onnxopt.measure.benchmark import BenchConfig
     from onnxopt.measure.fidelity import load_eval_data
@@ -139,7 +141,8 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     if mode == "auto" or not no_bench:
         bench = BenchConfig(session=bench_session(threads), runs=max(2, runs), batch=batch,
                             shape_overrides=parse_shape_overrides(shapes) or None)
-    result = quantize(proto, config, calib=calib, val=val, bench=bench)
+    with listening(progress_printer(as_json)):
+        result = quantize(proto, config, calib=calib, val=val, bench=bench)
     report: dict[str, Any] = dict(result.report)
     report["output"] = str(output)
     with staged(plan) as outputs:  # the model and the report, or (on any failure) neither

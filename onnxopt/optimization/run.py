@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto, StringStringEntryProto
 
+from onnxopt.core import progress as progress_channel
 from onnxopt.core.errors import GateFailedError
 from onnxopt.core.feeds import Feed, feed_samples, first_batch, synthesize_feed
 from onnxopt.core.model import (
@@ -174,7 +175,7 @@ def run_plan(
 
     cfg, rec = decided.config, decided.recipe
     t_start = time.perf_counter()
-    say = progress or (lambda _msg: None)
+    say = progress or progress_channel.report  # the caller's callback, else whoever listens (core.progress)
     warnings: list[str] = []
     if cfg.gates.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
+from onnxopt.core import progress
 from onnxopt.core.errors import GateFailedError, InvalidInputError, OnnxoptError, short_message
 from onnxopt.core.feeds import Feed, batches, feed_samples
 from onnxopt.core.model import batch_axes, fixed_batch, graph_inputs
@@ -263,6 +264,7 @@ def guarded_prune(
     meter = _Meter(model, feed, labels, floor, source)
 
     def run(value: float) -> _Check:
+        progress.report(f"prune: checking {field} {_pct(field, value)} against the floor")
         return meter.check(value, prune(model, dataclasses.replace(fast, **{field: value})))
 
     check = meter.check(requested, first)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnx import ModelProto
 
+from onnxopt.core import progress
 from onnxopt.core.cpu import CpuFeatures
 from onnxopt.core.model import copy_model
 from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark, timing_feed
@@ -89,6 +90,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
         cand = queue.pop(0)
         if cand.name in rows:
             continue
+        progress.report(f"quantize: building {cand.name} ({len(rows) + 1} of {len(rows) + 1 + len(queue)})")
         try:
             b = sess.build(cand)
         except CandidateFailed as e:
@@ -105,6 +107,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
     quick_cfg = replace(bench, warmup=min(bench.warmup, 2), runs=config.quick_runs, duration_s=None)
     names = ["input", "float"] + list(built)
     models = [sess.original, float_model] + [b.model for b in built.values()]
+    progress.report(f"quantize: timing {len(models)} models briefly ({config.quick_runs} runs each)")
     res = _bench(models, names, quick_cfg, feed)
     quick = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
     rows["float"] = _row("float", "ok", size=model_size(float_model), fidelity=float_fid.to_dict(),
@@ -170,6 +173,7 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     models = [sess.original, float_model] + [b.model for b in finalists]
     extra: dict[str, Any] = {}
     for attempt, runs in enumerate((config.final_runs, 2 * config.final_runs)):
+        progress.report(f"quantize: timing {len(finalists)} finalist(s) against float and the input ({runs} runs each)")
         res = _bench(models, names, replace(bench, runs=runs, duration_s=None), feed)
         final = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
         ok = [n for n in names[1:] if final[n].high <= NOT_SLOWER]

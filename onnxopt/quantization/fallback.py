@@ -14,6 +14,7 @@ from typing import Any
 
 from onnx import ModelProto
 
+from onnxopt.core import progress
 from onnxopt.measure.fidelity import FidelityReport
 from onnxopt.quantization.engine import Candidate, CandidateFailed
 from onnxopt.quantization.evaluate import Budget, Evaluator
@@ -65,7 +66,8 @@ def rank_nodes(base: Built, build: Builder, evaluator: Evaluator) -> list[tuple[
     sub = evaluator.subset(min(SENSITIVITY_SAMPLES, evaluator.samples))
     nodes = base.quantized_nodes
     ranked: list[tuple[str, float]] = []
-    for node in nodes:
+    for i, node in enumerate(nodes):
+        progress.report(f"quantize: sensitivity of node {i + 1} of {len(nodes)} ({node})")
         others = [m for m in nodes if m != node]
         try:
             only = build(base.cand.with_excluded(others), sub)
@@ -89,6 +91,7 @@ def fallback(base: Built, build: Builder, evaluator: Evaluator, budget: Budget) 
     best, best_short = base, budget.shortfall(base.fidelity)
     order = [n for n, _ in ranked]
     for k in _steps(len(order)):
+        progress.report(f"quantize: fallback, {k} most sensitive node(s) back to float")
         cand = base.cand.with_excluded(order[:k])
         try:
             built = build(cand, evaluator)
