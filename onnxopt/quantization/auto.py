@@ -90,7 +90,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
         cand = queue.pop(0)
         if cand.name in rows:
             continue
-        progress.report(f"quantize: building {cand.name} ({len(rows) + 1} of {len(rows) + 1 + len(queue)})")
+        progress.report(f"quantize: building {cand.name} (candidate {len(rows) + 1}, {len(queue)} more queued)")
         try:
             b = sess.build(cand)
         except CandidateFailed as e:
