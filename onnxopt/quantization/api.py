@@ -17,6 +17,7 @@ from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.core.feeds import Feed, synthesize_feed
 from onnxopt.core.model import copy_model, fixed_batch
+from onnxopt.core.names import name_nodes
 from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
 from onnxopt.measure.fidelity import require_labels
 from onnxopt.measure.stats import latency_ratio
@@ -135,6 +136,9 @@ def quantize(
     notes: list[str] = []
     cpu = detect_cpu()
     original = copy_model(model)
+    named = name_nodes(original)  # the report, exclusions and decisions identify nodes by name
+    if named:
+        notes.append(f"{named} unnamed node(s) given stable names: <op type>_<position>_<hash>")
     source = _as_source(original, calib, cfg)
     feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes, bench)
     evaluator = Evaluator(original, feed, labels, eval_source)

@@ -28,6 +28,7 @@ from onnxopt.core.model import (
     sort_nodes,
     subgraph_notes,
 )
+from onnxopt.core.names import name_nodes
 from onnxopt.core.runtime import SessionConfig, create_session, log_severity, run
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,7 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
                                                    "If/Loop/Scan subgraphs)"))
     folded_path = workdir / "float_folded.onnx"
     folded = prune_opset_imports(copy_model(model)) if graph_optimized else ort_optimize(model, "basic")
+    name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
     onnx.save(folded, str(folded_path))
     variants: list[Prepared] = []
     pre_path = workdir / "float_preprocessed.onnx"
@@ -239,7 +241,10 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
             # Its symbolic shape inference writes temporary files into the current directory.
             with quiet_quantizer(), scratch_cwd("onnxopt-prep-"):  # input optimized already: skip its optimizer
                 quant_pre_process(str(folded_path.resolve()), str(pre_path.resolve()), skip_optimization=True, **kwargs)
-            variants.append(Prepared("preprocessed", pre_path, onnx.load(str(pre_path))))
+            pre = onnx.load(str(pre_path))
+            if name_nodes(pre):
+                onnx.save(pre, str(pre_path))
+            variants.append(Prepared("preprocessed", pre_path, pre))
             if kwargs:
                 notes.append(
                     "quant_pre_process with defaults failed (symbolic shape inference); "
@@ -310,7 +315,9 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
                     calibration_cache_path=str(cache),
                     **common,
                 )
-        return prune_opset_imports(sort_nodes(onnx.load(str(out))))
+        q = prune_opset_imports(sort_nodes(onnx.load(str(out))))
+        name_nodes(q)  # the quantizer leaves some of the nodes it adds unnamed
+        return q
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's quantizer failed: {_short(e)}") from e
     finally:
