@@ -43,6 +43,7 @@ from onnxopt.quantization.engine import (
 from onnxopt.quantization.evaluate import Budget, Evaluator
 from onnxopt.quantization.fallback import fallback
 from onnxopt.quantization.session import QuantSession, built_entry
+from onnxopt.quantization.weight_only import require_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def quantize(
     if budget.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)
     require_calibration(cfg.mode, calib)
+    if cfg.mode == "weight-only":
+        require_algorithm(cfg.algorithm)
     notes: list[str] = []
     cpu = detect_cpu()
     original = copy_model(model)
