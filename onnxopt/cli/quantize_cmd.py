@@ -44,8 +44,10 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.command("quantize")
 @model_argument
 @output_option(required=True)
-@click.option("--mode", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True,
-              help="auto: build candidates, measure them here, keep the best for --objective.")
+@click.option("--mode", type=click.Choice(["auto", "dynamic", "static", "weight-only"]), default="auto",
+              show_default=True, help="auto: build candidates, measure them here, keep the best for --objective "
+              "(weight-only int4 included for MatMul-heavy models); weight-only: MatMul weights in --bits bits "
+              "(onnxruntime's MatMulNBits), activations float.")
 @click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
               help="auto: fastest model within the budget, or smallest model within the budget.")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,
@@ -67,6 +69,14 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--activation-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
 @click.option("--op-types", default=None, help="Only quantize these op types, e.g. MatMul,Gemm.")
 @click.option("--exclude-nodes", default=None, help="Keep these nodes in float (comma-separated names).")
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
+              help="weight-only: bits per weight.")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="32", show_default=True,
+              help="weight-only: weights sharing one scale (smaller: more accurate, larger: smaller file).")
+@click.option("--algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
+              help="weight-only: rtn (round to nearest) or hqq (optimized scales; needs torch).")
+@click.option("--accuracy-level", type=click.Choice(["0", "1", "4"]), default="4", show_default=True,
+              help="weight-only: 4 multiplies in int8 (fast on CPUs), 0/1 dequantizes and multiplies in float.")
 @click.option("--image-size", default=None, help="Image calibration: H,W (default: the model's input size).")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--mean", default=None, help="Image calibration: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")
@@ -86,10 +96,11 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
 def command(model: Path, output: Path, mode: str, objective: str, calib_data: Path | None, calib_method: str,
             calib_samples: int, val_data: Path | None, max_accuracy_drop: float | None, min_cosine: float | None,
             fmt: str, per_channel: bool, reduce_range: bool, weight_type: str, activation_type: str,
-            op_types: str | None, exclude_nodes: str | None, image_size: str | None, layout: str,
+            op_types: str | None, exclude_nodes: str | None, bits: str, block_size: str, algorithm: str,
+            accuracy_level: str, image_size: str | None, layout: str,
             mean: str | None, std: str | None, scale: float, grid: str, threads: int, runs: int, batch: int,
             shapes: tuple[str, ...], no_bench: bool, force: bool, report_path: Path | None, as_json: bool) -> None:
-    """Quantize MODEL to int8 with onnxruntime and write OUTPUT.
+    """Quantize MODEL to int8 (or int4 weight-only) with onnxruntime and write OUTPUT.
 
     \b
     Examples:
@@ -98,6 +109,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
       onnxopt quantize model.onnx -o q.onnx --mode static --per-channel --calib-data images/ \\
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       onnxopt quantize model.onnx -o q.onnx --mode dynamic --data val.npz --max-accuracy-drop 0.5
+      onnxopt quantize decoder.onnx -o q4.onnx --mode weight-only --bits 4 --block-size 32
 
     Exit codes: 0 ok, 1 bad input, 2 usage error, 3 the accuracy budget was not met (the closest model is
     still written).
@@ -123,6 +135,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
         activation_type=activation_type, calib_method=calib_method, calib_samples=calib_samples,
         op_types=_csv(op_types), exclude_nodes=_csv(exclude_nodes), objective=objective,
         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, force=force, grid=grid, final_runs=runs,
+        bits=int(bits), block_size=int(block_size), algorithm=algorithm, accuracy_level=int(accuracy_level),
     )
     spec = None
     if calib_data is not None:

@@ -80,8 +80,14 @@ def _check_path(path: Path) -> None:
         raise InvalidModelError(f"{path}: file is empty")
 
 
-def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> ModelProto:
-    """Load a model from disk (with its external data) or raise InvalidModelError."""
+def load_model(
+    path: str | os.PathLike[str], *, load_external_data: bool = True, name_nodes: bool = True
+) -> ModelProto:
+    """Load a model from disk (with its external data unless asked not to) or raise InvalidModelError.
+
+    name_nodes: give unnamed nodes stable unique names (onnxopt.core.names), as every command
+    that works on nodes needs; names already present are kept.
+    """
     p = Path(path)
     _check_path(p)
     try:
@@ -102,6 +108,10 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
             ) from e
         except Exception as e:
             raise InvalidModelError(f"{p}: cannot read external data: {_short(e)}") from e
+    if name_nodes:
+        from onnxopt.core.names import name_nodes as _name
+
+        _name(model)
     return model
 
 

@@ -32,7 +32,7 @@ VERSION = 1
 _SEARCH_ONLY = ("grid", "quick_runs", "final_runs", "finalists")
 # The fields of a recorded quantizer configuration (quantization.engine.Candidate) a replay sets.
 _CANDIDATE_FIELDS = ("mode", "format", "activation_type", "weight_type", "per_channel", "reduce_range",
-                     "op_types", "exclude_nodes", "calib_method")
+                     "op_types", "exclude_nodes", "calib_method", "bits", "block_size", "algorithm", "accuracy_level")
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,9 @@ def plan(model: ModelProto, recipe: Recipe | None = None, config: OptimizeConfig
 def stage_label(pass_name: str, report: dict[str, Any]) -> str:
     """A human name for the stage a pass produced, e.g. 'quantized (int8 static)'."""
     label = STAGE_LABELS.get(pass_name, pass_name)
-    if pass_name == "quantize" and report.get("mode") and report["mode"] != "skipped":
+    if pass_name == "quantize" and report.get("mode") == "weight-only":
+        label += f" (int{(report.get('quantizer') or {}).get('bits', 4)} weight-only)"
+    elif pass_name == "quantize" and report.get("mode") and report["mode"] != "skipped":
         label += f" (int8 {report['mode']})"
     return label
 

@@ -15,6 +15,7 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, PassError
 from onnxopt.core.feeds import Feed
+from onnxopt.core.names import with_node_names
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class Pipeline:
         ctx = context or PassContext()
         done: list[str] = []
         stages: list[StageResult] = []
-        current = model
+        current = with_node_names(model)  # passes identify nodes by name; names are optional in ONNX
         for p in self.passes:
             start = time.perf_counter()
             try:

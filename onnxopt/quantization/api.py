@@ -17,6 +17,7 @@ from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.core.feeds import Feed, synthesize_feed
 from onnxopt.core.model import copy_model, fixed_batch
+from onnxopt.core.names import name_nodes
 from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
 from onnxopt.measure.fidelity import require_labels
 from onnxopt.measure.stats import latency_ratio
@@ -42,6 +43,7 @@ from onnxopt.quantization.engine import (
 from onnxopt.quantization.evaluate import Budget, Evaluator
 from onnxopt.quantization.fallback import fallback
 from onnxopt.quantization.session import QuantSession, built_entry
+from onnxopt.quantization.weight_only import require_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +134,14 @@ def quantize(
     if budget.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)
     require_calibration(cfg.mode, calib)
+    if cfg.mode == "weight-only":
+        require_algorithm(cfg.algorithm)
     notes: list[str] = []
     cpu = detect_cpu()
     original = copy_model(model)
+    named = name_nodes(original)  # the report, exclusions and decisions identify nodes by name
+    if named:
+        notes.append(f"{named} unnamed node(s) given stable names: <op type>_<position>_<hash>")
     source = _as_source(original, calib, cfg)
     feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes, bench)
     evaluator = Evaluator(original, feed, labels, eval_source)

@@ -17,6 +17,7 @@ from onnxopt.quantization.config import INT8_MARGIN
 from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size, strip_quant_metadata
 from onnxopt.quantization.evaluate import Budget
 from onnxopt.quantization.fallback import Built, fallback
+from onnxopt.quantization.weight_only import matmul_heavy
 
 if TYPE_CHECKING:
     from onnxopt.quantization.config import QuantizeConfig
@@ -25,8 +26,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def candidate_grid(cpu: CpuFeatures, *, has_calib: bool, config: QuantizeConfig) -> list[Candidate]:
-    """The candidates to try, best first for this CPU (or onnxruntime's whole grid when config.grid='full')."""
+def candidate_grid(cpu: CpuFeatures, *, has_calib: bool, config: QuantizeConfig,
+                   matmul_heavy: bool = False) -> list[Candidate]:
+    """The candidates to try, best first for this CPU (or onnxruntime's whole grid when config.grid='full');
+    matmul_heavy adds weight-only MatMulNBits candidates (int4, blocks AUTO_BLOCKS), tried last."""
+    grid = _int8_grid(cpu, has_calib=has_calib, config=config)
+    if matmul_heavy and (not config.op_types or "MatMul" in config.op_types):
+        grid += _weight_only_grid(config)
+    return grid
+
+
+def _weight_only_grid(config: QuantizeConfig) -> list[Candidate]:
+    from onnxopt.quantization.weight_only import AUTO_BLOCKS
+
+    common = {"exclude_nodes": config.exclude_nodes, "algorithm": config.algorithm}
+    if config.grid == "full":
+        return [Candidate("weight-only", bits=b, block_size=k, accuracy_level=a, **common)  # type: ignore[arg-type]
+                for b in (4, 8) for k in AUTO_BLOCKS for a in (4, 0)]
+    blocks = sorted(AUTO_BLOCKS, reverse=config.objective == "size")  # size: the bigger block is smaller
+    return [Candidate("weight-only", bits=4, block_size=k, accuracy_level=4, **common)  # type: ignore[arg-type]
+            for k in blocks]
+
+
+def _int8_grid(cpu: CpuFeatures, *, has_calib: bool, config: QuantizeConfig) -> list[Candidate]:
     common = {"op_types": config.op_types, "exclude_nodes": config.exclude_nodes, "calib_method": config.calib_method}
     if config.grid == "full":
         dyn = [Candidate("dynamic", weight_type=w, per_channel=pc, reduce_range=rr, **common)  # type: ignore[arg-type]
@@ -80,7 +102,8 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
     float_fid = sess.evaluator.score(float_model)
     rows: dict[str, dict[str, Any]] = {}
     built: dict[str, Built] = {}
-    order = candidate_grid(cpu, has_calib=sess.source is not None, config=config)
+    order = candidate_grid(cpu, has_calib=sess.source is not None, config=config,
+                           matmul_heavy=matmul_heavy(sess.original))
     if sess.source is None:
         notes.append("no calibration data: static candidates skipped (calibrating on noise wrecks accuracy); "
                      "pass --calib-data to try them")

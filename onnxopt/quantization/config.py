@@ -11,11 +11,12 @@ from onnxopt.quantization.engine import (
     Candidate,
 )
 from onnxopt.quantization.evaluate import Budget
+from onnxopt.quantization.weight_only import ACCURACY_LEVELS, ALGORITHMS, BITS, BLOCK_SIZES
 
 log = logging.getLogger(__name__)
 
 
-MODES = ("auto", "dynamic", "static")
+MODES = ("auto", "dynamic", "static", "weight-only")
 
 
 FORMATS = ("qdq", "qoperator")
@@ -73,6 +74,10 @@ class QuantizeConfig:
     quick_runs: int = 10  # auto: timed rounds per candidate in the first, brief benchmark
     final_runs: int = 30  # auto: timed rounds for the finalists
     finalists: int = 3  # auto: int8 candidates benchmarked longer (plus the float model)
+    bits: int = 4  # weight-only: bits per MatMul weight (4 or 8)
+    block_size: int = 32  # weight-only: weights per scale along K (16, 32, 64, 128)
+    algorithm: str = "rtn"  # weight-only: rtn (round to nearest) | hqq (needs torch)
+    accuracy_level: int = 4  # weight-only: 4 multiplies in int8 (fast on CPUs), 0/1 in float
 
     def __post_init__(self) -> None:
         _choice("--mode", self.mode, MODES)
@@ -93,8 +98,22 @@ class QuantizeConfig:
             raise InvalidInputError(f"--max-accuracy-drop {self.max_accuracy_drop}: must be >= 0 percentage points")
         if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
             raise InvalidInputError(f"--min-cosine {self.min_cosine}: must be in (0, 1], e.g. 0.99")
+        self._check_weight_only()
         if self.quick_runs < 2 or self.final_runs < 2 or self.finalists < 1:
             raise InvalidInputError("quick_runs and final_runs must be >= 2 and finalists >= 1")
+
+    def _check_weight_only(self) -> None:
+        if self.bits not in BITS:
+            raise InvalidInputError(f"--bits {self.bits}: choose one of {', '.join(map(str, BITS))}")
+        if self.block_size not in BLOCK_SIZES:
+            raise InvalidInputError(f"--block-size {self.block_size}: choose one of {', '.join(map(str, BLOCK_SIZES))}")
+        _choice("--algorithm", self.algorithm, ALGORITHMS)
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise InvalidInputError(f"--accuracy-level {self.accuracy_level}: choose one of "
+                                    f"{', '.join(map(str, ACCURACY_LEVELS))} (4: int8 compute, 0/1: float)")
+        if self.mode == "weight-only" and set(self.op_types) - {"MatMul"}:
+            raise InvalidInputError(f"--op-types {','.join(self.op_types)}: weight-only quantization handles MatMul "
+                                    "only; drop --op-types or use --mode dynamic/static for other ops")
 
     @property
     def budget(self) -> Budget:
@@ -102,7 +121,7 @@ class QuantizeConfig:
         return Budget(self.max_accuracy_drop, self.min_cosine)
 
     def candidate(self) -> Candidate:
-        """The single quantizer configuration of mode dynamic/static."""
+        """The single quantizer configuration of mode dynamic/static/weight-only."""
         return Candidate(
             mode=self.mode,
             format=self.format if self.mode == "static" else "qdq",
@@ -113,6 +132,10 @@ class QuantizeConfig:
             op_types=self.op_types,
             exclude_nodes=self.exclude_nodes,
             calib_method=self.calib_method,
+            bits=self.bits,
+            block_size=self.block_size,
+            algorithm=self.algorithm,
+            accuracy_level=self.accuracy_level,
         )
 
 

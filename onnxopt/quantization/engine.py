@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnxopt.core.errors import InvalidInputError, InvalidModelError
+from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
 from onnxopt.core.errors import short_message as _short
 from onnxopt.core.feeds import Feed, first_batch
 from onnxopt.core.files import scratch_cwd
@@ -28,6 +28,7 @@ from onnxopt.core.model import (
     sort_nodes,
     subgraph_notes,
 )
+from onnxopt.core.names import name_nodes
 from onnxopt.core.runtime import SessionConfig, create_session, log_severity, run
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ QUANT_OPS = frozenset({
     "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax",
     "QLinearReduceMean", "QLinearWhere", "QGemm", "QAttention", "DynamicQuantizeMatMul",
     "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QEmbedLayerNormalization", "QOrderedMatMul",
+    "MatMulNBits", "GatherBlockQuantized",
 })
 MIN_OPSET = 10
 PARITY_SAMPLES = 8  # samples an opset upgrade is checked on
@@ -51,9 +53,10 @@ class CandidateFailed(Exception):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One quantizer configuration: mode, format, types, granularity and node selection."""
+    """One quantizer configuration: mode, format, types, granularity and node selection
+    (bits, block_size, algorithm and accuracy_level: weight-only mode only, see weight_only.py)."""
 
-    mode: str  # dynamic | static
+    mode: str  # dynamic | static | weight-only
     format: str = "qdq"  # qdq | qoperator (static only)
     activation_type: str = "int8"
     weight_type: str = "int8"
@@ -62,11 +65,22 @@ class Candidate:
     op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     calib_method: str = "minmax"
+    bits: int = 4
+    block_size: int = 32
+    algorithm: str = "rtn"
+    accuracy_level: int = 4
 
     @property
     def name(self) -> str:
-        """A short label such as 'static-qdq-u8s8-pc-rr' or 'dynamic-s8'."""
-        if self.mode == "dynamic":
+        """A short label such as 'static-qdq-u8s8-pc-rr', 'dynamic-s8' or 'int4-b32' (weight-only;
+        '-hqq' for HQQ, '-acc0' for an accuracy level other than 4, int8 compute)."""
+        if self.mode == "weight-only":
+            parts = [f"int{self.bits}", f"b{self.block_size}"]
+            if self.algorithm != "rtn":
+                parts.append(self.algorithm)
+            if self.accuracy_level != 4:
+                parts.append(f"acc{self.accuracy_level}")
+        elif self.mode == "dynamic":
             parts = ["dynamic", "s8" if self.weight_type == "int8" else "u8"]
         else:
             a = "s8" if self.activation_type == "int8" else "u8"
@@ -231,6 +245,7 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
                                                    "If/Loop/Scan subgraphs)"))
     folded_path = workdir / "float_folded.onnx"
     folded = prune_opset_imports(copy_model(model)) if graph_optimized else ort_optimize(model, "basic")
+    name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
     onnx.save(folded, str(folded_path))
     variants: list[Prepared] = []
     pre_path = workdir / "float_preprocessed.onnx"
@@ -239,7 +254,10 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
             # Its symbolic shape inference writes temporary files into the current directory.
             with quiet_quantizer(), scratch_cwd("onnxopt-prep-"):  # input optimized already: skip its optimizer
                 quant_pre_process(str(folded_path.resolve()), str(pre_path.resolve()), skip_optimization=True, **kwargs)
-            variants.append(Prepared("preprocessed", pre_path, onnx.load(str(pre_path))))
+            pre = onnx.load(str(pre_path))
+            if name_nodes(pre):
+                onnx.save(pre, str(pre_path))
+            variants.append(Prepared("preprocessed", pre_path, pre))
             if kwargs:
                 notes.append(
                     "quant_pre_process with defaults failed (symbolic shape inference); "
@@ -287,6 +305,8 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
     from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 
     out = workdir / f"{prep.variant}-{cand.name}-{abs(hash(cand)) % 10**8}.onnx"
+    if cand.mode == "weight-only":
+        return _build_weight_only(prep, cand, out)
     common: dict[str, Any] = {
         "op_types_to_quantize": list(cand.op_types) or None,
         "per_channel": cand.per_channel,
@@ -310,9 +330,30 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
                     calibration_cache_path=str(cache),
                     **common,
                 )
-        return prune_opset_imports(sort_nodes(onnx.load(str(out))))
+        q = prune_opset_imports(sort_nodes(onnx.load(str(out))))
+        name_nodes(q)  # the quantizer leaves some of the nodes it adds unnamed
+        return q
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's quantizer failed: {_short(e)}") from e
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _build_weight_only(prep: Prepared, cand: Candidate, out: Path) -> ModelProto:
+    """build() for mode weight-only: onnxruntime's MatMulNBitsQuantizer on the prepared model."""
+    from onnxopt.quantization.weight_only import quantize_file
+
+    try:
+        with quiet_quantizer():
+            quantize_file(prep.path, out, bits=cand.bits, block_size=cand.block_size, algorithm=cand.algorithm,
+                          accuracy_level=cand.accuracy_level, exclude_nodes=cand.exclude_nodes)
+        q = prune_opset_imports(sort_nodes(onnx.load(str(out))))
+        name_nodes(q)
+        return q
+    except OnnxoptError:
+        raise
+    except Exception as e:
+        raise CandidateFailed(f"onnxruntime's MatMulNBits quantizer failed: {_short(e)}") from e
     finally:
         out.unlink(missing_ok=True)
 
@@ -364,6 +405,8 @@ def supported_ops(mode: str, fmt: str) -> frozenset[str]:
         QLinearOpsRegistry,
     )
 
+    if mode == "weight-only":
+        return frozenset({"MatMul"})
     if mode == "dynamic":
         return frozenset(IntegerOpsRegistry)
     return frozenset(QDQRegistry if fmt == "qdq" else QLinearOpsRegistry)
