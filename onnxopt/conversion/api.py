@@ -19,6 +19,7 @@ from onnx import ModelProto
 
 from onnxopt.conversion.attempts import export_failure, try_exporters
 from onnxopt.conversion.choose import choose_exporter
+from onnxopt.conversion.dynamic import RESIZE_FACTORS, Axes, axes_of, check_axes, resized
 from onnxopt.conversion.edits import set_metadata
 from onnxopt.conversion.parity import ParityReport, as_numpy, seeded_inputs
 from onnxopt.conversion.types import EXPORTERS, ConvertOptions, ConvertResult, Source
@@ -45,25 +46,30 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
         raise InvalidInputError(
             f"--input-names: the model takes {len(specs)} inputs, got {len(in_names)} names ({','.join(in_names)})"
         )
-    out_names = list(options.output_names) if options.output_names else source.output_names()
+    default_out = source.output_names()
+    out_names = list(options.output_names) if options.output_names else default_out
     examples = [ex for _, ex in specs]
-    feeds_arrays: list[list[np.ndarray]] = [
-        seeded_inputs(examples, PARITY_BATCH if options.dynamic_batch else None, options.seed)
-    ]
+    user_axes = axes_of(options.dynamic_axes)
+    check_axes(user_axes, in_names, examples)
+    feeds_arrays = _parity_arrays(source, examples, in_names, user_axes, options)
     if data is not None:
-        feeds_arrays.append(_data_inputs(data, [n for n, _ in specs], in_names, options.dynamic_batch, examples))
+        feeds_arrays.append(_data_inputs(data, [n for n, _ in specs], in_names, options.dynamic_batch, examples,
+                                         _all_axes(source, specs, in_names, default_out, out_names, user_axes)))
     t0 = time.perf_counter()
-    reference = [_run_source(source, arrays) for arrays in feeds_arrays]
+    reference = [_run_source(source, arrays, user_axes) for arrays in feeds_arrays]
     out_names = _output_names(out_names, len(reference[0]), options)
+    axes = _all_axes(source, specs, in_names, default_out, out_names, user_axes)
     source_ms = (time.perf_counter() - t0) * 1000
     exporters = _exporters(source, options)
     attempts, candidates = try_exporters(
         source, exporters, options, in_names=in_names, out_names=out_names, examples=examples,
-        reference=reference, feeds_arrays=feeds_arrays,
+        reference=reference, feeds_arrays=feeds_arrays, dynamic_axes=axes,
     )
     if not candidates:
         raise export_failure(attempts)
-    (name, model, parity), reason, bench = choose_exporter(candidates, options)
+    bench_arrays = source.benchmark_inputs() if hasattr(source, "benchmark_inputs") else None
+    bench_feed = dict(zip(in_names, bench_arrays)) if bench_arrays is not None else None
+    (name, model, parity), reason, bench = choose_exporter(candidates, options, feed=bench_feed)
     if len(exporters) > 1:
         log.info("exporter %s chosen: %s", name, reason)
     for a in attempts:
@@ -72,6 +78,10 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
     model = set_metadata(model, _metadata(source, name, parity, options))
     report = _report(source, model, options, parity, name=name, reason=reason, attempts=attempts,
                      bench=bench, source_ms=source_ms)
+    report["dynamic_axes"] = {n: {str(k): v for k, v in a.items()} for n, a in axes.items()}
+    report["parity_shapes"] = [{n: list(a.shape) for n, a in zip(in_names, arrays)} for arrays in feeds_arrays]
+    if hasattr(source, "describe"):
+        report["source_model"] = source.describe()
     if output is not None:
         out = save_model(model, output)
         report["output"] = str(out)
@@ -79,15 +89,49 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
     return ConvertResult(model=model, parity=parity, exporter=name, framework=source.framework, report=report)
 
 
-def _run_source(source: Source, arrays: list[np.ndarray]) -> list[np.ndarray]:
+def _parity_arrays(
+    source: Source, examples: list[np.ndarray], in_names: list[str], user_axes: Axes, options: ConvertOptions,
+) -> list[list[np.ndarray]]:
+    """The inputs parity is checked on: the source's own (a transformer's several sequence
+    lengths), else seeded ones shaped like the examples, plus resized ones for each --dynamic axis."""
+    if hasattr(source, "parity_inputs"):
+        return [list(a) for a in source.parity_inputs(options.seed)]
+    base = seeded_inputs(examples, PARITY_BATCH if options.dynamic_batch else None, options.seed)
+    feeds = [base]
+    for i, factor in enumerate(RESIZE_FACTORS):
+        other = resized(base, in_names, user_axes, factor, options.seed + 1 + i)
+        if other is not None:
+            feeds.append(other)
+    return feeds
+
+
+def _all_axes(
+    source: Source, specs: list[tuple[str, np.ndarray]], in_names: list[str], default_out: list[str],
+    out_names: list[str], user_axes: Axes,
+) -> Axes:
+    """The source's own dynamic axes (renamed like its inputs and outputs) and the --dynamic ones."""
+    axes: Axes = {}
+    if hasattr(source, "dynamic_axes"):
+        rename = dict(zip([n for n, _ in specs], in_names))
+        if len(default_out) == len(out_names):
+            rename.update(zip(default_out, out_names))
+        for name, dims in source.dynamic_axes().items():
+            axes.setdefault(rename.get(name, name), {}).update(dims)
+    for name, dims in user_axes.items():
+        axes.setdefault(name, {}).update(dims)
+    return axes
+
+
+def _run_source(source: Source, arrays: list[np.ndarray], user_axes: Axes | None = None) -> list[np.ndarray]:
     """The source model's outputs (the parity reference); a failure names the input shapes."""
     try:
         return source.run(arrays)
     except OnnxoptError:
         raise
     except Exception as e:
+        hint = "; an axis given with --dynamic may not be free in the model" if user_axes else "; check --input-shape"
         raise InvalidInputError(f"the {source.framework} model fails on inputs shaped "
-                                f"{[a.shape for a in arrays]}: {_short(e)}; check --input-shape") from e
+                                f"{[a.shape for a in arrays]}: {_short(e)}{hint}") from e
 
 
 def _output_names(names: list[str], n_outputs: int, options: ConvertOptions) -> list[str]:
@@ -159,9 +203,11 @@ def _data_inputs(
     in_names: Sequence[str],
     dynamic_batch: bool,
     examples: Sequence[np.ndarray],
+    axes: Axes | None = None,
 ) -> list[np.ndarray]:
     """The --data arrays for each input in call order (cast within a dtype kind, cut to MAX_DATA_SAMPLES)."""
     arrays = []
+    axes = axes or {}
     for src_name, name, ex in zip(src_names, in_names, examples):
         dtype = ex.dtype
         key = name if name in data else src_name if src_name in data else None
@@ -175,7 +221,10 @@ def _data_inputs(
             arr = arr.astype(dtype)
         if arr.dtype != dtype:
             raise InvalidInputError(f"--data {key!r}: dtype {arr.dtype}, the model expects {np.dtype(dtype)}")
-        if arr.shape[1:] != ex.shape[1:]:
+        free = set(axes.get(name, {}))
+        if len(arr.shape) != len(ex.shape) or any(
+            a != e for i, (a, e) in enumerate(zip(arr.shape, ex.shape)) if i > 0 and i not in free
+        ):
             raise InvalidInputError(
                 f"--data {key!r}: samples shaped {arr.shape[1:]}, the model expects {ex.shape[1:]}"
             )
@@ -193,12 +242,14 @@ def _data_inputs(
 def _options(
     opset: int, exporter: str, dynamic_batch: bool, input_names: Sequence[str] | None,
     output_names: Sequence[str] | None, atol: float, rtol: float, simplify: bool, seed: int,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> ConvertOptions:
     return ConvertOptions(
         opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
         input_names=tuple(input_names) if input_names else None,
         output_names=tuple(output_names) if output_names else None,
         atol=atol, rtol=rtol, simplify=simplify, seed=seed,
+        dynamic_axes=tuple((n, int(a), str(lbl)) for n, dims in (dynamic_axes or {}).items() for a, lbl in dims.items()),
     )
 
 
@@ -226,11 +277,16 @@ def from_torch(
     simplify: bool = True,
     data: Feed | None = None,
     seed: int = 0,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> ConvertResult:
-    """Export a torch nn.Module (or TorchScript / ExportedProgram) to ONNX with a parity check."""
+    """Export a torch nn.Module (or TorchScript / ExportedProgram) to ONNX with a parity check.
+
+    dynamic_axes: symbolic axes besides the batch, e.g. {"input_ids": {1: "sequence"}}.
+    """
     from onnxopt.frameworks.torch_export import TorchSource
 
-    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed)
+    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed,
+                    dynamic_axes)
     src = TorchSource(module, _examples(example_inputs))
     return convert(src, opts, data=data, output=output)
 
@@ -250,11 +306,13 @@ def from_keras(
     data: Feed | None = None,
     seed: int = 0,
     exporter: str = "auto",
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> ConvertResult:
     """Export a Keras 3 model to ONNX (via model.export) with a parity check."""
     from onnxopt.frameworks.keras_export import KerasSource
 
-    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed)
+    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed,
+                    dynamic_axes)
     src = KerasSource(model, _examples(example_inputs))
     return convert(src, opts, data=data, output=output)
 
@@ -277,14 +335,42 @@ def convert_source(
     simplify: bool = True,
     data: Feed | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    task: str = "auto",
+    pooling: str = "auto",
+    normalize: bool | None = None,
+    with_tokenizer: bool = False,
+    texts: Sequence[str] | None = None,
 ) -> ConvertResult:
-    """Load a model from a file, folder or `file.py:factory` / `pkg.mod:factory` and convert it."""
+    """Load a model from a file, folder or `file.py:factory` / `pkg.mod:factory` and convert it.
+
+    A Hugging Face model folder (config.json + weights, or a sentence-transformers folder) is
+    built with transformers: task (auto: from config.json), pooling (auto: the folder's
+    sentence-transformers pooling; none, mean, cls, max, mean_sqrt_len) and normalize (None: the
+    folder's) apply to it; with_tokenizer puts its tokenizer in front (strings in), verified on
+    texts (default: a built-in set of 300 varied sentences).
+    """
     from onnxopt.conversion.sources import load_source
 
-    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed)
+    opts = _options(opset, exporter, dynamic_batch, input_names, output_names, atol, rtol, simplify, seed,
+                    dynamic_axes)
     if output is not None and os.path.exists(source) and Path(output).resolve() == Path(source).resolve():
         raise InvalidInputError(f"{output}: refusing to overwrite the source model; choose another output path")
     feed = dict(data) if data is not None else None
     src = load_source(source, framework=framework, weights=weights, input_shapes=input_shapes,
-                      input_dtypes=input_dtypes, input_names=opts.input_names, data=feed)
-    return convert(src, opts, data=feed, output=output)
+                      input_dtypes=input_dtypes, input_names=opts.input_names, data=feed,
+                      hf={"task": task, "pooling": pooling, "normalize": normalize})
+    if not hasattr(src, "folder"):
+        hf_only = [flag for flag, used in (("--with-tokenizer", with_tokenizer), ("--task", task != "auto"),
+                                           ("--pooling", pooling != "auto"), ("--normalize", normalize is not None))
+                   if used]
+        if hf_only:
+            raise InvalidInputError(f"{hf_only[0]} applies to a Hugging Face model folder as SOURCE")
+    if not with_tokenizer:
+        return convert(src, opts, data=feed, output=output)
+    from onnxopt.conversion.text import attach_tokenizer
+
+    result = attach_tokenizer(convert(src, opts, data=feed), src, texts)
+    if output is not None:
+        result.report["output"] = str(save_model(result.model, output))
+    return result

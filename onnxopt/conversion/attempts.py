@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
+from onnxopt.conversion.dynamic import Axes, name_dims
 from onnxopt.conversion.edits import (
     check_dynamic_batch,
     name_batch_dim,
@@ -43,23 +44,27 @@ def try_exporters(
     examples: Sequence[np.ndarray],
     reference: Sequence[Sequence[np.ndarray]],
     feeds_arrays: Sequence[Sequence[np.ndarray]],
+    dynamic_axes: Axes | None = None,
 ) -> tuple[list[dict[str, Any]], list[Candidate]]:
     """(one record per attempt, the exports that passed) for each exporter, in order.
 
     reference: the source's outputs on each of feeds_arrays (inputs in call order), which the
-    exported model must reproduce within options.atol/rtol.
+    exported model must reproduce within options.atol/rtol. dynamic_axes: the symbolic axes
+    besides the batch ({input or output name: {axis: label}}).
     """
     attempts: list[dict[str, Any]] = []
     candidates: list[Candidate] = []
+    axes = dynamic_axes or {}
     request = ExportRequest(opset=options.opset, dynamic_batch=options.dynamic_batch,
-                            input_names=in_names, output_names=out_names, examples=examples)
+                            input_names=in_names, output_names=out_names, examples=examples,
+                            dynamic_axes=axes)
     for name in exporters:
         attempt: dict[str, Any] = {"exporter": name}
         attempts.append(attempt)
         t = time.perf_counter()
         try:
             model = source.export(name, request)
-            model = _normalize(model, in_names, out_names, options.dynamic_batch)
+            model = _normalize(model, in_names, out_names, options.dynamic_batch, axes)
         except OnnxoptError as e:
             attempt.update(ok=False, error=str(e), export_s=round(time.perf_counter() - t, 3))
             log.info("exporter %s failed: %s", name, e)
@@ -144,7 +149,9 @@ def _only_model_inputs(model: ModelProto, feed: Feed) -> Feed:
     return {k: v for k, v in feed.items() if k in names}
 
 
-def _normalize(model: ModelProto, in_names: Sequence[str], out_names: Sequence[str], dynamic: bool) -> ModelProto:
+def _normalize(
+    model: ModelProto, in_names: Sequence[str], out_names: Sequence[str], dynamic: bool, axes: Axes
+) -> ModelProto:
     ins = [s.name for s in graph_inputs(model)]
     if len(ins) == len(in_names):
         rename_inputs(model, in_names)
@@ -152,6 +159,8 @@ def _normalize(model: ModelProto, in_names: Sequence[str], out_names: Sequence[s
         rename_outputs(model, out_names)
     if dynamic:
         name_batch_dim(model)
+    if axes:
+        name_dims(model, axes)
     try:
         onnx.checker.check_model(model)
     except Exception as e:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from onnxopt.conversion.types import Candidate, ConvertOptions
+from onnxopt.core.feeds import Feed
 from onnxopt.core.errors import short_message as _short
 
 log = logging.getLogger(__name__)
@@ -14,12 +15,13 @@ SMALLER_FILE = 0.98  # on a latency tie, the second exporter wins only when its 
 
 
 def choose_exporter(
-    candidates: list[Candidate], options: ConvertOptions
+    candidates: list[Candidate], options: ConvertOptions, *, feed: Feed | None = None
 ) -> tuple[Candidate, str, dict[str, Any] | None]:
     """(chosen candidate, why, benchmark figures or None) among candidates in preference order.
 
-    With two candidates, both are benchmarked side by side (options.benchmark_runs at batch 1):
-    a significant latency difference decides, else the smaller file. Benchmarking is advisory:
+    With two candidates, both are benchmarked side by side (options.benchmark_runs at batch 1,
+    on feed when given, e.g. valid token ids at sequence 128, else synthetic inputs): a
+    significant latency difference decides, else the smaller file. Benchmarking is advisory:
     when it fails the first candidate is kept.
     """
     if len(candidates) == 1:
@@ -31,7 +33,7 @@ def choose_exporter(
         return candidates[0], "first exporter that passed (benchmark unavailable)", None
     try:
         cfg = BenchConfig(runs=options.benchmark_runs, warmup=3, batch=1, seed=options.seed)
-        results = benchmark([c[1] for c in candidates], cfg, names=[c[0] for c in candidates])
+        results = benchmark([c[1] for c in candidates], cfg, feed=feed, names=[c[0] for c in candidates])
         ref, cand = results[0], results[1]
         ratio = latency_ratio(cand, ref)
     except Exception as e:  # benchmarking is advisory: never lose a good export to it

@@ -34,8 +34,12 @@ def load_source(
     input_dtypes: Mapping[str, str] | None = None,
     input_names: Sequence[str] | None = None,
     data: Mapping[str, np.ndarray] | None = None,
+    hf: Mapping[str, Any] | None = None,
 ) -> Any:
-    """A convert Source (TorchSource, KerasSource or SavedModelSource) for a path or factory spec."""
+    """A convert Source (TorchSource, KerasSource, SavedModelSource or HFSource) for a path or factory spec.
+
+    hf: options of a Hugging Face model folder (task, pooling, normalize; see frameworks.hf_export).
+    """
     if framework not in FRAMEWORKS:
         raise InvalidInputError(f"--framework {framework!r}: choose one of {', '.join(FRAMEWORKS)}")
     examples = _examples(input_shapes, input_dtypes, data)
@@ -59,6 +63,10 @@ def load_source(
             raise InvalidInputError(f"{m.group('target')}: no such file or importable module")
         raise InvalidInputError(f"{source}: no such file or directory")
     if path.is_dir():
+        from onnxopt.frameworks.hf_folder import is_hf_folder
+
+        if is_hf_folder(path):
+            return _load_hf(path, framework, weights, input_shapes, hf or {})
         return _load_dir(path, framework, weights, input_shapes)
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: file is empty")
@@ -146,7 +154,8 @@ def _import_target(target: str) -> Any:
         raise InvalidInputError(f"importing {target} failed: {type(e).__name__}: {short_message(e)}") from e
 
 
-_EXTRAS = {"torch": "torch", "onnxscript": "torch", "tensorflow": "keras", "keras": "keras", "tf2onnx": "keras"}
+_EXTRAS = {"torch": "torch", "onnxscript": "torch", "tensorflow": "keras", "keras": "keras", "tf2onnx": "keras",
+           "transformers": "hf", "safetensors": "hf"}
 
 
 def _raise_missing_extra(e: BaseException) -> None:
@@ -297,11 +306,31 @@ def _load_keras_file(path: Path, fmt: str, weights: str | None, examples: list[n
     return KerasSource(model, examples)
 
 
+def _load_hf(
+    path: Path, framework: str, weights: str | None, shapes: Mapping[str, tuple[int, ...]] | None,
+    hf: Mapping[str, Any],
+) -> Any:
+    """An HFSource for a Hugging Face model folder (config.json + weights, or sentence-transformers)."""
+    if framework == "keras":
+        raise InvalidInputError(f"{path}: a Hugging Face (PyTorch) model folder, not a Keras model; drop --framework")
+    if weights or shapes:
+        raise InvalidInputError(
+            f"{path}: a Hugging Face folder brings its weights and input shapes; drop --weights / --input-shape"
+        )
+    from onnxopt.frameworks.hf_export import load_hf_source
+
+    return load_hf_source(path, task=hf.get("task", "auto"), pooling=hf.get("pooling", "auto"),
+                          normalize=hf.get("normalize"))
+
+
 def _load_dir(
     path: Path, framework: str, weights: str | None, shapes: Mapping[str, tuple[int, ...]] | None
 ) -> Any:
     if not (path / "saved_model.pb").exists():
-        raise InvalidInputError(f"{path}: a directory without saved_model.pb; expected a TensorFlow SavedModel folder")
+        raise InvalidInputError(
+            f"{path}: a folder with neither config.json (a Hugging Face model, see save_pretrained) "
+            "nor saved_model.pb (a TensorFlow SavedModel)"
+        )
     if framework == "torch":
         raise InvalidInputError(f"{path}: a TensorFlow SavedModel, not a torch model; drop --framework torch")
     if weights:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +34,9 @@ class ConvertOptions:
     simplify: bool = True
     seed: int = 0
     benchmark_runs: int = 30
+    # (input name, axis, label) of each extra symbolic axis asked with --dynamic (the batch axis
+    # is dynamic_batch's); a source may add its own (a transformer's sequence axis).
+    dynamic_axes: tuple[tuple[str, int, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 11 <= self.opset <= 23:
@@ -50,6 +53,12 @@ class ConvertOptions:
                     raise InvalidInputError(f"--{kind}-names: duplicate names in {','.join(names)}")
         if self.benchmark_runs < 1:
             raise InvalidInputError("benchmark_runs must be >= 1")
+        for name, axis, label in self.dynamic_axes:
+            if not name or not label or axis < 0:
+                raise InvalidInputError(
+                    f"--dynamic {name}={axis}:{label}: give an input name, an axis >= 0 and a label, "
+                    "e.g. --dynamic input_ids=1:sequence"
+                )
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class ExportRequest:
     input_names: Sequence[str]
     output_names: Sequence[str]
     examples: Sequence[np.ndarray]  # one example array per input, in call order
+    # {input or output name: {axis: label}}: symbolic axes besides the batch axis.
+    dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -280,10 +280,16 @@ class SavedModelSource:
 
 
 def _tensor_specs(request: ExportRequest) -> list[Any]:
-    """tf.TensorSpecs for the example inputs (batch axis None when dynamic)."""
+    """tf.TensorSpecs for the example inputs (batch and --dynamic axes None when dynamic)."""
     import tensorflow as tf
 
-    return [
-        tf.TensorSpec((None if request.dynamic_batch else a.shape[0], *a.shape[1:]), tf.as_dtype(a.dtype), name=n)
-        for a, n in zip(request.examples, request.input_names)
-    ]
+    specs = []
+    for a, n in zip(request.examples, request.input_names):
+        shape: list[int | None] = list(a.shape)
+        if request.dynamic_batch and shape:
+            shape[0] = None
+        for axis in request.dynamic_axes.get(n, {}):
+            if axis < len(shape):
+                shape[axis] = None
+        specs.append(tf.TensorSpec(tuple(shape), tf.as_dtype(a.dtype), name=n))
+    return specs

@@ -163,11 +163,18 @@ class TorchSource:
         torch = require_torch()
         arrays = list(req.examples)
         dynamic_shapes = None
-        if req.dynamic_batch and self.kind != "exported_program":
-            # torch.export specializes a size-1 dim to a constant: export at batch 2 instead.
-            arrays = [np.concatenate([a, a]) if a.ndim and a.shape[0] == 1 else a for a in arrays]
-            batch = torch.export.Dim("batch")
-            dynamic_shapes = tuple({0: batch} if a.ndim else None for a in arrays)
+        if (req.dynamic_batch or req.dynamic_axes) and self.kind != "exported_program":
+            dims: dict[str, Any] = {}  # one torch Dim per label: inputs sharing a label stay equal
+            specs = []
+            for i, (name, a) in enumerate(zip(req.input_names, arrays)):
+                spec = {0: "batch"} if req.dynamic_batch and a.ndim else {}
+                spec.update({ax: label for ax, label in req.dynamic_axes.get(name, {}).items() if ax < a.ndim})
+                for ax in spec:  # torch.export specializes a size-1 dim to a constant: export at 2
+                    if a.shape[ax] == 1:
+                        a = np.concatenate([a, a], axis=ax)
+                arrays[i] = a
+                specs.append({ax: dims.setdefault(label, torch.export.Dim(label)) for ax, label in spec.items()} or None)
+            dynamic_shapes = tuple(specs)
         prog = self._torch_onnx_export(
             arrays, req, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False, report=False
         )
@@ -177,10 +184,14 @@ class TorchSource:
         return _with_opset(model, req.opset)
 
     def _export_torchscript(self, req: ExportRequest) -> ModelProto:
-        dynamic_axes = None
-        if req.dynamic_batch:
-            dynamic_axes = {n: {0: "batch"} for n, a in zip(req.input_names, req.examples) if a.ndim}
-            dynamic_axes.update({n: {0: "batch"} for n in req.output_names})
+        dynamic_axes: dict[str, dict[int, str]] | None = None
+        if req.dynamic_batch or req.dynamic_axes:
+            batch = {0: "batch"} if req.dynamic_batch else {}
+            dynamic_axes = {n: dict(batch) for n, a in zip(req.input_names, req.examples) if a.ndim}
+            dynamic_axes.update({n: dict(batch) for n in req.output_names})
+            for n, axes in req.dynamic_axes.items():
+                dynamic_axes.setdefault(n, {}).update(axes)
+            dynamic_axes = {n: a for n, a in dynamic_axes.items() if a} or None
         buf = io.BytesIO()
         self._torch_onnx_export(
             req.examples, req, f=buf, dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True
