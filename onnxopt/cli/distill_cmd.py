@@ -68,8 +68,9 @@ def _hint(value: str | None) -> tuple[str, str] | None:
 @number_option("--max-epochs", kind=int, low=1, default=300, show_default=True,
                help="To convergence: never train longer.")
 @number_option("--batch-size", kind=int, low=1, default=64, show_default=True)
-@number_option("--lr", low=0, low_open=True, default=3e-3, show_default=True,
-               help="Peak AdamW learning rate (cut by 5x on each plateau; cosine decay with --epochs).")
+@number_option("--lr", low=0, low_open=True, default=None,
+               help="Peak AdamW learning rate, cut 5x on each plateau (with --epochs: cosine decay). "
+                    "Default: 1e-2, or 3e-3 with --epochs.")
 @number_option("--weight-decay", low=0, default=1e-4, show_default=True)
 @number_option("--patience", kind=int, low=0, default=10, show_default=True,
                help="Epochs without validation improvement before a learning-rate cut or the stop (0: never stop).")
@@ -94,7 +95,7 @@ def command(
     teacher: str, student: str, data: Path, val: Path, test: Path | None, output: Path, framework: str,
     teacher_weights: str | None, student_weights: str | None, temperature: float, alpha: float,
     tune: bool | None, budget_minutes: float, epochs: int | None, min_epochs: int, max_epochs: int,
-    batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
+    batch_size: int, lr: float | None, weight_decay: float, patience: int, seed: int,
     hint: str | None, hint_weight: float, threads: int, no_baseline: bool, keep_distilled: bool,
     baseline_output: Path | None, no_bench: bool, runs: int, input_key: str | None, labels_key: str | None,
     as_json: bool,

@@ -39,6 +39,7 @@ from onnxopt.distillation.core import (
     DistillHistory,
     EpochLog,
     ProgressFn,
+    check_classes,
     check_data,
 )
 from onnxopt.distillation.loop import teacher_targets
@@ -273,6 +274,7 @@ def distill_model(
     initial = backend.fresh_copy(student)  # every other run starts from these weights
     say("computing the teacher's logits")
     targets = teacher_targets(train_teacher, x_tr, config.hint[0] if config.hint else None, backend.teacher_cache)
+    _check_student_classes(backend, initial, x_tr, targets.logits, np.asarray(train[1]))
 
     def run(model: Any, cfg: DistillConfig, prog: ProgressFn | None = None) -> tuple[Any, DistillHistory]:
         return backend.distill(train_teacher, model, train, val, cfg, progress=prog, teacher_logits=targets)
@@ -326,6 +328,20 @@ def distill_model(
         verdict=verdict,
         seconds=time.monotonic() - started,
     )
+
+
+def _check_student_classes(backend: Any, student: Any, x: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> None:
+    """Teacher and student must predict as many classes (checked before any training).
+
+    A student that does not even run on x is left to the training run, which says why.
+    """
+    try:
+        out = backend.predict(backend.fresh_copy(student), x[:2])
+    except Exception as e:
+        log.debug("student probe failed (the training run reports it): %s", e)
+        return
+    if np.ndim(out) == 2:
+        check_classes(int(logits.shape[1]), int(np.shape(out)[1]), labels)
 
 
 def _tune(

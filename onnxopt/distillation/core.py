@@ -38,6 +38,10 @@ from onnxopt.core.errors import InvalidInputError
 Data = tuple[np.ndarray, np.ndarray]
 
 
+LR_CONVERGE = 1e-2  # default peak learning rate when training to convergence
+LR_FIXED = 3e-3  # default peak learning rate for a fixed budget of epochs
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Hyper-parameters of Hinton distillation (and of the labels-only baseline)."""
@@ -46,7 +50,7 @@ class DistillConfig:
     alpha: float = 0.7
     epochs: int | None = None  # None: train to convergence; N: a fixed budget of N epochs (cosine)
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float | None = None  # peak AdamW rate; None: 1e-2 to convergence, 3e-3 for a fixed budget
     weight_decay: float = 1e-4
     patience: int = 10  # epochs without validation improvement before a cut / a stop (0: never)
     seed: int = 0
@@ -81,7 +85,7 @@ class DistillConfig:
             raise InvalidInputError(f"learning-rate factor must be in (0, 1); got {self.lr_factor}")
         if self.batch_size < 1:
             raise InvalidInputError(f"batch size must be >= 1; got {self.batch_size}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise InvalidInputError(f"learning rate must be > 0; got {self.lr}: use e.g. --lr 3e-3")
         if self.weight_decay < 0:
             raise InvalidInputError(f"weight decay must be >= 0; got {self.weight_decay}")
@@ -106,6 +110,18 @@ class DistillConfig:
         return self.epochs is None
 
     @property
+    def peak_lr(self) -> float:
+        """The learning rate training starts from: lr, or the default of the training length.
+
+        Measured on digits (students of 1.4k, 15k and 74k parameters, 2 seeds): to convergence,
+        1e-2 reached the same or better validation accuracy as 3e-3 in about half the epochs
+        (the plateau cuts anneal it); a fixed budget keeps the historical 3e-3 under its cosine.
+        """
+        if self.lr is not None:
+            return self.lr
+        return LR_CONVERGE if self.epochs is None else LR_FIXED
+
+    @property
     def epoch_limit(self) -> int:
         """The most epochs a run can take: epochs, or max_epochs when training to convergence."""
         return self.max_epochs if self.epochs is None else self.epochs
@@ -120,6 +136,7 @@ class DistillConfig:
         """A JSON-serializable dict."""
         d = asdict(self)
         d["hint"] = list(self.hint) if self.hint else None
+        d["peak_lr"] = self.peak_lr
         return d
 
 
@@ -340,7 +357,7 @@ class StopRule:
 
     def lr(self, step: int, total_steps: int, warmup_steps: int) -> float:
         """The learning rate of an optimizer step: cosine for a fixed budget, else constant (cut on plateaus)."""
-        base = self.config.lr
+        base = self.config.peak_lr
         if self.config.epochs is not None:
             return lr_at(step, total_steps, warmup_steps, base)
         if warmup_steps and step < warmup_steps:

@@ -234,7 +234,7 @@ def run_epochs(
     vlosses: list[float] = []
     step = 0
     reason = ""
-    lr = config.lr
+    lr = config.peak_lr
     for epoch in range(limit):
         order = backend.start_epoch()
         total_loss = 0.0

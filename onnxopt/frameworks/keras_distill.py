@@ -158,7 +158,7 @@ class _KerasBackend:
         variables = list(tap.view.trainable_variables)
         if self.regressor is not None:
             variables += list(self.regressor.trainable_variables)
-        self.opt = keras.optimizers.AdamW(learning_rate=config.lr, weight_decay=config.weight_decay)
+        self.opt = keras.optimizers.AdamW(learning_rate=config.peak_lr, weight_decay=config.weight_decay)
         self.opt.build(variables)
         self._step = self._make_step(variables, config)
         n = len(data.x_train)

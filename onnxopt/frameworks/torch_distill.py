@@ -167,7 +167,7 @@ class _TorchBackend:
             params += list(self.regressor.parameters())
         t_logits = data.teacher_logits
         self.t_logits = torch.from_numpy(t_logits) if t_logits is not None else None
-        self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
         self.gen = torch.Generator().manual_seed(config.seed)
 
     def _probe(self, data: TrainingSet) -> Any:
