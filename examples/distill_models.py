@@ -94,3 +94,68 @@ def keras_student(classes: int = 10, width: int = 32) -> Any:
     x = L.Dense(64, activation="relu", name="fc1")(x)
     out = L.Dense(classes, name="logits")(x)
     return keras.Model(inp, out, name="student")
+
+
+# ---------------------------------------------------------------- issue 17: a 3-conv teacher, students of three sizes
+
+# Conv widths and classifier hidden units (0: none) of students of about 1/500, 1/50 and 1/10
+# of the 3-conv teacher's 749,380 parameters; each conv is 3x3 + ReLU + 2x2 max-pool.
+STUDENT_SIZES: dict[str, tuple[tuple[int, ...], int]] = {
+    "1/500": ((8,), 0),  # 1,370 parameters: one 8-channel conv + linear
+    "1/50": ((26, 52), 0),  # 14,570
+    "1/10": ((48, 96), 80),  # 73,690
+}
+
+
+def torch_teacher3(classes: int = 10, hidden: int = 366) -> Any:
+    """A 3-conv PyTorch CNN (64-128-256, BN, two max-pools) + a two-layer classifier: 749,380 parameters."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(128, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(256 * 2 * 2, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, classes),
+    )  # fmt: skip
+
+
+def torch_sized_student(size: str = "1/500", classes: int = 10) -> Any:
+    """A PyTorch student of STUDENT_SIZES[size]: conv-ReLU-max-pool stages, then linear layers."""
+    from torch import nn
+
+    convs, hidden = STUDENT_SIZES[size]
+    layers: list[nn.Module] = []
+    cin, side = 1, 8
+    for cout in convs:
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        cin, side = cout, side // 2
+    layers.append(nn.Flatten())
+    feats = cin * side * side
+    if hidden:
+        layers += [nn.Linear(feats, hidden), nn.ReLU()]
+        feats = hidden
+    layers.append(nn.Linear(feats, classes))
+    return nn.Sequential(*layers)
+
+
+def keras_sized_student(size: str = "1/500", classes: int = 10) -> Any:
+    """The Keras twin of torch_sized_student (NCHW input, permuted to NHWC inside; same parameter count)."""
+    from onnxopt.frameworks import require_keras
+
+    keras = require_keras()
+    L = keras.layers
+    convs, hidden = STUDENT_SIZES[size]
+    inp = keras.Input((1, 8, 8), name="input")
+    x = L.Permute((2, 3, 1))(inp)
+    for i, cout in enumerate(convs):
+        x = L.Conv2D(cout, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = L.MaxPooling2D(2)(x)
+    x = L.Flatten()(x)
+    if hidden:
+        x = L.Dense(hidden, activation="relu", name="fc")(x)
+    return keras.Model(inp, L.Dense(classes, name="logits")(x), name="student")
+
+
+def tiny_student() -> Any:
+    """The ~1/500 PyTorch student for `onnxopt distill --student examples/distill_models.py:tiny_student`."""
+    return torch_sized_student("1/500")

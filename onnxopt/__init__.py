@@ -50,6 +50,7 @@ _LAZY = {
     "DistillResult": "onnxopt.distillation.api",
     "distill_model": "onnxopt.distillation.api",
     "distill_sources": "onnxopt.distillation.api",
+    "TuneConfig": "onnxopt.distillation.tune",
     "SearchConfig": "onnxopt.nas.engine",
     "SearchResult": "onnxopt.nas.engine",
     "search": "onnxopt.nas.engine",

@@ -14,8 +14,17 @@ from onnx import helper
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.feeds import load_labelled_npz as load_split
 from onnxopt.distillation.api import DistillConfig
-from onnxopt.distillation.core import EarlyStopping, check_classes, check_data, lr_at, pool_features
+from onnxopt.distillation.core import (
+    DistillHistory,
+    EarlyStopping,
+    StopRule,
+    check_classes,
+    check_data,
+    lr_at,
+    pool_features,
+)
 from onnxopt.distillation.teacher import logits_model, looks_like_probabilities, teacher_outputs
+from onnxopt.distillation.tune import TuneConfig, plan, proxy_epochs_for, tune_settings
 from tests.conftest import make_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +50,8 @@ def with_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
         ({"alpha": 1.5}, "alpha must be in [0, 1]"),
         ({"alpha": -0.1}, "alpha must be in [0, 1]"),
         ({"epochs": 0}, "epochs must be >= 1"),
+        ({"min_epochs": 50, "max_epochs": 10}, "min epochs <= max epochs"),
+        ({"lr_factor": 1.0}, "learning-rate factor must be in (0, 1)"),
         ({"hint": ("a", "")}, "--hint TEACHER_LAYER:STUDENT_LAYER"),
     ],
 )
@@ -120,6 +131,95 @@ def test_early_stopping_and_schedule() -> None:
     assert es.should_stop and es.best_epoch == 1
     lrs = [lr_at(s, 100, 0, 1.0) for s in range(100)]
     assert lrs[0] == pytest.approx(1.0) and lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def drive(rule: StopRule, scores: list[tuple[float, float]]) -> tuple[int, str, list[float]]:
+    """Feed (accuracy, loss) per epoch until the rule stops: (epochs run, reason, lr per epoch)."""
+    lrs = []
+    for epoch, (acc, loss) in enumerate(scores):
+        lrs.append(rule.lr(epoch, 1, 0))
+        rule.update(epoch, acc, loss)
+        reason = rule.decide(epoch)
+        if reason is not None:
+            return epoch + 1, reason, lrs
+    return len(scores), "", lrs
+
+
+def test_stop_rule_to_convergence_cuts_then_stops() -> None:
+    cfg = DistillConfig(lr=1.0, patience=2, min_epochs=1, max_epochs=100, lr_cuts=2, lr_factor=0.1)
+    # progress for 3 epochs, a plateau (loss within 1% counts as none) -> cut at epoch 5;
+    # progress after the cut (epoch 6), plateau -> second cut at epoch 8; plateau -> stop at 10
+    scores = [(90, 1.0), (91, 0.9), (92, 0.8), (92, 0.799), (91, 0.85), (93, 0.7), (93, 0.7), (93, 0.71),
+              (93, 0.7), (92, 0.7), (99, 0.1)]
+    rule = StopRule(cfg)
+    n, reason, lrs = drive(rule, scores)
+    assert rule.cut_epochs == [5, 8]
+    assert n == 10 and reason.startswith("converged") and "2 learning-rate cuts" in reason
+    assert lrs[:5] == [1.0] * 5 and lrs[5:8] == [pytest.approx(0.1)] * 3 and lrs[8] == pytest.approx(0.01)
+    assert rule.best_epoch == 5  # 0-based: (93, 0.7) first seen there; an equal score later is no better
+    # a cut that brings no progress stops at the next plateau, without a second cut
+    rule = StopRule(cfg)
+    n, reason, _ = drive(rule, [(90, 1.0), (90, 1.0), (90, 1.0), (90, 1.0), (90, 1.0), (99, 0.1)])
+    assert (n, rule.cut_epochs) == (5, [3]) and "nor after the learning-rate cut at epoch 3" in reason
+
+
+def test_stop_rule_min_max_and_fixed_budget() -> None:
+    flat = [(50.0, 1.0)] * 40
+    rule = StopRule(DistillConfig(patience=2, min_epochs=12, max_epochs=30, lr_cuts=0))
+    assert drive(rule, flat)[0] == 12  # plateau at 3, but never before min_epochs
+    rising = [(float(i), 1.0 / (i + 1)) for i in range(40)]
+    n, reason, _ = drive(StopRule(DistillConfig(patience=2, min_epochs=1, max_epochs=30)), rising)
+    assert n == 30 and reason.startswith("reached max epochs 30")
+    n, reason, lrs = drive(StopRule(DistillConfig(epochs=8, patience=0, lr=1.0)), flat)
+    assert n == 8 and reason.startswith("fixed budget of 8 epochs")
+    n, reason, _ = drive(StopRule(DistillConfig(epochs=8, patience=3)), flat)
+    assert n == 4 and reason.startswith("early stop")
+
+
+def fake_history(acc: float, loss: float, epochs: int) -> DistillHistory:
+    return DistillHistory((1.0,) * epochs, (acc,) * epochs, 0, False, (loss,) * epochs)
+
+
+def test_tune_settings_order_budget_and_ties() -> None:
+    # the scores are a known function of (T, alpha): the best is T 2, alpha 0.7; a tie in accuracy
+    # (T 4, alpha 0.7) loses on validation loss
+    def score(cfg: DistillConfig) -> DistillHistory:
+        assert cfg.epochs == 5 and cfg.patience == 0 and cfg.seed == 7
+        acc = 97.0 if (cfg.temperature, cfg.alpha) in ((2.0, 0.7), (4.0, 0.7)) else 90.0 + cfg.alpha
+        return fake_history(acc, 0.1 if cfg.temperature == 2.0 else 0.2, cfg.epochs)
+
+    tune = TuneConfig()
+    res = tune_settings(score, DistillConfig(seed=7), tune, proxy_epochs=5)
+    assert res.best == (2.0, 0.7) and len(res.trials) == 12 and all(t.status == "ok" for t in res.trials)
+    assert [(t.temperature, t.alpha) for t in res.trials] == tune.grid
+    assert "tuned T 2, alpha 0.7 (97.00% on validation) over 12 settings x 5 proxy epochs" in res.describe()
+    # a clock that advances 10 s per trial and a 1-minute budget: 5 trials fit (10 s each + a 10 s final run)
+    now = [0.0]
+
+    def timed(cfg: DistillConfig) -> DistillHistory:
+        now[0] += 10.0
+        return score(cfg)
+
+    res = tune_settings(timed, DistillConfig(seed=7), TuneConfig(budget_minutes=1), proxy_epochs=5,
+                        final_epochs=5, started=0.0, clock=lambda: now[0])
+    assert [t.status for t in res.trials] == ["ok"] * 5 + ["skipped: budget"] * 7
+    assert res.best == (1.0, 0.9) and "7 skipped (budget)" in res.describe()  # the best of those run
+
+
+def test_tune_plan_and_proxy_length() -> None:
+    tune = TuneConfig(budget_minutes=1)
+    assert plan(tune, seconds_per_epoch=0.01, proxy_epochs=10, final_epochs=50, elapsed=5) is None
+    why = plan(tune, seconds_per_epoch=0.5, proxy_epochs=10, final_epochs=50, elapsed=5)
+    assert why is not None and "12 settings x 10 proxy epochs" in why and "--budget-minutes" in why
+    assert proxy_epochs_for(TuneConfig(), 90, DistillConfig()) == 30
+    assert proxy_epochs_for(TuneConfig(), 6, DistillConfig()) == 8
+    assert proxy_epochs_for(TuneConfig(), 500, DistillConfig()) == 40
+    assert proxy_epochs_for(TuneConfig(), 90, DistillConfig(epochs=12)) == 12
+    assert proxy_epochs_for(TuneConfig(proxy_epochs=3), 90, DistillConfig()) == 3
+    with pytest.raises(InvalidInputError, match="tuning alphas must be in"):
+        TuneConfig(alphas=(0.0,))
+    with pytest.raises(InvalidInputError, match="--budget-minutes"):
+        TuneConfig(budget_minutes=0)
 
 
 def test_pool_features() -> None:

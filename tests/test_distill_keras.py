@@ -10,7 +10,7 @@ import pytest
 
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.feeds import load_labelled_npz as load_split
-from onnxopt.distillation.api import DistillConfig, distill_model
+from onnxopt.distillation.api import DistillConfig, TuneConfig, distill_model
 
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.keras
@@ -97,10 +97,19 @@ def test_keras_distill_model_from_onnx_teacher(tmp_path: Path, data: tuple[Any, 
 
     tpath = save_model(onnx_twin(teacher), tmp_path / "teacher.onnx")
     out = tmp_path / "student.onnx"
-    res = distill_model(str(tpath), small_model(), *data, SMALL, output=out, baseline=False,
+    # the same flow as PyTorch students: a (small) tuning grid, then the best to convergence
+    tune = TuneConfig(temperatures=(1.0, 4.0), alphas=(0.5,), proxy_epochs=2)
+    cfg = DistillConfig(patience=2, min_epochs=3, max_epochs=12, seed=0)
+    res = distill_model(str(tpath), small_model(), *data, cfg, output=out, baseline=False, tune=tune,
                         bench=BenchConfig(runs=5, warmup=1))
     assert res.framework == "keras" and res.parity.passed and res.parity.max_abs < 1e-4 and out.exists()
     assert [r.name for r in res.rows] == ["teacher", "student"]
+    assert res.tuning is not None and [(t.temperature, t.alpha) for t in res.tuning.ran] == [(1.0, 0.5), (4.0, 0.5)]
+    best = max(res.tuning.ran, key=lambda t: t.key)
+    assert (res.config.temperature, res.config.alpha) == res.tuning.best == (best.temperature, best.alpha)
+    h = res.history
+    assert h.stop_reason.startswith(("converged", "reached max epochs")) and 3 <= h.epochs_run <= 12
+    assert res.written == "distilled" and "no labels-only baseline" in res.verdict
     assert "teacher: pre-softmax logits" in res.history.softmax_handling
     assert res.history.train_loss[-1] < res.history.train_loss[0]
     assert res.row("student").params < res.row("teacher").params
@@ -117,3 +126,21 @@ def test_keras_bad_inputs(data: tuple[Any, Any], teacher: Any) -> None:
     xv, yv = data[1]
     with pytest.raises(InvalidInputError, match="does not fit the teacher"):
         distill(teacher, small_model(), (x[:, :, :4, :4], y), (xv[:, :, :4, :4], yv), SMALL)
+
+
+def test_keras_falls_back_to_labels_only(data: tuple[Any, Any], teacher: Any) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    # the ONNX twin with its classes rolled by one: a confident, always wrong teacher
+    bad = onnx_twin(teacher)
+    for init in bad.graph.initializer:
+        if init.name in ("w2", "b2"):
+            init.CopyFrom(numpy_helper.from_array(np.roll(numpy_helper.to_array(init), 1, axis=-1), init.name))
+    onnx.checker.check_model(bad)
+    cfg = DistillConfig(temperature=1.0, alpha=0.9, epochs=4, patience=0, lr=1e-2)
+    res = distill_model(bad, small_model(), *data, cfg, tune=False, benchmark_latency=False)
+    d, b = res.row("student").val_accuracy, res.row("labels-only").val_accuracy
+    assert d is not None and b is not None and b > d + 20
+    assert res.written == "labels-only" and res.model is res.baseline_model
+    assert res.verdict.startswith("labels-only beats the distilled student on validation")

@@ -125,7 +125,7 @@ def test_distill_model_exports_and_compares(tmp_path: Path, data: tuple[Any, Any
 
     out = tmp_path / "student.onnx"
     torch.manual_seed(2)
-    res = distill_model(teacher, small_student(), *data, SMALL, output=out,
+    res = distill_model(teacher, small_student(), *data, SMALL, output=out, tune=False,
                         bench=BenchConfig(runs=5, warmup=1))
     assert res.parity.passed and res.parity.max_abs < 1e-4
     assert [r.name for r in res.rows] == ["teacher", "student", "labels-only"]
@@ -134,6 +134,11 @@ def test_distill_model_exports_and_compares(tmp_path: Path, data: tuple[Any, Any
     assert all(r.latency_p50_ms and r.latency_p50_ms > 0 for r in res.rows)
     assert 0 <= s.accuracy <= 100 and res.baseline_history is not None
     assert res.baseline_history.mode == "labels-only"
+    # no --test: the reported accuracy is the validation accuracy, recomputed here from the labels
+    assert s.test_accuracy is None and s.accuracy == s.val_accuracy
+    xv, yv = data[1]
+    assert s.val_accuracy == pytest.approx(100 * np.mean(onnx_predict(res.distilled_model, xv).argmax(1) == yv))
+    assert res.tuning is None and res.written in ("distilled", "labels-only")
     saved = load_model(out)
     assert saved.graph.input[0].name == "input"
     json.dumps(res.to_dict())
@@ -187,6 +192,11 @@ def test_cli_distill_torch_json(tmp_path: Path, data: tuple[Any, Any], teacher: 
     assert e.value.code == 0
     report = json.loads(buf.getvalue())
     assert [r["name"] for r in report["rows"]] == ["teacher", "student", "labels-only"]
+    # tuning is on by default (no --temperature/--alpha): every setting of the grid was tried
+    tried = {(t["temperature"], t["alpha"]) for t in report["tuning"]["trials"] if t["status"] == "ok"}
+    assert tried == {(t, a) for t in (1.0, 2.0, 4.0) for a in (0.3, 0.5, 0.7, 0.9)}
+    assert tuple(report["tuning"]["best"]) == (report["config"]["temperature"], report["config"]["alpha"])
+    assert report["written"] in ("distilled", "labels-only") and report["history"]["stop_reason"]
     assert report["parity"]["passed"] and out.exists()
     out2 = tmp_path / "s2.onnx"
     err = io.StringIO()
@@ -198,3 +208,134 @@ def test_cli_distill_torch_json(tmp_path: Path, data: tuple[Any, Any], teacher: 
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and "teacher predicts 10 classes but the student predicts 4" in lines[0]
     assert not out2.exists()
+
+
+def onnx_predict(model: Any, x: np.ndarray) -> np.ndarray:
+    """Outputs of an ONNX model on x, in onnxruntime."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_trains_to_convergence_and_says_why(data: tuple[Any, Any]) -> None:
+    from onnxopt.frameworks.torch_distill import distill, predict
+
+    cfg = DistillConfig(lr=1e-2, patience=3, min_epochs=5, max_epochs=80, threads=1)  # epochs None: converge
+    torch.manual_seed(0)
+    student, hist = distill(None, small_student(), *data, cfg)
+    assert hist.stop_reason.startswith("converged"), hist.stop_reason
+    assert 5 <= hist.epochs_run < 80 and hist.stopped_early
+    assert hist.lr_cut_epochs and hist.lr_cut_epochs[0] > hist.best_epoch + 1 - 1
+    # the plateau: no new best accuracy and no 1% lower validation loss in the last `patience` epochs
+    accs, losses = hist.val_accuracy, hist.val_loss
+    assert max(accs[-3:]) <= max(accs[:-3]) and min(losses[-3:]) >= 0.99 * min(losses[:-3])
+    # the restored weights are the best epoch's: recompute its accuracy from the labels
+    xv, yv = data[1]
+    acc = 100 * np.mean(predict(student, xv).argmax(1) == yv)
+    assert acc == pytest.approx(hist.best_val_accuracy) and hist.best_val_accuracy == max(accs)
+
+
+def shifted(teacher: Any) -> Any:
+    """The teacher with its logits rolled by one class: it confidently answers (y + 1) % 10."""
+
+    class Roll(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return torch.roll(x, 1, dims=1)
+
+    return torch.nn.Sequential(teacher, Roll()).eval()
+
+
+def test_tuning_picks_the_best_setting_on_a_seeded_toy(data: tuple[Any, Any], teacher: Any) -> None:
+    from onnxopt.distillation.tune import TuneConfig
+    from onnxopt.frameworks.torch_distill import distill
+
+    # Toy: 70% of the training labels are systematically wrong ((y + 1) % 10), the teacher is
+    # right: leaning on the teacher (alpha 0.9) must beat leaning on the labels (alpha 0.3).
+    (x, y), val = data
+    flip = np.random.default_rng(0).random(len(y)) < 0.7
+    noisy = (x, np.where(flip, (y + 1) % 10, y))
+    tune = TuneConfig(temperatures=(1.0, 4.0), alphas=(0.3, 0.9), proxy_epochs=4)
+    cfg = DistillConfig(lr=1e-2, patience=3, min_epochs=4, max_epochs=30, threads=1, seed=3)
+    torch.manual_seed(1)
+    res = distill_model(teacher, small_student(), noisy, val, cfg, tune=tune, benchmark_latency=False)
+    assert res.tuning is not None and len(res.tuning.ran) == 4
+    best = max(res.tuning.ran, key=lambda t: (t.val_accuracy, -t.val_loss))
+    assert res.tuning.best == (best.temperature, best.alpha) and best.alpha == 0.9
+    assert (res.config.temperature, res.config.alpha) == res.tuning.best  # the final run used it
+    worst_a03 = max(t.val_accuracy for t in res.tuning.ran if t.alpha == 0.3)
+    assert best.val_accuracy > worst_a03 + 10
+    # seeded: the chosen proxy run, repeated from the same initial weights, scores the same
+    torch.manual_seed(1)
+    again = small_student()
+    from dataclasses import replace
+
+    _, h = distill(teacher, again, noisy, val, replace(cfg, temperature=best.temperature, alpha=best.alpha,
+                                                       epochs=4, patience=0))
+    assert h.best_val_accuracy == pytest.approx(best.val_accuracy)
+    # and distillation pays here: the distilled student is written
+    assert res.written == "distilled" and res.row("student").val_accuracy > res.row("labels-only").val_accuracy
+
+
+def test_falls_back_to_the_labels_only_student(tmp_path: Path, data: tuple[Any, Any], teacher: Any) -> None:
+    cfg = DistillConfig(temperature=1.0, alpha=0.9, epochs=6, patience=0, lr=1e-2, threads=1)
+    out = tmp_path / "s.onnx"
+    torch.manual_seed(2)
+    res = distill_model(shifted(teacher), small_student(), *data, cfg, tune=False, output=out,
+                        benchmark_latency=False)
+    d, b = res.row("student").val_accuracy, res.row("labels-only").val_accuracy
+    assert d is not None and b is not None and b > d + 20  # a teacher that is always wrong hurts
+    assert res.written == "labels-only" and res.verdict.startswith("labels-only beats the distilled student")
+    from onnxopt.core.model import load_model
+
+    xv = data[1][0]
+    written = onnx_predict(load_model(out), xv)
+    np.testing.assert_array_equal(written, onnx_predict(res.baseline_model, xv))
+    assert not np.allclose(written, onnx_predict(res.distilled_model, xv))
+    assert res.model is res.baseline_model
+
+
+def test_cli_keep_distilled(tmp_path: Path, data: tuple[Any, Any], teacher: Any) -> None:
+    import contextlib
+    import io
+
+    from onnxopt.cli import main
+    from onnxopt.core.model import load_model
+    from onnxopt.distillation.api import export_student
+
+    tpath = tmp_path / "bad_teacher.onnx"
+    export_student(shifted(teacher), "torch", data[1][0], output=tpath)
+    src = tmp_path / "students.py"
+    src.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))\n"
+    )
+    tr, va = tmp_path / "tr.npz", tmp_path / "va.npz"
+    np.savez(tr, input=data[0][0], labels=data[0][1])
+    np.savez(va, input=data[1][0], labels=data[1][1])
+
+    def run(*extra: str) -> tuple[dict[str, Any], Path]:
+        out = tmp_path / f"s{len(extra)}.onnx"
+        buf = io.StringIO()
+        args = ["distill", "--teacher", str(tpath), "--student", f"{src}:build", "--data", str(tr),
+                "--val", str(va), "-o", str(out), "--alpha", "0.9", "-T", "1", "--epochs", "5", "--lr", "0.01",
+                "--threads", "1", "--no-bench", "--json", *extra]
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 0
+        return json.loads(buf.getvalue()), out
+
+    fallback, out = run()
+    assert fallback["tuning"] is None  # --alpha / -T given: tuning is off
+    assert fallback["written"] == "labels-only" and "--keep-distilled" in fallback["verdict"]
+    kept, out_kept = run("--keep-distilled")
+    assert kept["written"] == "distilled" and "kept the distilled one (--keep-distilled)" in kept["verdict"]
+    xv = data[1][0]
+    a, b = onnx_predict(load_model(out), xv), onnx_predict(load_model(out_kept), xv)
+    vals = {r["name"]: r["val_accuracy"] for r in kept["rows"]}
+    yv = data[1][1]
+    assert 100 * np.mean(a.argmax(1) == yv) == pytest.approx(vals["labels-only"])
+    assert 100 * np.mean(b.argmax(1) == yv) == pytest.approx(vals["student"])
+    assert vals["student"] < vals["labels-only"]

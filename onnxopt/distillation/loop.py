@@ -1,8 +1,9 @@
 """The one distillation training loop, shared by the PyTorch and Keras back ends.
 
 The loop owns what does not depend on the framework: checking and casting the data, caching
-the teacher's targets, the epochs and batches, the per-step learning-rate schedule (`lr_at`),
-early stopping, best-weights tracking and the history. A framework plugs in through a
+the teacher's targets, the epochs and batches, the per-step learning rate, when to stop
+(`StopRule`: to convergence or a fixed budget, see onnxopt.distillation.core for the rules
+and the loss), best-weights tracking and the history. A framework plugs in through a
 `Framework` (frameworks/torch_distill.py, frameworks/keras_distill.py): a teacher cache, a
 seeding function, a `Tap` on the student and a `Backend` that runs one optimizer step on a
 batch of sample indices and evaluates the student on the validation split.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,14 +27,13 @@ from onnxopt.distillation.core import (
     Data,
     DistillConfig,
     DistillHistory,
-    EarlyStopping,
     EpochLog,
     ProgressFn,
+    StopRule,
     check_classes,
     check_data,
-    lr_at,
 )
-from onnxopt.distillation.teacher import as_logits, teacher_outputs
+from onnxopt.distillation.teacher import TeacherOutputs, as_logits, teacher_outputs
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,15 @@ def prepare(
     val_data: Data,
     config: DistillConfig,
     *,
-    teacher_logits: np.ndarray | None,
+    teacher_logits: np.ndarray | TeacherOutputs | None,
     cache: TeacherCache,
     seed: Callable[[int], None],
 ) -> TrainingSet:
     """Check the splits, seed the framework, then cache the teacher's logits (and hint features).
 
     Labels only when there is no teacher (nor precomputed teacher_logits), or when alpha is 0
-    and no hint is asked for. teacher_logits skip the teacher pass unless a hint needs it.
+    and no hint is asked for. teacher_logits skip the teacher pass unless a hint needs features
+    they lack (TeacherOutputs from teacher_targets carry the features and the softmax handling).
     """
     check_data(train_data, val_data)
     x_tr, y_tr = (np.asarray(a) for a in train_data)
@@ -120,13 +122,14 @@ def prepare(
     handling = "none"
     t_hint = config.hint[0] if config.hint and not labels_only else None
     if not labels_only:
-        if teacher_logits is not None and t_hint is None:
+        if isinstance(teacher_logits, TeacherOutputs) and (t_hint is None or teacher_logits.features is not None):
+            t_logits, handling = teacher_logits.logits, teacher_logits.softmax_handling
+            t_feats = teacher_logits.features if t_hint else None
+        elif teacher_logits is not None and not isinstance(teacher_logits, TeacherOutputs) and t_hint is None:
             t_logits = np.asarray(teacher_logits, np.float32)
-        elif isinstance(teacher, (ModelProto, str, os.PathLike)):  # an ONNX teacher runs in onnxruntime
-            res = teacher_outputs(teacher, x_tr, hint=t_hint)
-            t_logits, t_feats, handling = res.logits, res.features, res.softmax_handling
         else:
-            t_logits, t_feats, handling = cache(teacher, x_tr, t_hint)
+            res = teacher_targets(teacher, x_tr, t_hint, cache)
+            t_logits, t_feats, handling = res.logits, res.features, res.softmax_handling
         if len(t_logits) != len(x_tr):
             raise InvalidInputError(f"{len(t_logits)} teacher logits for {len(x_tr)} training samples")
     return TrainingSet(
@@ -140,6 +143,17 @@ def prepare(
         mode="labels-only" if labels_only else "distill",
         student_hint=config.hint[1] if t_hint and config.hint else None,
     )
+
+
+def teacher_targets(teacher: Any, x: np.ndarray, hint: str | None, cache: TeacherCache) -> TeacherOutputs:
+    """The teacher's logits (and hint features) for every sample of x, computed once.
+
+    An ONNX teacher (ModelProto or path) runs in onnxruntime; a framework teacher through cache.
+    """
+    if isinstance(teacher, (ModelProto, str, os.PathLike)):
+        return teacher_outputs(teacher, np.asarray(x, np.float32), hint=hint)
+    logits, feats, handling = cache(teacher, np.asarray(x, np.float32), hint)
+    return TeacherOutputs(logits, feats, handling)
 
 
 def batched_targets(
@@ -203,51 +217,57 @@ def run_epochs(
     student_softmax: str = "none",
     progress: ProgressFn | None = None,
 ) -> DistillHistory:
-    """Train for config.epochs (early stopping), restore the best weights, return the history.
+    """Train until the StopRule says stop, restore the best weights, return the history.
 
     student_softmax: how the back end handled a final softmax of the student (for the history).
     """
+    t0 = time.perf_counter()
     n = len(data.x_train)
+    limit = config.epoch_limit
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
+    total = steps_per_epoch * limit
     warm = steps_per_epoch * config.warmup_epochs
-    stopper = EarlyStopping(config.patience)
+    rule = StopRule(config)
     best = backend.get_weights()
     losses: list[float] = []
     accs: list[float] = []
     vlosses: list[float] = []
     step = 0
-    stopped = False
-    lr = config.lr
-    for epoch in range(config.epochs):
+    reason = ""
+    lr = config.peak_lr
+    for epoch in range(limit):
         order = backend.start_epoch()
         total_loss = 0.0
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
-            lr = lr_at(step, total, warm, config.lr)
+            lr = rule.lr(step, total, warm)
             total_loss += backend.train_step(idx, lr) * len(idx)
             step += 1
         acc, vloss = backend.evaluate()
         losses.append(total_loss / n)
         accs.append(acc)
         vlosses.append(vloss)
-        if stopper.update(epoch, acc, vloss):
+        if rule.update(epoch, acc, vloss):
             best = backend.get_weights()
         if progress is not None:
-            progress(EpochLog(epoch + 1, config.epochs, losses[-1], acc, vloss, lr, data.mode))
-        if stopper.should_stop:
-            stopped = epoch + 1 < config.epochs
-            log.info("early stop after epoch %d (best %d)", epoch + 1, stopper.best_epoch + 1)
+            progress(EpochLog(epoch + 1, limit, losses[-1], acc, vloss, lr, data.mode))
+        stop = rule.decide(epoch)
+        if stop is not None:
+            reason = stop
             break
+    log.info("%s: stopped after epoch %d: %s", data.mode, len(losses), reason)
     backend.set_weights(best)
     return DistillHistory(
         train_loss=tuple(losses),
         val_accuracy=tuple(accs),
-        best_epoch=stopper.best_epoch,
-        stopped_early=stopped,
+        best_epoch=rule.best_epoch,
+        stopped_early=len(losses) < limit,
         val_loss=tuple(vlosses),
         softmax_handling=describe_handling(data.teacher_handling, student_softmax),
         mode=data.mode,
+        stop_reason=reason,
+        lr_cut_epochs=tuple(rule.cut_epochs),
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -269,7 +289,7 @@ def train(
     val_data: Data,
     config: DistillConfig,
     *,
-    teacher_logits: np.ndarray | None,
+    teacher_logits: np.ndarray | TeacherOutputs | None,
     progress: ProgressFn | None,
 ) -> DistillHistory:
     """Prepare the data and the teacher's targets, tap the student, run the epochs; the history."""

@@ -1,7 +1,12 @@
 """Hinton distillation of a Keras 3 student from a Keras or ONNX teacher (logits cached once).
 
 The Keras back end of onnxopt.distillation.loop: the teacher/student taps, the loss and the
-traced optimizer step live here; epochs, schedule, early stopping and history live in the loop.
+traced optimizer step live here; epochs, schedule, stopping and history live in the loop.
+
+The loss of a batch (student logits s, teacher logits t, labels y; see onnxopt.distillation.core):
+
+    alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(y, softmax(s))
+    [+ hint_weight * MSE(regressor(student feature), teacher feature)]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.errors import short_message as _short
 from onnxopt.distillation.core import Data, DistillConfig, DistillHistory, ProgressFn, pool_features
 from onnxopt.distillation.loop import Framework, TrainingSet, batched_targets, probe_student, train
+from onnxopt.distillation.teacher import TeacherOutputs
 from onnxopt.frameworks import require_keras
 
 log = logging.getLogger(__name__)
@@ -126,7 +132,7 @@ def distill(
     config: DistillConfig | None = None,
     *,
     progress: ProgressFn | None = None,
-    teacher_logits: np.ndarray | None = None,
+    teacher_logits: np.ndarray | TeacherOutputs | None = None,
 ) -> tuple[Any, DistillHistory]:
     """Train a Keras student in place with the Hinton loss and return (student, history).
 
@@ -152,7 +158,7 @@ class _KerasBackend:
         variables = list(tap.view.trainable_variables)
         if self.regressor is not None:
             variables += list(self.regressor.trainable_variables)
-        self.opt = keras.optimizers.AdamW(learning_rate=config.lr, weight_decay=config.weight_decay)
+        self.opt = keras.optimizers.AdamW(learning_rate=config.peak_lr, weight_decay=config.weight_decay)
         self.opt.build(variables)
         self._step = self._make_step(variables, config)
         n = len(data.x_train)

@@ -1,7 +1,12 @@
 """Hinton distillation of a PyTorch student from a PyTorch or ONNX teacher (logits cached once).
 
 The torch back end of onnxopt.distillation.loop: the teacher/student taps, the loss and the
-optimizer step live here; epochs, schedule, early stopping and history live in the loop.
+optimizer step live here; epochs, schedule, stopping and history live in the loop.
+
+The loss of a batch (student logits s, teacher logits t, labels y; see onnxopt.distillation.core):
+
+    alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(y, softmax(s))
+    [+ hint_weight * MSE(regressor(student feature), teacher feature)]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.distillation.core import Data, DistillConfig, DistillHistory, ProgressFn, pool_features
 from onnxopt.distillation.loop import Framework, TrainingSet, batched_targets, probe_student, train
+from onnxopt.distillation.teacher import TeacherOutputs
 from onnxopt.frameworks import require_torch
 
 log = logging.getLogger(__name__)
@@ -116,7 +122,7 @@ def distill(
     config: DistillConfig | None = None,
     *,
     progress: ProgressFn | None = None,
-    teacher_logits: np.ndarray | None = None,
+    teacher_logits: np.ndarray | TeacherOutputs | None = None,
 ) -> tuple[Any, DistillHistory]:
     """Train student in place with the Hinton loss and return (student, history).
 
@@ -161,7 +167,7 @@ class _TorchBackend:
             params += list(self.regressor.parameters())
         t_logits = data.teacher_logits
         self.t_logits = torch.from_numpy(t_logits) if t_logits is not None else None
-        self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
         self.gen = torch.Generator().manual_seed(config.seed)
 
     def _probe(self, data: TrainingSet) -> Any:
