@@ -24,9 +24,9 @@ def command(model: Path, as_json: bool, no_validate: bool) -> None:
     from onnxopt.core.errors import InvalidModelError, short_message
     from onnxopt.core.model import describe, load_model, validate_model
 
-    proto = load_model(model)
+    proto = load_model(model, load_external_data=False)  # the graph is all it describes: weights stay on disk
     if not no_validate:
-        validate_model(proto)
+        validate_model(model)  # from the file: onnxruntime reads the weights itself
     try:
         desc = describe(model, proto)
     except InvalidModelError as e:  # e.g. an unknown element type, named by its tensor

@@ -99,6 +99,15 @@ def load_model(
     if not model.graph.node and not model.graph.output and not model.opset_import:
         # protobuf parses many arbitrary byte strings as an empty message
         raise InvalidModelError(f"{p}: not an ONNX model (no graph, outputs or opset imports)")
+    if not load_external_data and _uses_external_data(model):
+        from onnxopt.core.external import external_info
+
+        for t in model.graph.initializer:
+            where = p.parent / external_info(t).get("location", "")
+            if t.data_location == TensorProto.EXTERNAL and not where.is_file():
+                raise InvalidModelError(
+                    f"{p}: external data file missing: {where}; keep the data file beside the model"
+                )
     if load_external_data and _uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
@@ -123,23 +132,26 @@ def _uses_external_data(model: ModelProto) -> bool:
 
 def validate_model(model: ModelProto | str | os.PathLike[str], *, check_runtime: bool = True) -> None:
     """Run onnx.checker and (optionally) create an onnxruntime session; raise InvalidModelError."""
+    from onnxopt.core.external import as_file, needs_file
+
     name = str(model) if not isinstance(model, ModelProto) else (model.graph.name or "model")
-    proto = load_model(model) if not isinstance(model, ModelProto) else model
+    if not isinstance(model, ModelProto):
+        load_model(model, load_external_data=False, name_nodes=False)  # a readable model, data files present
     try:
-        if proto.ByteSize() > _PROTO_LIMIT:
-            if isinstance(model, ModelProto):
-                log.info("model above 2 GB: checker skipped for in-memory model")
-            else:
-                onnx.checker.check_model(str(model))
+        if not isinstance(model, ModelProto):
+            onnx.checker.check_model(str(model))  # from the file: the weights are not loaded
+        elif needs_file(model):  # big: checked from a file rather than serialized whole in memory
+            with as_file(model) as path:
+                onnx.checker.check_model(str(path))
         else:
-            onnx.checker.check_model(proto)
+            onnx.checker.check_model(model)
     except Exception as e:
         raise InvalidModelError(f"{name}: fails the ONNX checker: {_short(e)}") from e
     if check_runtime:
         from onnxopt.core.runtime import create_session
 
         try:
-            create_session(proto if isinstance(model, ModelProto) else Path(model))
+            create_session(model if isinstance(model, ModelProto) else Path(model))
         except OnnxoptError as e:
             raise InvalidModelError(f"{name}: {e}") from e
 
@@ -452,15 +464,9 @@ def save_model(
     try:
         tmp = tmp_dir / out.name
         if use_external:
-            m = copy_model(model)
-            onnx.save_model(
-                m,
-                str(tmp),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
+            from onnxopt.core.external import write_external
+
+            write_external(model, tmp)  # tensor by tensor: no copy of the model
             os.replace(tmp_dir / data_name, out.parent / data_name)
         else:
             _write_bytes(tmp, model.SerializeToString())

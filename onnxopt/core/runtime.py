@@ -155,13 +155,21 @@ def create_session(
     cfg = config or SessionConfig(**kwargs)
     so = session_options(cfg)
     if isinstance(model, ModelProto):
-        src: Any = model.SerializeToString()
-        name = model.graph.name or "model"
-    elif isinstance(model, bytes):
-        src, name = model, "model"
-    else:
-        src = str(Path(model))
-        name = src
+        from onnxopt.core.external import as_file, needs_file
+
+        if needs_file(model):  # big: through a file, not serialized bytes (onnxopt.core.external)
+            try:
+                with as_file(model) as path:
+                    return _session(str(path), so, cfg, model.graph.name or "model")
+            except ValueError as e:
+                raise InvalidModelError(f"onnxruntime cannot load {model.graph.name or 'model'}: {e}") from e
+        return _session(model.SerializeToString(), so, cfg, model.graph.name or "model")
+    if isinstance(model, bytes):
+        return _session(model, so, cfg, "model")
+    return _session(str(Path(model)), so, cfg, str(Path(model)))
+
+
+def _session(src: Any, so: ort.SessionOptions, cfg: SessionConfig, name: str) -> ort.InferenceSession:
     printed = io.StringIO()
     try:
         # onnxruntime print()s an "EP Error" banner to stdout when a provider fails: keep it out of ours.

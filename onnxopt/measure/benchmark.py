@@ -166,7 +166,7 @@ def _resolve_models(
             default = m.graph.name or f"model{i}"
         else:
             p = Path(m)
-            proto, path, size = load_model(p), str(p), p.stat().st_size
+            proto, path, size = load_model(p, load_external_data=False), str(p), p.stat().st_size  # sessions read the file
             default = p.name
         name = names[i] if names is not None else default
         seen[name] = seen.get(name, 0) + 1

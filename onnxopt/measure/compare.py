@@ -87,7 +87,8 @@ def compare_files(
         raise InvalidInputError(f"--samples must be >= 1, got {samples}")
     if g.min_speedup is not None and not latency:
         raise InvalidInputError("--min-speedup needs the latency comparison: drop --no-latency")
-    ref, cand = load_model(reference), load_model(candidate)
+    # The graphs only: sessions read each model's weights from its file (onnxopt.core.external).
+    ref, cand = load_model(reference, load_external_data=False), load_model(candidate, load_external_data=False)
     check_same_inputs(ref, cand)
     labels = None
     if data is not None:
@@ -100,13 +101,13 @@ def compare_files(
         source = f"synthesized, seed {config.seed}"
     if g.max_accuracy_drop is not None:
         require_labels(labels, labels_key)
-    fid = compare_models(ref, cand, feed, labels)
+    fid = compare_models(reference, candidate, feed, labels)
     results: list[BenchResult] = []
     ratio = None
     if latency:
         bench_feed = data_feed(ref, data, config.batch, labels_key) if data is not None else None
         names = [Path(reference).name, Path(candidate).name]
-        results = benchmark([ref, cand], config, feed=bench_feed, names=names, progress=progress)
+        results = benchmark([Path(reference), Path(candidate)], config, feed=bench_feed, names=names, progress=progress)
         ratio = latency_ratio(results[1], results[0], quantile=quantile)
     failed = _failed_gates(fid, ratio.speedup if ratio else None, g.max_accuracy_drop, g.min_speedup, g.min_cosine)
     return Comparison(fid, source, tuple(results), ratio, tuple(failed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,8 @@ ModelLike = ModelProto | str | os.PathLike[str]
 
 
 def _proto(model: ModelLike) -> ModelProto:
-    return model if isinstance(model, ModelProto) else load_model(model)
+    """The model's proto; from a path, the graph only (sessions read the weights from the file)."""
+    return model if isinstance(model, ModelProto) else load_model(model, load_external_data=False)
 
 
 def run_batched(
@@ -63,7 +65,8 @@ def run_batched(
     bs = fixed if fixed is not None else batch_size
     from onnxopt.core.runtime import lean_session
 
-    sess = create_session(proto, lean_session(proto, session or SessionConfig()))
+    src = proto if isinstance(model, ModelProto) else Path(model)
+    sess = create_session(src, lean_session(proto, session or SessionConfig()))
     chunks: list[list[np.ndarray]] = []
     for b in batches(sub, bs, axes):
         n = feed_samples(b, axes)
@@ -246,8 +249,8 @@ def compare_models(
             f"({', '.join(s.name for s in ref_out_specs)}), candidate has {len(cand_out_specs)} "
             f"({', '.join(s.name for s in cand_out_specs)})"
         )
-    r_outs = run_batched(ref, feed, batch_size)
-    c_outs = run_batched(cand, feed, batch_size)
+    r_outs = run_batched(reference, feed, batch_size)
+    c_outs = run_batched(candidate, feed, batch_size)
     # Pair outputs by name when the names agree, else by position.
     c_index = {s.name: i for i, s in enumerate(cand_out_specs)}
     same_names = all(s.name in c_index for s in ref_out_specs)

@@ -25,6 +25,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidModelError, OnnxoptError
+from onnxopt.core.external import write_model_file
 from onnxopt.core.feeds import Feed
 from onnxopt.core.model import load_model
 from onnxopt.core.runtime import (
@@ -100,7 +101,7 @@ def _stage(entries: list[Entry], feeds: list[Feed], workdir: Path) -> list[tuple
         else:
             mpath = str(workdir / f"model_{i}.onnx")
             if not Path(mpath).exists():
-                Path(mpath).write_bytes(e.proto.SerializeToString())
+                write_model_file(e.proto, Path(mpath))
         fpath = workdir / f"feed_{i}.npz"
         np.savez(fpath, **f)  # type: ignore[arg-type]
         staged.append((str(Path(mpath).resolve()), str(fpath)))
@@ -164,7 +165,7 @@ def measure_peak_rss(
     model: ModelProto | str | Path, feed: Feed, session: SessionConfig | None = None, runs: int = 3
 ) -> float:
     """Peak resident memory in MB added by creating a session and running it, in a fresh process."""
-    proto = model if isinstance(model, ModelProto) else load_model(model)
+    proto = model if isinstance(model, ModelProto) else load_model(model, load_external_data=False)
     path = None if isinstance(model, ModelProto) else str(model)
     entry = Entry("m", path, proto, 0, lean_session(proto, session or bench_session()))
     with tempfile.TemporaryDirectory(prefix="onnxopt-mem-") as tmp:

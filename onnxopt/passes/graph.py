@@ -23,6 +23,7 @@ edit weights (magnitude and channel pruning, quantization) then see them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import onnx
 from onnx import ModelProto, helper, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError, short_message
+from onnxopt.core.external import as_file, needs_file, same_graph
 from onnxopt.core.model import copy_model, op_histogram, prune_opset_imports, subgraph_inputs
 from onnxopt.passes.base import PassContext, PassResult, register_pass
 
@@ -74,12 +76,15 @@ def ort_optimize(model: ModelProto, level: str = "basic") -> ModelProto:
     with tempfile.TemporaryDirectory(prefix="onnxopt-graph-") as tmp:
         out = Path(tmp) / "optimized.onnx"
         so.optimized_model_filepath = str(out)
-        if model.ByteSize() > 2**31 - 2**20:
+        big = needs_file(model)
+        if big:  # weights stay in an external-data file; onnxruntime reads the model from a file
             so.add_session_config_entry(
                 "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
             )
         try:
-            ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+            with contextlib.ExitStack() as stack:
+                src = str(stack.enter_context(as_file(model))) if big else model.SerializeToString()
+                ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {short_message(e)}") from e
         result = onnx.load(str(out))
@@ -113,7 +118,7 @@ class OptimizeGraphPass:
             )
         new = ort_optimize(model, self.level)
         before, after = op_histogram(model), op_histogram(new)
-        modified = new.graph.SerializeToString() != model.graph.SerializeToString()
+        modified = not same_graph(new.graph, model.graph)
         return PassResult(
             new,
             modified,

@@ -16,8 +16,8 @@ from onnx import ModelProto
 from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.core.feeds import Feed, synthesize_feed
-from onnxopt.core.model import copy_model, fixed_batch
-from onnxopt.core.names import name_nodes
+from onnxopt.core.model import fixed_batch
+from onnxopt.core.names import unnamed_count, with_node_names
 from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
 from onnxopt.measure.fidelity import require_labels
 from onnxopt.measure.stats import latency_ratio
@@ -138,10 +138,11 @@ def quantize(
         require_algorithm(cfg.algorithm)
     notes: list[str] = []
     cpu = detect_cpu()
-    original = copy_model(model)
-    named = name_nodes(original)  # the report, exclusions and decisions identify nodes by name
-    if named:
-        notes.append(f"{named} unnamed node(s) given stable names: <op type>_<position>_<hash>")
+    # Never modified below; a copy only to name unnamed nodes (the report, exclusions and decisions
+    # identify nodes by name): a big model is not copied.
+    original = with_node_names(model)
+    if original is not model:
+        notes.append(f"{unnamed_count(model)} unnamed node(s) given stable names: <op type>_<position>_<hash>")
     source = _as_source(original, calib, cfg)
     feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes, bench)
     evaluator = Evaluator(original, feed, labels, eval_source)

@@ -15,6 +15,7 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
 from onnxopt.core.errors import short_message as _short
+from onnxopt.core.external import LARGE, needs_file, write_model_file
 from onnxopt.core.feeds import Feed, first_batch
 from onnxopt.core.files import scratch_cwd
 from onnxopt.core.model import (
@@ -244,12 +245,18 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
     notes.extend(subgraph_notes(model, COMPUTE_OPS, "left in float (onnxruntime's quantizer does not enter "
                                                    "If/Loop/Scan subgraphs)"))
     folded_path = workdir / "float_folded.onnx"
-    folded = prune_opset_imports(copy_model(model)) if graph_optimized else ort_optimize(model, "basic")
+    folded = _opsets_pruned(model) if graph_optimized else ort_optimize(model, "basic")
     name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
-    onnx.save(folded, str(folded_path))
+    write_model_file(folded, folded_path)  # a big model: weights in external data beside it
     variants: list[Prepared] = []
     pre_path = workdir / "float_preprocessed.onnx"
-    for kwargs, label in (({}, "defaults"), ({"skip_symbolic_shape": True}, "skip_symbolic_shape=True")):
+    attempts: tuple[tuple[dict[str, Any], str], ...] = (
+        ({}, "defaults"), ({"skip_symbolic_shape": True}, "skip_symbolic_shape=True"))
+    if needs_file(folded):
+        attempts = ()
+        notes.append(f"model above {LARGE >> 20} MB: quant_pre_process skipped (its shape inference holds "
+                     "several copies of the weights); quantizing the constant-folded model")
+    for kwargs, label in attempts:
         try:
             # Its symbolic shape inference writes temporary files into the current directory.
             with quiet_quantizer(), scratch_cwd("onnxopt-prep-"):  # input optimized already: skip its optimizer
@@ -270,6 +277,17 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
                 notes.append(f"quant_pre_process failed ({_short(e)}); quantizing the constant-folded model")
     variants.append(Prepared("folded", folded_path, folded))
     return variants
+
+
+def _opsets_pruned(model: ModelProto) -> ModelProto:
+    """model without unused opset imports: itself when it has none (a big model is not copied)."""
+    probe = ModelProto()
+    probe.opset_import.extend(model.opset_import)
+    probe.functions.extend(model.functions)
+    probe.graph.node.extend(model.graph.node)
+    if len(prune_opset_imports(probe).opset_import) == len(model.opset_import):
+        return model
+    return prune_opset_imports(copy_model(model))
 
 
 @contextlib.contextmanager
@@ -314,6 +332,7 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
         "weight_type": _qtype(cand.weight_type),
         "nodes_to_exclude": list(cand.exclude_nodes) or None,
         "extra_options": {"MatMulConstBOnly": True},
+        "use_external_data_format": needs_file(prep.model),
     }
     cache = calibration_cache(prep, cand.calib_method, source, workdir) if cand.mode == "static" else None
     try:
