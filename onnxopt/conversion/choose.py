@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from onnxopt.conversion.types import Candidate, ConvertOptions
-from onnxopt.core.feeds import Feed
 from onnxopt.core.errors import short_message as _short
+from onnxopt.core.feeds import Feed
 
 log = logging.getLogger(__name__)
 
