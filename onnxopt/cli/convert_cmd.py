@@ -18,6 +18,7 @@ from onnxopt.cli._options import (
     seed_option,
     source_path,
 )
+from onnxopt.frameworks.hf_folder import POOLING_MODES, TASKS
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -65,6 +66,22 @@ def _shapes(items: tuple[str, ...]) -> tuple[dict[str, tuple[int, ...]] | None, 
 @click.option("--no-simplify", is_flag=True, help="Skip constant folding / redundant-node removal.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help=".npz of real inputs to check parity on too (keys = input names; 'labels' ignored).")
+@click.option("--dynamic", "dynamic", multiple=True, metavar="NAME=AXIS:LABEL[,...]",
+              help="Make more input axes symbolic (repeatable), e.g. input_ids=1:sequence; parity is "
+                   "checked at other sizes of them too. HF folders get batch and sequence by default.")
+@click.option("--task", type=click.Choice(["auto", *TASKS]), default="auto", show_default=True,
+              help="HF folder: the model family (auto: from config.json's architectures).")
+@click.option("--pooling", type=click.Choice(["auto", "none", *POOLING_MODES]), default="auto", show_default=True,
+              help="HF encoder: pool last_hidden_state into sentence_embedding (auto: the "
+                   "sentence-transformers folder's pooling, else none).")
+@click.option("--normalize/--no-normalize", default=None,
+              help="HF encoder: L2-normalize the pooled embedding (default: as the folder says).")
+@click.option("--with-tokenizer", is_flag=True,
+              help="HF text folder: put its tokenizer in front (onnxruntime-extensions), so the file "
+                   "takes a batch of strings; verified against the Python tokenizer + model.")
+@click.option("--texts", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --with-tokenizer: verify on these sentences (UTF-8, one per line) instead of "
+                   "the built-in 300.")
 @seed_option("Seed of the synthetic parity inputs.")
 @json_option
 def command(
@@ -82,6 +99,12 @@ def command(
     rtol: float,
     no_simplify: bool,
     data: Path | None,
+    dynamic: tuple[str, ...],
+    task: str,
+    pooling: str,
+    normalize: bool | None,
+    with_tokenizer: bool,
+    texts: Path | None,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -94,24 +117,31 @@ def command(
       package.module:factory        the same, importable
       model.keras / model.h5        a saved Keras model
       saved_model_dir/              a TensorFlow SavedModel folder
+      hf_model_dir/                 a Hugging Face folder (config.json + weights, as written by
+                                    save_pretrained) or a sentence-transformers folder
     \b
     Examples:
       onnxopt convert models/digits_cnn.py:build --weights models/digits_cnn.pt \\
           --input-shape input=1,1,8,8 --output-names logits -o digits.onnx
       onnxopt convert models/digits_keras.keras -o digits_keras.onnx --data models/digits_val.npz
+      onnxopt convert ./all-MiniLM-L6-v2 -o minilm.onnx --with-tokenizer
     \b
     Exit codes: 0 converted and parity passed; 1 error (bad source, export failed,
     parity above --atol/--rtol: no output file is written).
     """
     from onnxopt.conversion.api import convert_source
+    from onnxopt.conversion.dynamic import axes_of, parse_dynamic
     from onnxopt.core.checks import check_data
     from onnxopt.core.feeds import load_npz
     from onnxopt.core.files import FilePlan, staged
 
-    plan = FilePlan.of(reads={"SOURCE": source_path(source), "--weights": weights, "--data": data},
+    plan = FilePlan.of(reads={"SOURCE": source_path(source), "--weights": weights, "--data": data,
+                              "--texts": texts},
                        writes={"-o": output})  # fmt: skip
     plan.check()  # before any work: the output may not clobber the source, its weights or the data
     shapes, dtypes = _shapes(input_shape)
+    dynamic_axes = axes_of(option_config(parse_dynamic, dynamic)) if dynamic else None
+    sentences = _read_texts(texts) if texts is not None else None
     feed = None
     if data is not None:
         feed = load_npz(data)
@@ -133,6 +163,12 @@ def command(
         simplify=not no_simplify,
         data=feed,
         seed=seed,
+        dynamic_axes=dynamic_axes,
+        task=task,
+        pooling=pooling,
+        normalize=normalize,
+        with_tokenizer=with_tokenizer,
+        texts=sentences,
     )
     with staged(plan) as outputs:
         outputs.model(output, result.model)
@@ -142,6 +178,19 @@ def command(
         echo_json(report)
         return
     _print_table(report, output)
+
+
+def _read_texts(path: Path) -> list[str]:
+    """One sentence per line (empty lines are empty sentences); a usage error when unreadable or empty."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise click.BadParameter(f"{path}: not readable UTF-8 text ({e})", param_hint="--texts") from e
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise click.BadParameter(f"{path}: no sentences", param_hint="--texts")
+    return lines
 
 
 def _print_table(report: dict[str, Any], output: Path) -> None:
@@ -158,6 +207,24 @@ def _print_table(report: dict[str, Any], output: Path) -> None:
     t.add_row("opset", str(report["opset"]))
     t.add_row("parity", f"max abs {p['max_abs']:.3g}, max rel {p['max_rel']:.3g} on {p['samples']} samples "
                         f"(atol {p['atol']:g}, rtol {p['rtol']:g}): {'passed' if p['passed'] else 'FAILED'}")
+    hf = report.get("source_model")
+    if hf:
+        pooled = f", {'+'.join(hf['pooling'])} pooling" + (" + L2 norm" if hf["normalize"] else "") if hf["pooling"] else ""
+        t.add_row("model", escape(f"{hf['kind']} {hf['architecture'] or hf['model_type']} ({hf['task']}{pooled})"))
+    if report.get("dynamic_axes"):
+        lengths = sorted({s for shapes in report.get("parity_shapes", []) for dims in shapes.values()
+                          for s in dims[1:2]})
+        t.add_row("dynamic axes", escape(", ".join(f"{n}[{a}]={lbl}" for n, axes in report["dynamic_axes"].items()
+                                                   for a, lbl in axes.items())))
+        if lengths:
+            t.add_row("parity at", "axis-1 sizes " + ", ".join(map(str, lengths)))
+    tok = report.get("tokenizer")
+    if tok:
+        cos = f", pipeline cosine min {tok['min_cosine']:.4f}" if tok.get("min_cosine") is not None else ""
+        t.add_row("tokenizer", f"{tok['ids_equal']}/{tok['sentences']} sentences tokenized alike{cos}, "
+                               f"model max abs {tok['model_max_abs']:.3g}")
+        if tok.get("note"):
+            t.add_row("warning", escape(tok["note"]))
     t.add_row("nodes", str(report["nodes"]))
     t.add_row("size", human_bytes(report["model_bytes"]))
     t.add_row("time", f"{report['seconds']:.1f} s")

@@ -356,16 +356,17 @@ def convert_source(
                     dynamic_axes)
     if output is not None and os.path.exists(source) and Path(output).resolve() == Path(source).resolve():
         raise InvalidInputError(f"{output}: refusing to overwrite the source model; choose another output path")
+    from onnxopt.frameworks.hf_folder import is_hf_folder
+
+    hf_only = [flag for flag, used in (("--with-tokenizer", with_tokenizer), ("--task", task != "auto"),
+                                       ("--pooling", pooling != "auto"), ("--normalize", normalize is not None))
+               if used]
+    if hf_only and not is_hf_folder(Path(source)):
+        raise InvalidInputError(f"{hf_only[0]} applies to a Hugging Face model folder as SOURCE")
     feed = dict(data) if data is not None else None
     src = load_source(source, framework=framework, weights=weights, input_shapes=input_shapes,
                       input_dtypes=input_dtypes, input_names=opts.input_names, data=feed,
                       hf={"task": task, "pooling": pooling, "normalize": normalize})
-    if not hasattr(src, "folder"):
-        hf_only = [flag for flag, used in (("--with-tokenizer", with_tokenizer), ("--task", task != "auto"),
-                                           ("--pooling", pooling != "auto"), ("--normalize", normalize is not None))
-                   if used]
-        if hf_only:
-            raise InvalidInputError(f"{hf_only[0]} applies to a Hugging Face model folder as SOURCE")
     if not with_tokenizer:
         return convert(src, opts, data=feed, output=output)
     from onnxopt.conversion.text import attach_tokenizer
