@@ -383,9 +383,29 @@ CONV_OPS = ("Conv", "ConvTranspose")
 MATMUL_OPS = ("MatMul", "Gemm")
 
 
+# Ops onnxruntime's transformer optimizer fuses an encoder into: their presence means a transformer.
+TRANSFORMER_FUSED_OPS = ("com.microsoft.Attention", "com.microsoft.EmbedLayerNormalization",
+                         "com.microsoft.SkipLayerNormalization", "com.microsoft.MultiHeadAttention")
+
+
+def _is_transformer(model: ModelProto, hist: dict[str, int]) -> bool:
+    """A transformer encoder: fused attention ops, or MatMul + Softmax + LayerNormalization (or its
+    decomposed ReduceMean/Pow/Sqrt form) fed by a [batch, sequence] integer token-id input."""
+    if any(hist.get(op, 0) for op in TRANSFORMER_FUSED_OPS):
+        return True
+    layer_norm = hist.get("LayerNormalization", 0) or (
+        hist.get("ReduceMean", 0) >= 2 and hist.get("Pow", 0) and hist.get("Sqrt", 0))
+    if not (layer_norm and hist.get("Softmax", 0) and hist.get("MatMul", 0) >= 4):
+        return False
+    return any(len(s.shape) == 2 and np.issubdtype(s.numpy_dtype, np.integer) for s in graph_inputs(model))
+
+
 def model_family(model: ModelProto) -> str:
-    """'sequence' (RNN/attention or MatMul-heavy), 'conv' (Conv-heavy) or 'dense' (MLP-like)."""
+    """'transformer' (a text encoder: _is_transformer), 'sequence' (RNN/attention or MatMul-heavy),
+    'conv' (Conv-heavy) or 'dense' (MLP-like)."""
     hist = op_histogram(model)
+    if _is_transformer(model, hist):
+        return "transformer"
     if any(hist.get(op, 0) for op in SEQUENCE_OPS):
         return "sequence"
     conv = sum(hist.get(op, 0) for op in CONV_OPS)

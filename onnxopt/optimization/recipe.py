@@ -16,6 +16,7 @@ from typing import Any
 
 import onnxopt.passes.graph  # noqa: F401  (registers optimize_graph, fold_constants)
 import onnxopt.passes.postprocess  # noqa: F401  (registers add_postprocessing)
+import onnxopt.passes.transformer  # noqa: F401  (registers fuse_transformer)
 import onnxopt.pruning.recipe_pass  # noqa: F401  (registers prune_magnitude, prune_channels)
 import onnxopt.quantization.recipe_pass  # noqa: F401  (registers quantize)
 from onnxopt.core.errors import InvalidInputError, OnnxoptError

@@ -81,6 +81,8 @@ def default_recipe(model: ModelProto, objective: str = "latency") -> Recipe:
 
 def _family_recipe(family: str, objective: str) -> Recipe:
     passes = [PassSpec("optimize_graph", {}), PassSpec("quantize", {"mode": "auto"})]
+    if family == "transformer":  # onnxruntime's transformer fusions, then int8 (quantization.transformer)
+        passes[0] = PassSpec("fuse_transformer", {})
     return Recipe(tuple(passes), description=f"default recipe for a {family} model (objective {objective})")
 
 
@@ -117,7 +119,8 @@ def _unique(name: str, seen: set[str]) -> str:
 
 
 def _eval_feed(
-    model: ModelProto, val: tuple[Feed, np.ndarray | None] | None, calib: Any, config: OptimizeConfig
+    model: ModelProto, val: tuple[Feed, np.ndarray | None] | None, calib: Any, config: OptimizeConfig,
+    family: str = "",
 ) -> tuple[Feed, np.ndarray | None, str]:
     """The verification inputs: --data, else the first calibration samples (as `quantize` does:
     real inputs, which int8 calibrated on them handles), else synthetic random inputs."""
@@ -132,6 +135,12 @@ def _eval_feed(
         feed = calib.head(EVAL_SAMPLES) if hasattr(calib, "head") else first_batch(calib, EVAL_SAMPLES, axes)
         n = feed_samples(feed, axes)
         return feed, None, f"{n} samples from --calib-data (no --data: pass it for held-out inputs and labels)"
+    if family == "transformer":  # token ids shaped like text (core.tokens); random ids would mislead
+        from onnxopt.core.tokens import token_feed
+
+        n = max(config.synthetic_samples, config.batch)
+        feed = token_feed(model, samples=n, overrides=config.shape_overrides, seed=config.seed)
+        return feed, None, f"{n} synthetic text-like samples (seed {config.seed}); pass --data for real inputs"
     feed = synthesize_feed(model, batch=max(config.synthetic_samples, config.batch),
                            overrides=config.shape_overrides, seed=config.seed)
     n = feed_samples(feed, axes)
@@ -182,11 +191,13 @@ def run_plan(
     if cfg.gates.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)
     calib = _calibration(rec, calib, val, warnings)
-    feed, labels, data_desc = _eval_feed(model, val, calib, cfg)
+    feed, labels, data_desc = _eval_feed(model, val, calib, cfg, decided.family)
     timed = timing_feed(model, feed, batch=cfg.batch, overrides=cfg.shape_overrides, seed=cfg.seed)
     if val is not None and cfg.shape_overrides:
         warnings.append("--shape not used: latency is measured on the --data samples, at their shape")
     floor = cfg.floor(has_labels=labels is not None)
+    if decided.family == "transformer":  # dynamic int8's activation scale spans the batch: verify at the deployed one
+        cfg = replace(cfg, eval_batch=cfg.batch)
     pipeline = rec.pipeline()
     if decisions is not None:
         check_replayable(decisions, model, rec, cfg.objective, floor)

@@ -11,6 +11,7 @@ shows it clearly faster than the stage before, by the same INT8_MARGIN rule.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from onnx import ModelProto
 
@@ -41,12 +42,15 @@ class _QuantizePass(ConfigPass):
         config: QuantizeConfig = self.config(objective=context.objective, seed=context.seed)
         val = (context.val, context.labels) if context.val is not None else None
         try:
-            result = quantize(
-                model, config, calib=context.calib if self.calibrates else None, val=val,
-                bench=context.bench if config.mode == "auto" else None,
-                graph_optimized=context.prior[-1:] == ("optimize_graph",),
-                budget=_budget(config, context.floor),
-            )
+            if context.family == "transformer" and config.mode in ("auto", "dynamic"):
+                result = _quantize_transformer(model, config, context, val)
+            else:
+                result = quantize(
+                    model, config, calib=context.calib if self.calibrates else None, val=val,
+                    bench=context.bench if config.mode == "auto" else None,
+                    graph_optimized=context.prior[-1:] == ("optimize_graph",),
+                    budget=_budget(config, context.floor),
+                )
         except OpsetUpgradeError as e:  # the other passes still run; the stage says why
             return PassResult(model, False, {"mode": "skipped", "requested_mode": config.mode, "reason": str(e)})
         report = dict(result.report)
@@ -71,6 +75,18 @@ class _QuantizePass(ConfigPass):
         if repaired:
             report["repaired"] = repaired
         return PassResult(q_model, True, report, keep_if_faster=keep_if_faster)
+
+
+def _quantize_transformer(model: ModelProto, config: QuantizeConfig, context: PassContext, val: Any) -> Any:
+    """A transformer encoder's int8 (quantization.transformer): per-channel dynamic MatMuls, the
+    sensitive ones found fast and kept in float, fidelity held on every sample at the run's batch."""
+    from onnxopt.quantization.transformer import quantize_transformer
+
+    bench = context.bench
+    return quantize_transformer(
+        model, config, val=val, calib=context.calib, budget=_budget(config, context.floor),
+        batch=bench.batch if bench is not None else 1, overrides=bench.shape_overrides if bench is not None else None,
+    )
 
 
 def _budget(config: QuantizeConfig, floor: Budget | None) -> Budget | None:
