@@ -42,7 +42,7 @@ from hard_digits import hard_digits  # noqa: E402
 
 from onnxopt.conversion.api import from_keras, from_torch  # noqa: E402
 from onnxopt.core.cpu import detect_cpu  # noqa: E402
-from onnxopt.core.model import initializer_stats, load_model, save_model  # noqa: E402
+from onnxopt.core.model import initializer_stats, load_model, prune_opset_imports, save_model  # noqa: E402
 from onnxopt.core.runtime import SessionConfig, physical_cores  # noqa: E402
 from onnxopt.distillation.api import DistillConfig, distill_model  # noqa: E402
 from onnxopt.measure.benchmark import BenchConfig, benchmark  # noqa: E402
@@ -345,6 +345,7 @@ class Stages:
     def add(self, name: str, stage: str, model: Any, file: str, parent: str | None = None, note: str = "",
             latency_ms: float | None = None) -> Candidate:
         """Register a model (saved to out/file) with its objectives."""
+        prune_opset_imports(model)  # bytes independent of what the process loaded before (see sha256)
         save_model(model, self.out / file)
         acc = accuracy(model, {"input": self.data["select"][0]}, self.data["select"][1])
         lat = self.cost.predict(model) if latency_ms is None else latency_ms

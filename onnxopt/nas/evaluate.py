@@ -212,6 +212,11 @@ class _Evaluator:
         module = self.train_module(genome)
         train_s = time.perf_counter() - start
         model = self.export(module)
+        # opset imports no node uses depend on what the process loaded before (e.g. onnxruntime-
+        # extensions' domains): dropped, so a candidate's bytes depend on its genome and seed only
+        from onnxopt.core.model import prune_opset_imports
+
+        prune_opset_imports(model)
         metrics: dict[str, Any] = self.measure(model)
         metrics["train_s"] = round(train_s, 3)
         if self.workdir is not None:
