@@ -1,4 +1,4 @@
-"""Self-contained HTML report of a case-study run: the table and three plots (matplotlib)."""
+"""The case study's outputs for people: the Markdown table (also written into the README) and an HTML page."""
 
 from __future__ import annotations
 
@@ -6,9 +6,80 @@ import base64
 import html
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+BEGIN = "<!-- case-study-table:begin (written by `make case-study`; do not edit by hand) -->"
+END = "<!-- case-study-table:end -->"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Every model of the run, one row each, the kept one in bold."""
+    lines = ["| model | stage | test acc. | select acc. | params | size | predicted | p50 measured | "
+             "faster (95% CI) | smaller | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results["rows"]:
+        lo, hi = r["speedup_ci"]
+        name = f"**{r['model']} = final**" if r["final"] else r["model"]
+        verdict = "; ".join(v for v in (r["verdict"], "Pareto front" if r["pareto"] else "",
+                                        "meets targets" if r["feasible"] and r["stage"] != "1. teacher" else "",
+                                        r["note"]) if v)
+        lines.append(
+            f"| {name} | {r['stage']} | {r['test_accuracy']:.2f}% | {r['select_accuracy']:.2f}% | {r['params']:,} | "
+            f"{r['file_size'] / 1e3:,.1f} kB | {r['predicted_ms']:.3f} ms | {r['p50_ms']:.3f} ms | "
+            f"{r['speedup']:.1f}x ({lo:.1f}-{hi:.1f}) | {r['smaller']:.1f}x | {verdict} |")
+    return "\n".join(lines)
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """The run's settings, the kept model, the targets and the int8 verdict, as Markdown lines."""
+    m = results["machine"]
+    t = results["targets"]
+    final = next(r for r in results["rows"] if r["final"])
+    teacher = results["rows"][0]
+    lines = [
+        f"Seed {results['seed']} (data seed {results['data_seed']}), objective {results['objective']}, "
+        f"{m['cpu']} ({m['cpu_features']}), {m['physical_cores']} cores, onnxruntime {m['onnxruntime']}; "
+        f"wall time {results['seconds'] / 60:.1f} min{' (--quick)' if results['quick'] else ''}.",
+        "",
+        f"Kept: **{results['final']}** (stage {results['final_stage']}), sha256 `{results['final_sha256'][:16]}`: "
+        f"{final['smaller']:.1f}x smaller ({'met' if t['smaller_20x'] else 'MISSED'}, >= 20x), "
+        f"{final['speedup']:.1f}x faster measured ({'met' if t['faster_5x'] else 'MISSED'}, >= 5x), "
+        f"{teacher['test_accuracy'] - final['test_accuracy']:.2f} points below the teacher on test "
+        f"({'met' if t['within_2_points'] else 'MISSED'}, <= 2).",
+    ]
+    if results.get("int8_rejected"):
+        lines += ["", f"int8 (auto engine, objective latency): not kept: {results['int8_rejected']}"]
+    if results.get("smallest_within_budget"):
+        s = results["smallest_within_budget"]
+        lines += ["", f"Smallest model within the accuracy budget (objective size): {s['name']}, "
+                      f"{s['size_bytes'] / 1e3:,.1f} kB ({s['why']})"]
+    return lines
+
+
+def update_readme(path: str | os.PathLike[str], results: dict[str, Any]) -> Path:
+    """Replace the text between the case-study markers of a Markdown file with this run's table."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{p}: no case-study markers ({BEGIN} ... {END}); add them where the table goes")
+    block = "\n".join([BEGIN, "", *summary_lines(results), "", markdown_table(results), "", END])
+    _atomic_write(p, pattern.sub(lambda _m: block, text, count=1))
+    return p
 
 
 def _pyplot() -> Any:
@@ -31,21 +102,23 @@ def _png(plt: Any, fig: Any) -> str:
 
 
 def accuracy_vs_latency(plt: Any, rows: list[dict[str, Any]]) -> str:
-    """Every model of the table: test accuracy vs p50 latency (one interleaved benchmark)."""
+    """Every model of the table: test accuracy vs measured p50 latency (one interleaved benchmark)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
-        ax.scatter(r["p50_ms"], r["accuracy"], s=40)
-        ax.annotate(r["model"], (r["p50_ms"], r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.scatter(r["p50_ms"], r["test_accuracy"], s=90 if r["final"] else 40,
+                   marker="*" if r["final"] else "o", color="tab:red" if r["pareto"] else "tab:gray")
+        ax.annotate(r["model"], (r["p50_ms"], r["test_accuracy"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel("accuracy on the held-out test split (%)")
-    ax.set_title("Every model built: accuracy vs onnxruntime latency")
+    ax.set_title("Every model built (red: Pareto front on select accuracy, predicted latency, size)")
     ax.grid(alpha=0.3)
     return _png(plt, fig)
 
 
 def search_front(plt: Any, search: dict[str, Any]) -> str:
-    """Every search candidate and the Pareto front (select split, the evaluator's 1-thread latency)."""
+    """Every search candidate and the Pareto front (select split, cost-model latency)."""
     ok = [r for r in search["records"] if r.get("metrics") and not r.get("error")]
     front = sorted((r["metrics"]["latency_ms"], r["metrics"]["accuracy"]) for r in search["result"]["front"])
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -57,7 +130,10 @@ def search_front(plt: Any, search: dict[str, Any]) -> str:
     if chosen:
         m = chosen[0]["metrics"]
         ax.scatter([m["latency_ms"]], [m["accuracy"]], marker="*", s=220, color="tab:blue", zorder=5, label="chosen")
-    ax.set_xlabel("p50 latency in the search (ms, 1 thread)")
+    lim = search.get("limits", {}).get("latency_ms")
+    if lim:
+        ax.axvline(lim, color="tab:orange", ls="--", label="latency limit (5x the teacher)")
+    ax.set_xlabel("predicted latency (ms, cost model)")
     ax.set_ylabel("distilled accuracy on the select split (%)")
     ax.set_title("Architecture search")
     ax.grid(alpha=0.3)
@@ -65,49 +141,30 @@ def search_front(plt: Any, search: dict[str, Any]) -> str:
     return _png(plt, fig)
 
 
-def size_per_stage(plt: Any, rows: list[dict[str, Any]]) -> str:
-    """File size of every model (log scale)."""
-    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.45 * len(rows)))
-    ax.barh([r["model"] for r in rows], [r["file_size"] / 1e3 for r in rows], color="tab:blue")
-    ax.set_xscale("log")
-    ax.set_xlabel("file size (kB, log scale)")
-    ax.invert_yaxis()
-    ax.set_title("Size per stage")
-    return _png(plt, fig)
-
-
 def render(results: dict[str, Any]) -> str:
-    """The HTML page of a results.json dict."""
+    """The HTML page of a results dict."""
     plt = _pyplot()
     e = html.escape
     rows = results["rows"]
-    m = results["machine"]
-    images = [
-        ("Accuracy vs latency, every model", accuracy_vs_latency(plt, rows)),
-        ("Search: candidates and Pareto front", search_front(plt, results["search"])),
-        ("Size per stage", size_per_stage(plt, rows)),
-    ]
-    cols = ["model", "accuracy", "params", "file_size", "p50_ms", "speedup", "smaller"]
+    images = [("Accuracy vs latency, every model", accuracy_vs_latency(plt, rows)),
+              ("Search: candidates and Pareto front", search_front(plt, results["search"]))]
+    cols = ["model", "stage", "test acc.", "select acc.", "params", "size", "predicted", "p50", "faster", "smaller",
+            "verdict"]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>onnxopt case study</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>",
-        "</head><body><h1>onnxopt case study: VGG teacher to int8 student</h1>",
-        f"<p>Machine: {e(str(m['cpu']))}, {e(m['cpu_features'])}, {m['physical_cores']} physical cores; "
-        f"onnxruntime {e(m['onnxruntime'])}. Wall time {results['seconds']:.0f} s"
-        f"{' (smoke budgets)' if results['smoke'] else ''}, seed {results['seed']}.</p>",
+        "</head><body><h1>onnxopt case study: VGG teacher to a small student</h1>",
+        *[f"<p>{e(line)}</p>" for line in summary_lines(results) if line],
         "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>",
     ]
     for r in rows:
-        cells = [e(r["model"]), f"{r['accuracy']:.2f}%", f"{r['params']:,}", f"{r['file_size'] / 1e3:,.1f} kB",
-                 f"{r['p50_ms']:.3f} ms", f"{r['speedup']:.1f}x", f"{r['smaller']:.1f}x"]
-        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    parts.append("</table><h2>Targets</h2><ul>")
-    for k, v in results["targets"].items():
-        parts.append(f"<li>{e(k)}: {'met' if v else 'MISSED'}</li>")
-    parts.append("</ul>")
-    for w in results["optimize"].get("warnings", []):
-        parts.append(f"<p><b>optimize warning:</b> {e(w)}</p>")
+        cells = [r["model"] + (" = final" if r["final"] else ""), r["stage"], f"{r['test_accuracy']:.2f}%",
+                 f"{r['select_accuracy']:.2f}%", f"{r['params']:,}", f"{r['file_size'] / 1e3:,.1f} kB",
+                 f"{r['predicted_ms']:.3f} ms", f"{r['p50_ms']:.3f} ms", f"{r['speedup']:.1f}x",
+                 f"{r['smaller']:.1f}x", "; ".join(v for v in (r["verdict"], r["note"]) if v)]
+        parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
     for caption, png in images:
         parts.append(f"<h2>{e(caption)}</h2><img alt='{e(caption)}' src='data:image/png;base64,{png}'>")
     parts.append("</body></html>")
@@ -115,11 +172,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write the report atomically."""
+    """Write the HTML report atomically."""
     out = Path(path)
-    text = render(results)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, out)
+    _atomic_write(out, render(results))
     return out

@@ -4,7 +4,7 @@ distil), export, and measure accuracy and latency in onnxruntime.
 ``TorchEvaluator(train, val, config)`` (or ``KerasEvaluator``, same interface) is a picklable
 fitness callable for :func:`onnxopt.nas.engine.search`: ``evaluator(genome)`` returns
 ``{"accuracy": percent on the validation split measured in onnxruntime, "latency_ms": p50
-latency from the benchmark engine, "size_bytes", "params", "train_s", "model_path"}``. The candidate's ONNX file is kept in the
+latency from the benchmark engine (or predicted by a cost model: EvalConfig.latency_model), "size_bytes", "params", "train_s", "model_path"}``. The candidate's ONNX file is kept in the
 evaluator's work directory so the chosen model can be copied out without retraining.
 """
 
@@ -46,6 +46,9 @@ class EvalConfig:
     batch: int = 1  # batch size of the latency measurement
     opset: int = 17
     train_limit: int = 0  # > 0: train on the first N samples only (a cheaper proxy)
+    # a CostModel JSON (onnxopt.nas.cost): latency_ms is predicted from the graph, not measured,
+    # so the same candidate always gets the same latency (reproducible searches on a busy machine)
+    latency_model: str = ""
 
     def __post_init__(self) -> None:
         checks = [
@@ -179,6 +182,13 @@ class _Evaluator:
         from onnxopt.measure.fidelity import accuracy
 
         acc = accuracy(model, {"input": self.val[0]}, self.val[1])
+        if self.config.latency_model:
+            from onnxopt.nas.cost import CostModel
+
+            params, _ = initializer_stats(model)
+            est = CostModel.load(self.config.latency_model).predict(model)
+            return {"accuracy": float(acc), "latency_ms": est, "latency_min_ms": est,
+                    "size_bytes": float(model.ByteSize()), "params": float(params)}
         bench = BenchConfig(
             session=SessionConfig(intra_op_threads=self.config.latency_threads, allow_spinning=False),
             warmup=self.config.bench_warmup,
@@ -202,6 +212,11 @@ class _Evaluator:
         module = self.train_module(genome)
         train_s = time.perf_counter() - start
         model = self.export(module)
+        # opset imports no node uses depend on what the process loaded before (e.g. onnxruntime-
+        # extensions' domains): dropped, so a candidate's bytes depend on its genome and seed only
+        from onnxopt.core.model import prune_opset_imports
+
+        prune_opset_imports(model)
         metrics: dict[str, Any] = self.measure(model)
         metrics["train_s"] = round(train_s, 3)
         if self.workdir is not None:
