@@ -91,6 +91,7 @@ def command(
       onnxopt optimize model.onnx --calib-data calib.npz --decisions model.decisions.json
     """
     from onnxopt.core.errors import MissingLabelsError
+    from onnxopt.core.external import data_file, data_files
     from onnxopt.core.files import FilePlan
     from onnxopt.core.model import load_model
     from onnxopt.core.progress import listening
@@ -104,9 +105,11 @@ def command(
     replaying = decisions_path is not None and decisions_path.exists()
     record_to = None if replaying or show_recipe else decisions_path
     plan = FilePlan.of(
-        reads={"input model": model, "--recipe": recipe, "--data": data, "--calib-data": calib_data,
+        reads={"input model": model, "input model's external data": data_files(model), "--recipe": recipe,
+               "--data": data, "--calib-data": calib_data,
                "--decisions": decisions_path if replaying else None},
-        writes={} if show_recipe else {"-o": out, **reports, "--decisions": record_to},
+        writes={} if show_recipe else {"-o": out, "-o's external data": data_file(out), **reports,
+                                       "--decisions": record_to},
     )
     plan.check()  # before any work: no output may clobber an input or another output
     proto = load_model(model)

@@ -87,13 +87,15 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
         raise click.UsageError("give --sparsity or --threshold, not both")
 
     from onnxopt.core.errors import OnnxoptError
+    from onnxopt.core.external import data_file, data_files
     from onnxopt.core.files import FilePlan, staged
     from onnxopt.core.model import load_model
     from onnxopt.core.progress import listening
     from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
     from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
 
-    plan = FilePlan.of(reads={"input model": model, "--data": data}, writes={"-o": output})
+    plan = FilePlan.of(reads={"input model": model, "input model's external data": data_files(model), "--data": data},
+                       writes={"-o": output, "-o's external data": data_file(output)})
     plan.check()  # before any work: the output may not clobber an input
     proto = load_model(model)
     _validate(proto, model)

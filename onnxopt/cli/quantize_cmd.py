@@ -115,6 +115,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     still written).
     """
     from onnxopt.core.errors import GateFailedError
+    from onnxopt.core.external import data_file, data_files
     from onnxopt.core.feeds import parse_shape_overrides
     from onnxopt.core.files import FilePlan, staged
     from onnxopt.core.model import load_model
@@ -126,8 +127,9 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
     from onnxopt.quantization.calibration import ImageSpec, open_calibration
     from onnxopt.quantization.config import QuantizeConfig
 
-    plan = FilePlan.of(reads={"input model": model, "--calib-data": calib_data, "--data": val_data},
-                       writes={"-o": output, "--report": report_path})  # fmt: skip
+    plan = FilePlan.of(reads={"input model": model, "input model's external data": data_files(model),
+                              "--calib-data": calib_data, "--data": val_data},
+                       writes={"-o": output, "-o's external data": data_file(output), "--report": report_path})  # fmt: skip
     plan.check()  # before any work: no output may clobber an input or another output
     config = option_config(
         QuantizeConfig,

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
@@ -42,11 +43,21 @@ def external_info(t: TensorProto) -> dict[str, str]:
 
 
 def data_files(model_path: str | os.PathLike[str]) -> list[Path]:
-    """The external-data files a model file refers to (resolved beside it), without loading them."""
+    """The external-data files a model file refers to (resolved beside it), without loading them;
+    [] when the file is not a readable model (the command's own loading says what is wrong)."""
     p = Path(model_path)
-    model = onnx.load(str(p), load_external_data=False)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:
+        return []
     names = {external_info(t).get("location", "") for t in model.graph.initializer if is_external(t)}
     return sorted(p.parent / n for n in names if n)
+
+
+def data_file(output: str | os.PathLike[str]) -> Path:
+    """The external-data file onnxopt writes beside an output model too big to hold inline."""
+    out = Path(output)
+    return out.with_name(out.name + ".data")
 
 
 def uses_external(model: ModelProto) -> bool:
@@ -71,14 +82,17 @@ def _tensor_bytes(t: TensorProto, base_dir: Path | None) -> bytes:
 def _copy_fields(src: onnx.message.Message, dst: onnx.message.Message, skip: str) -> None:  # type: ignore[name-defined]
     """Copy every set field of src to dst but `skip` (a shallow, field by field copy)."""
     for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
+        if fd.name != skip:
+            _copy_field(dst, fd, value)
+
+
+def _copy_field(dst: onnx.message.Message, fd: Any, value: Any) -> None:  # type: ignore[name-defined]
+    if fd.is_repeated:
+        getattr(dst, fd.name).extend(value)
+    elif fd.type == fd.TYPE_MESSAGE:
+        getattr(dst, fd.name).CopyFrom(value)
+    else:
+        setattr(dst, fd.name, value)
 
 
 def _sizeof(t: TensorProto) -> int:
@@ -102,8 +116,9 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
                 graph.initializer.add().CopyFrom(t)
                 continue
             new = graph.initializer.add()
-            new.name, new.data_type, new.doc_string = t.name, t.data_type, t.doc_string
-            new.dims.extend(t.dims)
+            for fd, value in t.ListFields():  # everything but the data (proto2: unset fields stay unset)
+                if fd.name in ("name", "data_type", "doc_string", "dims", "metadata_props"):
+                    _copy_field(new, fd, value)
             offset = -f.tell() % ALIGN
             f.write(b"\0" * offset)
             start = f.tell()
