@@ -51,8 +51,9 @@ def _const(name: str, value: Any, dtype: Any = np.int64) -> onnx.NodeProto:
 
 
 def _string(name: str, value: str, shape: Sequence[int] = ()) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], value=helper.make_tensor(
-        name, TensorProto.STRING, list(shape), [value.encode("utf-8")] * (1 if not shape else int(np.prod(shape)))))
+    count = int(np.prod(shape)) if shape else 1
+    vals: list[Any] = [value.encode("utf-8")] * count
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.STRING, list(shape), vals))
 
 
 def normalize_nodes(source: str, target: str, mapping: str) -> list[onnx.NodeProto]:
