@@ -1,4 +1,4 @@
-"""`onnxopt convert`: export a PyTorch or Keras model to ONNX and prove numerical parity."""
+"""`onnxopt convert`: export a PyTorch, Keras or Hugging Face model to ONNX and prove numerical parity."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def command(
     seed: int,
     as_json: bool,
 ) -> None:
-    """Convert SOURCE (PyTorch or Keras) to ONNX, check parity against the source, simplify.
+    """Convert SOURCE (PyTorch, Keras, a Hugging Face folder) to ONNX, check parity, simplify.
 
     \b
     SOURCE is one of:

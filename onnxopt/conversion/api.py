@@ -1,4 +1,4 @@
-"""Convert PyTorch / Keras models to ONNX, prove numerical parity, stamp metadata, simplify.
+"""Convert PyTorch, Keras and Hugging Face models to ONNX, prove numerical parity, stamp metadata, simplify.
 
 convert() runs the source on seeded (and --data) inputs, tries each exporter
 (conversion.attempts), picks one (conversion.choose), stamps metadata and writes a report.

@@ -191,7 +191,7 @@ class HFSource(TorchSource):
             )
         super().__init__(wrapper, examples, names)
         self.framework = "transformers"
-        self.framework_version = f"transformers {require_transformers().__version__}, {self.framework_version}"
+        self.framework_version = f"{require_transformers().__version__} (torch {self.framework_version})"
 
     # ------------------------------------------------------------ Source hooks used by convert
 
