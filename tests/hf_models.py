@@ -13,7 +13,8 @@ from typing import Any
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Real WordPiece vocabularies hold every character both alone and as a ##continuation.
-CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789") + list("ßæøœıабвгдежзиклмнопрстуфхцчшщыьэюя")
+CHARS = (list("abcdefghijklmnopqrstuvwxyz0123456789") + list("ßæøœıабвгдежзиклмнопрстуфхцчшщыьэюя")
+         + list("αβγδεζηθικλμνξοπρστυφχψω") + list("はのてす"))
 PUNCT = list(".,!?;:'\"()-@#$%&*+/<=>[]^_`{|}~")
 CJK = list("東京日本首都我喜欢自然语言处理")
 WORDS = ["the", "cat", "dog", "##ing", "##ed", "run", "hello", "world", "quick", "brown", "fox"]

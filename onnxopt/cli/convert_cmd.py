@@ -1,4 +1,4 @@
-"""`onnxopt convert`: export a PyTorch or Keras model to ONNX and prove numerical parity."""
+"""`onnxopt convert`: export a PyTorch, Keras or Hugging Face model to ONNX and prove numerical parity."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def command(
     seed: int,
     as_json: bool,
 ) -> None:
-    """Convert SOURCE (PyTorch or Keras) to ONNX, check parity against the source, simplify.
+    """Convert SOURCE (PyTorch, Keras, a Hugging Face folder) to ONNX, check parity, simplify.
 
     \b
     SOURCE is one of:
@@ -212,12 +212,12 @@ def _print_table(report: dict[str, Any], output: Path) -> None:
         pooled = f", {'+'.join(hf['pooling'])} pooling" + (" + L2 norm" if hf["normalize"] else "") if hf["pooling"] else ""
         t.add_row("model", escape(f"{hf['kind']} {hf['architecture'] or hf['model_type']} ({hf['task']}{pooled})"))
     if report.get("dynamic_axes"):
-        lengths = sorted({s for shapes in report.get("parity_shapes", []) for dims in shapes.values()
-                          for s in dims[1:2]})
         t.add_row("dynamic axes", escape(", ".join(f"{n}[{a}]={lbl}" for n, axes in report["dynamic_axes"].items()
                                                    for a, lbl in axes.items())))
-        if lengths:
-            t.add_row("parity at", "axis-1 sizes " + ", ".join(map(str, lengths)))
+        checks = [f"{'x'.join(map(str, next(iter(e['inputs'].values()), [])))}: {e['max_abs']:.2g}"
+                  for e in report.get("parity_by_input", []) if "max_abs" in e]
+        if checks:
+            t.add_row("parity by input", "max abs at " + ", ".join(checks))
     tok = report.get("tokenizer")
     if tok:
         cos = f", pipeline cosine min {tok['min_cosine']:.4f}" if tok.get("min_cosine") is not None else ""

@@ -1,4 +1,4 @@
-"""Convert PyTorch / Keras models to ONNX, prove numerical parity, stamp metadata, simplify.
+"""Convert PyTorch, Keras and Hugging Face models to ONNX, prove numerical parity, stamp metadata, simplify.
 
 convert() runs the source on seeded (and --data) inputs, tries each exporter
 (conversion.attempts), picks one (conversion.choose), stamps metadata and writes a report.
@@ -21,7 +21,7 @@ from onnxopt.conversion.attempts import export_failure, try_exporters
 from onnxopt.conversion.choose import choose_exporter
 from onnxopt.conversion.dynamic import RESIZE_FACTORS, Axes, axes_of, check_axes, resized
 from onnxopt.conversion.edits import set_metadata
-from onnxopt.conversion.parity import ParityReport, as_numpy, seeded_inputs
+from onnxopt.conversion.parity import ParityReport, as_numpy, check_parity, seeded_inputs
 from onnxopt.conversion.types import EXPORTERS, ConvertOptions, ConvertResult, Source
 from onnxopt.core.errors import InvalidInputError, OnnxoptError
 from onnxopt.core.errors import short_message as _short
@@ -79,7 +79,7 @@ def convert(source: Source, options: ConvertOptions, *, data: Feed | None = None
     report = _report(source, model, options, parity, name=name, reason=reason, attempts=attempts,
                      bench=bench, source_ms=source_ms)
     report["dynamic_axes"] = {n: {str(k): v for k, v in a.items()} for n, a in axes.items()}
-    report["parity_shapes"] = [{n: list(a.shape) for n, a in zip(in_names, arrays)} for arrays in feeds_arrays]
+    report["parity_by_input"] = _parity_by_input(model, in_names, feeds_arrays, reference, options)
     if hasattr(source, "describe"):
         report["source_model"] = source.describe()
     if output is not None:
@@ -103,6 +103,26 @@ def _parity_arrays(
         if other is not None:
             feeds.append(other)
     return feeds
+
+
+def _parity_by_input(
+    model: ModelProto, in_names: list[str], feeds_arrays: list[list[np.ndarray]],
+    reference: list[list[np.ndarray]], options: ConvertOptions,
+) -> list[dict[str, Any]]:
+    """The input shapes of each parity feed and the chosen model's largest differences on it."""
+    from onnxopt.core.runtime import create_session
+
+    sess = create_session(model) if len(feeds_arrays) > 1 else None
+    out = []
+    for arrays, ref in zip(feeds_arrays, reference):
+        entry: dict[str, Any] = {"inputs": {n: list(a.shape) for n, a in zip(in_names, arrays)}}
+        if sess is not None:
+            names = {i.name for i in sess.get_inputs()}
+            p = check_parity([ref], sess, [{n: a for n, a in zip(in_names, arrays) if n in names}],
+                             atol=options.atol, rtol=options.rtol)
+            entry.update(max_abs=p.max_abs, max_rel=p.max_rel)
+        out.append(entry)
+    return out
 
 
 def _all_axes(

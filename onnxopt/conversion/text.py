@@ -7,7 +7,11 @@ The onnxruntime-extensions BertTokenizer op encodes one string, so the batch is 
     W = max_i L_i;  input_ids, token_type_ids, attention_mask = the stacked rows[:, :W]
 
 which is what the Python tokenizer gives with padding=True, truncation=True, max_length.
-The model's graph follows unchanged (its inputs now come from the loop). A sentence-transformers
+When the tokenizer lower-cases or strips accents, each string is first normalized character by
+character as transformers does it (Unicode NFD without the marks, lower case: a StringMapping
+table built from the tokenizer's own normalizer, then lone combining marks removed), since the
+op's own accent table misses Greek, kana, Hangul and more. The model's graph follows unchanged
+(its inputs now come from the loop). A sentence-transformers
 model already ends in pooling + normalization, so the file maps strings to sentence embeddings.
 Per-token outputs (last_hidden_state, token logits) come with the attention_mask as an output.
 
@@ -39,24 +43,50 @@ log = logging.getLogger(__name__)
 TEXT_INPUT = "text"
 VERIFY_BATCH = 16
 _P = "tokenizer/"  # prefix of the tokenizer graph's own tensor names
+CONTRIB_DOMAIN = "ai.onnx.contrib"
 
 
 def _const(name: str, value: Any, dtype: Any = np.int64) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
 
 
-def tokenizer_graph_nodes(node: onnx.NodeProto, names: Sequence[str], max_length: int, pad: int) -> list[onnx.NodeProto]:
-    """The nodes that turn TEXT_INPUT [N] strings into names (input_ids, attention_mask[, token_type_ids])."""
+def _string(name: str, value: str, shape: Sequence[int] = ()) -> onnx.NodeProto:
+    count = int(np.prod(shape)) if shape else 1
+    vals: list[Any] = [value.encode("utf-8")] * count
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.STRING, list(shape), vals))
+
+
+def normalize_nodes(source: str, target: str, mapping: str) -> list[onnx.NodeProto]:
+    """Nodes that normalize the strings in source character by character (mapping: StringMapping's
+    "char<TAB>normalized" lines) and drop lone combining marks (Unicode category Mn), into target."""
+    d = CONTRIB_DOMAIN
+    return [
+        _string(_P + "one_char", "(.)"), _string(_P + "nothing", ""), _string(_P + "glue", "", [1]),
+        _string(_P + "marks", r"\p{Mn}"), _const(_P + "join_axis", [0]),
+        helper.make_node("StringRegexSplitWithOffsets", [source, _P + "one_char", _P + "one_char"],
+                         [_P + "chars", _P + "char_begins", _P + "char_ends", _P + "char_rows"], domain=d),
+        helper.make_node("StringMapping", [_P + "chars"], [_P + "mapped"], domain=d, map=mapping),
+        helper.make_node("StringJoin", [_P + "mapped", _P + "glue", _P + "join_axis"], [_P + "joined"], domain=d),
+        helper.make_node("StringRegexReplace", [_P + "joined", _P + "marks", _P + "nothing"], [target], domain=d),
+    ]
+
+
+def tokenizer_graph_nodes(
+    node: onnx.NodeProto, names: Sequence[str], max_length: int, pad: int, mapping: str | None = None,
+) -> list[onnx.NodeProto]:
+    """The nodes that turn TEXT_INPUT [N] strings into names (input_ids, attention_mask[, token_type_ids]);
+    mapping: the character normalization to apply first (see normalize_nodes)."""
     tok = copy.deepcopy(node)
     del tok.input[:]
     del tok.output[:]
     tok.name = _P + "BertTokenizer"
-    tok.input.append(_P + "one")
+    tok.input.append(_P + "normal" if mapping else _P + "one")
     tok.output.extend([_P + "ids", _P + "types", _P + "mask"])
     body_nodes = [
         helper.make_node("Reshape", ["i", _P + "shape1"], [_P + "start"]),
         helper.make_node("Add", [_P + "start", _P + "one_i64"], [_P + "end"]),
         helper.make_node("Slice", [TEXT_INPUT, _P + "start", _P + "end", _P + "axis0"], [_P + "one"]),
+        *(normalize_nodes(_P + "one", _P + "normal", mapping) if mapping else []),
         tok,
         helper.make_node("Shape", [_P + "ids"], [_P + "len"]),
         helper.make_node("Sub", [_P + "maxlen", _P + "len"], [_P + "missing"]),
@@ -106,16 +136,17 @@ def tokenizer_graph_nodes(node: onnx.NodeProto, names: Sequence[str], max_length
 
 def with_tokenizer(
     model: ModelProto, node: onnx.NodeProto, max_length: int, pad: int, *, extra_outputs: Sequence[str] = (),
+    mapping: str | None = None,
 ) -> ModelProto:
     """model with the tokenizer in front: one TEXT_INPUT [batch] string input; extra_outputs
-    (e.g. attention_mask) are added as graph outputs."""
+    (e.g. attention_mask) are added as graph outputs; mapping: see normalize_nodes."""
     names = [s.name for s in graph_inputs(model)]
     merged = copy.deepcopy(model)
     g = merged.graph
     kept = [i for i in g.input if i.name not in names]  # initializers listed as inputs stay
     del g.input[:]
     g.input.extend([helper.make_tensor_value_info(TEXT_INPUT, TensorProto.STRING, ["batch"])] + kept)
-    nodes = tokenizer_graph_nodes(node, names, max_length, pad) + list(g.node)
+    nodes = tokenizer_graph_nodes(node, names, max_length, pad, mapping) + list(g.node)
     del g.node[:]
     g.node.extend(nodes)
     for name in extra_outputs:
@@ -130,18 +161,19 @@ def with_tokenizer(
 def attach_tokenizer(result: ConvertResult, source: Any, texts: Sequence[str] | None = None) -> ConvertResult:
     """The converted model with the source folder's tokenizer in front, verified on texts (the
     built-in sentences by default); ParityError when ids or outputs differ."""
-    from onnxopt.frameworks.hf_tokenizer import load_tokenizer, pad_id, tokenizer_node
+    from onnxopt.frameworks.hf_tokenizer import char_map, load_tokenizer, pad_id, tokenizer_node
 
     if getattr(source, "main_input", None) != "input_ids":
         raise InvalidInputError("--with-tokenizer needs a text model (one that takes input_ids)")
     tok = load_tokenizer(source.folder.model_dir)
     max_length = int(source.max_len)
-    node = tokenizer_node(tok, max_length)
+    mapping = char_map(tok)
+    node = tokenizer_node(tok, max_length, normalized=mapping is not None)
     names = [s.name for s in graph_inputs(result.model)]
     per_token = [n for n, axes in result.report.get("dynamic_axes", {}).items()
                  if n in [o.name for o in result.model.graph.output] and "1" in axes]
     extra = ["attention_mask"] if per_token and "attention_mask" in names else []
-    model = with_tokenizer(result.model, node, max_length, pad_id(tok), extra_outputs=extra)
+    model = with_tokenizer(result.model, node, max_length, pad_id(tok), extra_outputs=extra, mapping=mapping)
     check = verify_text_model(model, tok, source, texts if texts is not None else builtin_sentences(),
                               max_length, atol=result.parity.atol, rtol=result.parity.rtol, names=names)
     model = set_metadata(model, {"onnxopt.tokenizer": type(tok).__name__, "onnxopt.max_length": str(max_length),
@@ -209,9 +241,9 @@ def verify_text_model(
     if mismatched:
         check["note"] = (
             f"the ONNX tokenizer's ids differ from the Python tokenizer's on {len(mismatched)} of {len(texts)} "
-            f"sentences (e.g. {mismatched[0][:50]!r}): onnxruntime-extensions strips accents with a table, "
-            "not Unicode NFD (Greek, Hangul, kana, dotted I), and splits a word holding an unknown character "
-            "into pieces plus [UNK] where transformers gives one [UNK]"
+            f"sentences (e.g. {mismatched[0][:50]!r}): where a word holds a character missing from the "
+            "vocabulary, onnxruntime-extensions' WordPiece keeps the pieces before it plus [UNK], "
+            "transformers gives one [UNK] for the whole word"
         )
         log.warning("%s", check["note"])
     return check

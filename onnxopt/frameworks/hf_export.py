@@ -5,7 +5,8 @@ Text models take input_ids, attention_mask (and token_type_ids when the model ha
 token type), all int64 [batch, sequence], and give last_hidden_state [batch, sequence, hidden],
 logits, or start_logits/end_logits; image models take pixel_values [batch, C, H, W]. The batch
 and sequence axes are dynamic, and parity is checked at sequence lengths 8, 128 and
-min(512, the model's maximum) with padded rows. Sentence-transformers folders give
+min(512, the model's maximum) with padded rows (a sentence-transformers max_seq_length only
+sets where --with-tokenizer cuts text). Sentence-transformers folders give
 sentence_embedding = pool(last_hidden_state, attention_mask), L2-normed when the folder says so:
 
     mean:          sum_t h_t m_t / max(sum_t m_t, 1e-9)
@@ -20,7 +21,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,16 +170,15 @@ class HFSource(TorchSource):
         self.config = model.config
         self.main_input = str(getattr(model, "main_input_name", "input_ids"))
         text_cls, image_cls = _wrappers()
-        self.max_len = max_length(self.config)
-        if folder.max_seq_length:
-            self.max_len = min(self.max_len, folder.max_seq_length)
+        self.max_positions = max_length(self.config)  # what the model can take (parity goes there)
+        self.max_len = min(self.max_positions, folder.max_seq_length or self.max_positions)  # where text is cut
         rng = np.random.default_rng(0)
         if self.main_input == "input_ids":
             params = inspect.signature(model.forward).parameters
             self.token_types = "token_type_ids" in params and int(getattr(self.config, "type_vocab_size", 0) or 0) > 1
             names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self.token_types else [])
             wrapper = text_cls(model, folder.task, pooling, normalize)
-            examples = self._text_inputs(rng, 2, min(EXAMPLE_LENGTH, self.max_len))
+            examples = self._text_inputs(rng, 2, min(EXAMPLE_LENGTH, self.max_positions))
         elif self.main_input == "pixel_values":
             self.token_types = False
             names = ["pixel_values"]
@@ -192,7 +191,7 @@ class HFSource(TorchSource):
             )
         super().__init__(wrapper, examples, names)
         self.framework = "transformers"
-        self.framework_version = f"transformers {require_transformers().__version__}, {self.framework_version}"
+        self.framework_version = f"{require_transformers().__version__} (torch {self.framework_version})"
 
     # ------------------------------------------------------------ Source hooks used by convert
 
@@ -220,7 +219,7 @@ class HFSource(TorchSource):
         rng = np.random.default_rng(seed)
         if self.main_input != "input_ids":
             return [[rng.standard_normal((PARITY_BATCH, *self._image_shape())).astype(np.float32)]]
-        lengths = sorted({min(n, self.max_len) for n in PARITY_LENGTHS})
+        lengths = sorted({min(n, self.max_positions) for n in PARITY_LENGTHS})
         return [self._text_inputs(rng, PARITY_BATCH, n) for n in lengths]
 
     def benchmark_inputs(self) -> list[np.ndarray]:
@@ -228,7 +227,7 @@ class HFSource(TorchSource):
         rng = np.random.default_rng(0)
         if self.main_input != "input_ids":
             return [rng.standard_normal((1, *self._image_shape())).astype(np.float32)]
-        return self._text_inputs(rng, 1, min(BENCH_LENGTH, self.max_len))
+        return self._text_inputs(rng, 1, min(BENCH_LENGTH, self.max_positions))
 
     def describe(self) -> dict[str, Any]:
         """What was built: architecture, task, inputs, pooling, the longest sequence."""
@@ -237,7 +236,8 @@ class HFSource(TorchSource):
             "architecture": self.folder.architecture, "model_type": self.folder.model_type,
             "task": self.folder.task, "inputs": list(self.names), "outputs": self.output_names(),
             "pooling": list(self.pooling), "normalize": self.normalize,
-            "max_length": self.max_len if self.main_input == "input_ids" else None,
+            "max_length": self.max_len if self.main_input == "input_ids" else None,  # text is cut there
+            "max_positions": self.max_positions if self.main_input == "input_ids" else None,
         }
 
     # ------------------------------------------------------------ inputs
@@ -265,7 +265,3 @@ class HFSource(TorchSource):
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
         return int(getattr(self.config, "num_channels", 3) or 3), int(h), int(w)
 
-
-def run_text(source: HFSource, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The source model on tokenized text (input_ids, attention_mask[, token_type_ids])."""
-    return source.run(arrays[: len(source.names)])

@@ -73,7 +73,8 @@ def read_folder(path: str | Path, task: str = "auto") -> HFFolder:
     root = Path(path)
     if not root.is_dir():
         raise InvalidInputError(f"{root}: not a folder")
-    model_dir, pooling, normalize, max_len = root, (), False, None
+    model_dir, normalize, max_len = root, False, None
+    pooling: tuple[str, ...] = ()
     if (root / "modules.json").is_file():
         model_dir, pooling, normalize, max_len = _sentence_transformers(root)
     cfg_path = model_dir / "config.json"

@@ -55,9 +55,38 @@ def _normalizer(tok: Any) -> dict[str, Any]:
     return norm if norm.get("type") == "BertNormalizer" else {}
 
 
-def tokenizer_node(tok: Any, max_length: int) -> NodeProto:
+def char_map(tok: Any) -> str | None:
+    """The tokenizer's normalization of every non-ASCII character that it changes, as
+    onnxruntime-extensions' StringMapping wants it ("char\tnormalized" lines), or None.
+
+    transformers lower-cases and strips accents by Unicode NFD then dropping the marks (Greek
+    tonos, kana dakuten, Hangul syllables into jamo, dotted capital I); the BertTokenizer op
+    strips accents with a smaller table. Mapping each character as the Python normalizer does
+    (then dropping lone combining marks) makes the two agree; ASCII is left to the op.
+    """
+    norm = getattr(getattr(tok, "backend_tokenizer", None), "normalizer", None)
+    settings = _normalizer(tok)
+    lower = bool(settings.get("lowercase"))
+    strip = settings.get("strip_accents")
+    if norm is None or not (lower or (lower if strip is None else strip)):
+        return None
+    lines = []
+    for cp in range(0x80, 0x30000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        n = norm.normalize_str(c)
+        # Whitespace, control characters and CJK spacing are the op's own job (and an empty
+        # value cannot be written in the map: lone combining marks are dropped by a regex).
+        if n and n != c and n.strip() and n.strip() != c and "\t" not in n and "\n" not in n:
+            lines.append(f"{c}\t{n}")
+    return "\n".join(lines) if lines else None
+
+
+def tokenizer_node(tok: Any, max_length: int, *, normalized: bool = False) -> NodeProto:
     """The onnxruntime-extensions BertTokenizer node for tok, truncating to max_length tokens.
 
+    normalized: the text arrives normalized by char_map (the op then strips no accents itself).
     Raises UnsupportedModelError when onnxruntime-extensions has no WordPiece converter for tok.
     """
     try:
@@ -69,7 +98,7 @@ def tokenizer_node(tok: Any, max_length: int) -> NodeProto:
     strip = norm.get("strip_accents", tok.init_kwargs.get("strip_accents"))
     attrs: dict[str, Any] = {
         "do_lower_case": int(bool(lower)),
-        "strip_accents": int(bool(lower if strip is None else strip)),  # BERT: None follows lowercase
+        "strip_accents": 0 if normalized else int(bool(lower if strip is None else strip)),  # None: as lowercase
         "tokenize_chinese_chars": int(bool(norm.get("handle_chinese_chars", True))),
         "max_length": int(max_length),
     }
