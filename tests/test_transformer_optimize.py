@@ -200,3 +200,5 @@ def test_optimize_runs_the_transformer_family_end_to_end(tiny_bert: ModelProto) 
     assert q.fidelity is not None and q.fidelity.samples == 16
     line = text_summary(r)
     assert line is not None and f"batch 1, sequence length {POSITIONS}" in line and "per-sample output cosine" in line
+    replayed = optimize(tiny_bert, config=OptimizeConfig(**FAST), decisions=r.decisions)  # type: ignore[arg-type]
+    assert replayed.model.SerializeToString() == r.model.SerializeToString()  # --decisions: same bytes
