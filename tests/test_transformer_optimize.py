@@ -16,7 +16,7 @@ import pytest
 from onnx import ModelProto, helper, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.core.model import model_family
+from onnxopt.core.model import model_family, op_histogram
 from onnxopt.core.tokens import token_feed, vocab_size
 from onnxopt.optimization.report import text_summary
 from onnxopt.optimization.run import default_recipe, optimize
@@ -149,6 +149,11 @@ def test_fusion_keeps_the_outputs(tiny_bert: ModelProto) -> None:
     assert cos.min() > 0.9999
     ref = outputs_at(tiny_bert, feed, 1)[0]
     assert np.abs(ref - outputs_at(result.model, feed, 1)[0]).max() < 1e-3 * np.abs(ref).max()
+    # the fused graph is still a text encoder (vocabulary read through EmbedLayerNormalization) and int8 holds on it
+    assert model_family(result.model) == "transformer" and vocab_size(result.model, "input_ids") == VOCAB
+    q = quantize_transformer(result.model, QuantizeConfig())
+    assert q.meets_budget and "com.microsoft.DynamicQuantizeMatMul" in op_histogram(q.model)
+    assert _cosines(tiny_bert, q.model, feed).min() >= 0.99
 
 
 def test_the_emulated_int8_model_is_what_onnxruntime_quantize_dynamic_builds(tiny_bert: ModelProto,
