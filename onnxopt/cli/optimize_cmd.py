@@ -229,7 +229,13 @@ def _print_table(result: Any, written: Path | None, out: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from onnxopt.optimization.report import COLUMNS, headline, stage_rows, summary_line
+    from onnxopt.optimization.report import (
+        COLUMNS,
+        headline,
+        stage_rows,
+        summary_line,
+        text_summary,
+    )
 
     console = Console()
     if console.width < 140:  # keep the table on one line per stage in CI logs and narrow terminals
@@ -246,6 +252,9 @@ def _print_table(result: Any, written: Path | None, out: Path) -> None:
         style = "bold yellow" if line.startswith("WARNING") else "bold red"
         console.print(f"[{style}]{escape(line)}[/]", soft_wrap=True)  # one line, never wrapped
     console.print(escape(summary_line(result)), soft_wrap=True)
+    text = text_summary(result)
+    if text:
+        console.print(escape(text), soft_wrap=True)
     if written is not None:
         console.print(f"wrote {escape(str(written))}")
     else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from onnx import ModelProto, numpy_helper
+from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.model import TensorSpec, graph_inputs
@@ -74,9 +74,9 @@ def _tables(model: ModelProto, name: str) -> list[tuple[int, ...]]:
     for n in model.graph.node:
         if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in names and len(inits.get(n.input[0], ())) == 2:
             out.append(inits[n.input[0]])
-        elif n.op_type == "EmbedLayerNormalization" and n.input and n.input[0] in names and len(n.input) > 2:
-            if len(inits.get(n.input[2], ())) == 2:  # com.microsoft: input_ids, segment_ids, word_embedding, ...
-                out.append(inits[n.input[2]])
+        elif (n.op_type == "EmbedLayerNormalization" and len(n.input) > 2 and n.input[0] in names
+              and len(inits.get(n.input[2], ())) == 2):  # com.microsoft: input_ids, segment_ids, word_embedding
+            out.append(inits[n.input[2]])
     return out
 
 
@@ -155,26 +155,9 @@ def token_feed(
     return feed
 
 
-def sequence_length(feed: Mapping[str, np.ndarray], model: ModelProto) -> int | None:
-    """The sequence length of a text model's feed (axis 1 of its token ids), None for other models."""
-    roles = text_inputs(model)
-    ids = next((n for n, r in roles.items() if r == "ids"), None)
-    if ids is None or ids not in feed or np.ndim(feed[ids]) != 2:
-        return None
-    return int(np.shape(feed[ids])[1])
-
-
 def embedding_dim(model: ModelProto) -> int | None:
     """Columns of the word-embedding table (the hidden size), when found."""
     roles = text_inputs(model)
     ids = next((n for n, r in roles.items() if r == "ids"), None)
     tables = _tables(model, ids) if ids else []
     return int(tables[0][1]) if tables else None
-
-
-def initializer_array(model: ModelProto, name: str) -> np.ndarray | None:
-    """An initializer as a numpy array, or None."""
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    return None

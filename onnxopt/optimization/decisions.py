@@ -21,7 +21,7 @@ from typing import Any
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
-from onnxopt.optimization.recipe import PassSpec, Recipe
+from onnxopt.optimization.recipe import PassSpec, Recipe, pass_option_names
 from onnxopt.optimization.types import Stage
 from onnxopt.quantization.evaluate import Budget
 
@@ -144,13 +144,16 @@ def check_replayable(decisions: Decisions, model: ModelProto, recipe: Recipe, ob
 def replay_specs(decisions: Decisions, recipe: Recipe) -> tuple[PassSpec, ...]:
     """The passes a replay runs: the recipe up to the last stage that changed the model and was kept
     (later ones were rejected), quantization pinned to the recorded configuration (no search, no
-    benchmark) or left out where it changed nothing."""
+    benchmark), passes with a `measure` option (fuse_transformer) kept without measuring, and every
+    pass left out where it changed nothing."""
     pairs = list(zip(recipe.passes, decisions.stages))
     last = max((i for i, (_, d) in enumerate(pairs) if d.modified and d.kept), default=-1)
     specs = []
     for spec, d in pairs[: last + 1]:
-        if spec.name == "quantize" and not d.modified:
+        if not d.modified:  # it changed nothing when recorded: nothing to repeat
             continue
+        if "measure" in pass_option_names(spec.name):  # kept when recorded: keep it again, unmeasured
+            spec = PassSpec(spec.name, {**spec.options, "measure": False})
         if d.quantizer is not None:
             options = {k: v for k, v in spec.options.items() if k not in _SEARCH_ONLY}
             options.update({k: tuple(v) if isinstance(v, list) else v for k, v in d.quantizer.items()})

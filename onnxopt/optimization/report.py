@@ -141,6 +141,28 @@ def summary_line(result: OptimizeResult) -> str:
     return ", ".join(parts)
 
 
+def text_summary(result: OptimizeResult) -> str | None:
+    """For a text model (token-id inputs): what was timed (batch, sequence length) and the
+    per-sample output cosines of the int8 stage (each sample run alone); None for other models."""
+    from onnxopt.core.tokens import text_inputs
+
+    roles = text_inputs(result.stages[0].model)
+    ids = next((n for n, r in roles.items() if r == "ids"), None)
+    if ids is None:
+        return None
+    shape = result.timed_shapes.get(ids)
+    parts = [f"text model: timed at batch {shape[0]}, sequence length {shape[1]}" if shape and len(shape) == 2
+             else "text model"]
+    q = next((s for s in result.stages if s.report.get("per_sample_cosine") and s.modified), None)
+    if q is not None:
+        cos = sorted(q.report["per_sample_cosine"])
+        timed = q.report.get("timed", {})
+        shown = " ".join(f"{c:.4f}" for c in cos[:8]) + (" ..." if len(cos) > 8 else "")
+        parts.append(f"per-sample output cosine of {q.name} ({len(cos)} samples at batch {timed.get('batch', 1)}, "
+                     f"lowest first): min {cos[0]:.4f}, median {cos[len(cos) // 2]:.4f} [{shown}]")
+    return "; ".join(parts)
+
+
 def to_json(result: OptimizeResult, samples: bool = True, provenance: Provenance | None = None) -> str:
     """The full result as indented JSON, with its provenance (schema: README, "Reports")."""
     return json.dumps(report_dict(result, provenance, samples=samples), indent=2, default=_default)
@@ -180,6 +202,9 @@ def to_markdown(result: OptimizeResult, title: str = "onnxopt optimize", provena
     lines.append("")
     lines.append(_md_escape(summary_line(result)) + ".")
     lines.append("")
+    text = text_summary(result)
+    if text:
+        lines += [_md_escape(text) + ".", ""]
     t = result.timings
     lines.append(
         f"Verification data: {_md_escape(result.data)}. Wall time: passes {t.get('passes', 0):.2f} s, "

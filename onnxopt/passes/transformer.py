@@ -149,12 +149,14 @@ def parity(reference: ModelProto, fused: ModelProto, feed: dict[str, np.ndarray]
 @dataclass(frozen=True)
 class FuseTransformerPass:
     """onnxruntime's transformer fusions (Attention, SkipLayerNormalization, BiasGelu, ...), kept
-    only when the outputs match and the fused model is not measured slower."""
+    only when the outputs match and (inside optimize, unless measure is false) it is measured
+    clearly faster than the input."""
 
     name: ClassVar[str] = "fuse_transformer"
     model_type: str = "bert"
     num_heads: int = 0  # 0: read from the graph (else onnxruntime infers it)
     hidden_size: int = 0  # 0: read from the graph (else onnxruntime infers it)
+    measure: bool = True  # inside optimize, keep the fused model only when measured clearly faster
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -185,7 +187,7 @@ class FuseTransformerPass:
             return PassResult(model, False, {**report, "reason": (
                 f"the fused model's outputs differ (per-sample cosine {check['min_cosine']:.6f}, relative max "
                 f"difference {check['max_relative']:.2g}): kept the unfused model")})
-        if context.bench is not None:
+        if context.bench is not None and self.measure:
             ratio = _quick_ratio(model, fused, feed, context.bench)
             report["latency"] = ratio.to_dict() | {"describe": ratio.describe()}
             if ratio.high > FUSION_MARGIN:

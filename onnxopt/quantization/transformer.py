@@ -25,14 +25,11 @@ quantization.engine.Candidate (recorded for --decisions: a replay rebuilds exact
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError
