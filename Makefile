@@ -56,7 +56,7 @@ search-demo: install
 	$(BIN)/python benchmarks/search_demo.py
 
 case-study: install
-	$(BIN)/python examples/case_study.py --out build/case_study
+	$(BIN)/python examples/case_study.py --out build/case_study --readme README.md $(ARGS)
 
 N ?= 1000
 SEED ?= 0

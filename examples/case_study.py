@@ -84,9 +84,9 @@ class Budget:
     fit_samples: int = 0  # > 0: train on this many samples only
 
 
-FULL = Budget(teacher_epochs=10, student_epochs=12, population=6, generations=3, search_epochs=5,
-              search_samples=2000, final_epochs=12, finetune_epochs=6, prune_ratios=(0.25, 0.5),
-              bench_seconds=15.0, copies=(4, 4, 3))
+FULL = Budget(teacher_epochs=6, student_epochs=8, population=6, generations=2, search_epochs=4,
+              search_samples=1200, final_epochs=8, finetune_epochs=4, prune_ratios=(0.25, 0.5),
+              bench_seconds=10.0, copies=(3, 4, 3))
 QUICK = Budget(teacher_epochs=1, student_epochs=1, population=2, generations=1, search_epochs=1,
                search_samples=128, final_epochs=1, finetune_epochs=1, prune_ratios=(0.5,),
                bench_seconds=0.5, copies=(1, 1, 1), workers=1, fit_samples=256)
@@ -181,7 +181,7 @@ def train_teacher(data: dict[str, Any], out: Path, budget: Budget, seed: int) ->
     keras.utils.set_random_seed(seed)
     teacher = vgg_teacher(keras)
     say(f"1. training the VGG-style Keras teacher ({teacher.count_params():,} parameters)")
-    cfg = DistillConfig(alpha=0.0, epochs=budget.teacher_epochs, lr=1e-3, patience=4, seed=seed)
+    cfg = DistillConfig(alpha=0.0, epochs=budget.teacher_epochs, lr=1e-3, patience=3, seed=seed)
     teacher, hist = train_keras(None, teacher, data["fit"], data["select"], cfg, progress=_epoch_line)
     say(f"   teacher: best select accuracy {hist.best_val_accuracy:.2f}% at epoch {hist.best_epoch + 1}")
     path = out / "teacher.onnx"
@@ -319,7 +319,7 @@ def _cpu_model() -> str:
 
 
 def _epoch_line(e: Any) -> None:
-    if e.epoch == e.epochs or e.epoch % 5 == 0:
+    if e.epoch == e.epochs or e.epoch % 2 == 0:
         say(f"   epoch {e.epoch}/{e.epochs}: loss {e.train_loss:.4f}, select accuracy {e.val_accuracy:.2f}%")
 
 
