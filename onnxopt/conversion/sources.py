@@ -328,8 +328,8 @@ def _load_dir(
 ) -> Any:
     if not (path / "saved_model.pb").exists():
         raise InvalidInputError(
-            f"{path}: a folder with neither config.json (a Hugging Face model, see save_pretrained) "
-            "nor saved_model.pb (a TensorFlow SavedModel)"
+            f"{path}: a folder without config.json (a Hugging Face model, see save_pretrained) "
+            "and without saved_model.pb (a TensorFlow SavedModel)"
         )
     if framework == "torch":
         raise InvalidInputError(f"{path}: a TensorFlow SavedModel, not a torch model; drop --framework torch")
