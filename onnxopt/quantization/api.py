@@ -16,7 +16,7 @@ from onnx import ModelProto
 from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.core.feeds import Feed, synthesize_feed
-from onnxopt.core.model import fixed_batch
+from onnxopt.core.model import fixed_batch, model_family
 from onnxopt.core.names import unnamed_count, with_node_names
 from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
 from onnxopt.measure.fidelity import require_labels
@@ -80,9 +80,15 @@ def _eval_data(model: ModelProto, source: CalibrationSource | None, val: tuple[F
         return feed, labels, "validation data"
     if source is not None:
         return source.head(EVAL_SAMPLES), None, "calibration data"
-    notes.append("no calibration or validation data: fidelity measured on synthetic random inputs only")
     overrides, batch = (bench.shape_overrides, bench.batch) if bench is not None else (None, 1)
-    feed = synthesize_feed(model, batch=fixed_batch(model) or max(8, batch), overrides=overrides, seed=seed)
+    samples = fixed_batch(model) or max(8, batch)
+    if model_family(model) == "transformer":  # random ids mislead the check (core.tokens): text-like ones
+        from onnxopt.core.tokens import token_feed
+
+        notes.append("no calibration or validation data: fidelity measured on synthetic text-like token ids only")
+        return token_feed(model, samples=samples, overrides=overrides, seed=seed), None, "synthetic text-like inputs"
+    notes.append("no calibration or validation data: fidelity measured on synthetic random inputs only")
+    feed = synthesize_feed(model, batch=samples, overrides=overrides, seed=seed)
     return feed, None, "synthetic inputs"
 
 
