@@ -207,3 +207,15 @@ def test_optimize_runs_the_transformer_family_end_to_end(tiny_bert: ModelProto) 
     assert line is not None and f"batch 1, sequence length {POSITIONS}" in line and "per-sample output cosine" in line
     replayed = optimize(tiny_bert, config=OptimizeConfig(**FAST), decisions=r.decisions)  # type: ignore[arg-type]
     assert replayed.model.SerializeToString() == r.model.SerializeToString()  # --decisions: same bytes
+
+
+def test_quantize_without_data_checks_the_floor_on_text_like_ids(sensitive_bert: ModelProto) -> None:
+    """`onnxopt quantize` (not only optimize): no data means text-like ids, and the floor holds on unseen ones."""
+    from onnxopt.quantization.api import quantize
+
+    result = quantize(sensitive_bert, QuantizeConfig(mode="auto", final_runs=2))
+    assert any("text-like token ids" in n for n in result.report["notes"])
+    held_out = token_feed(sensitive_bert, samples=8, seed=11)
+    cos = _cosines(sensitive_bert, result.model, held_out).min()
+    assert cos >= 0.985 if result.meets_budget else result.report["fidelity"]["min_cosine"] < 0.99, (
+        cos, result.meets_budget, result.report["fidelity"])
