@@ -99,23 +99,27 @@ def keras_student(classes: int = 10, width: int = 32) -> Any:
 # ---------------------------------------------------------------- issue 17: a 3-conv teacher, students of three sizes
 
 # Conv widths and classifier hidden units (0: none) of students of about 1/500, 1/50 and 1/10
-# of the 3-conv teacher's 749,380 parameters; each conv is 3x3 + ReLU + 2x2 max-pool.
+# of the 3-conv teacher's 749,495 parameters; each conv is 3x3 + ReLU + 2x2 max-pool.
 STUDENT_SIZES: dict[str, tuple[tuple[int, ...], int]] = {
     "1/500": ((8,), 0),  # 1,370 parameters: one 8-channel conv + linear
     "1/50": ((26, 52), 0),  # 14,570
-    "1/10": ((48, 96), 80),  # 73,690
+    "1/10": ((48, 96), 80),  # 73,658
 }
 
 
-def torch_teacher3(classes: int = 10, hidden: int = 366) -> Any:
-    """A 3-conv PyTorch CNN (64-128-256, BN, two max-pools) + a two-layer classifier: 749,380 parameters."""
+def torch_teacher3(classes: int = 10, hidden: int = 1255) -> Any:
+    """A 3-conv PyTorch CNN (32-64-128, BN, two max-pools) + a wide two-layer classifier: 749,495 parameters.
+
+    Most parameters sit in the classifier, so it trains in about a third of the time of a
+    64-128-256 conv stack of the same size (3 M vs 10 M multiply-adds per sample).
+    """
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(128, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(256 * 2 * 2, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, classes),
+        nn.Flatten(), nn.Linear(128 * 2 * 2, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, classes),
     )  # fmt: skip
 
 

@@ -4,14 +4,14 @@ Whether distillation helps a given student depends mostly on T and alpha (the lo
 alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE, see
 onnxopt.distillation.core). The search is a small seeded grid: every (T, alpha) of
 TuneConfig.temperatures x TuneConfig.alphas trains a fresh copy of the same initial student
-(same seed, same shuffling) for a short fixed budget of proxy epochs (cosine schedule, so each
-proxy run ends annealed), and is scored on the validation split: accuracy, lower
-cross-entropy breaking ties. The best setting is then trained to convergence by the caller.
+(same seed, same shuffling) for a short fixed budget of proxy epochs (the final run's peak
+learning rate with a cosine decay, so each proxy run ends annealed), and is scored on the
+validation split: accuracy, lower cross-entropy breaking ties. The best setting is then trained to convergence by the caller.
 The test split, when there is one, plays no part.
 
 Time: `plan` estimates the cost from the seconds per epoch of a run already made (the
-labels-only baseline); tuning is skipped when it would not fit the budget, and settings left
-when the deadline passes are reported as skipped, never silently dropped.
+labels-only baseline); tuning is skipped when it would not fit the budget, and settings that
+would not end within it are reported as skipped, never silently dropped.
 """
 
 from __future__ import annotations
@@ -213,5 +213,6 @@ def tune_settings(
 def _proxy_config(config: DistillConfig, temperature: float, alpha: float, epochs: int) -> DistillConfig:
     from dataclasses import replace
 
-    return replace(config, temperature=temperature, alpha=alpha, epochs=epochs, patience=0,
+    # the final run's peak rate (a fixed budget would otherwise default to a lower one)
+    return replace(config, temperature=temperature, alpha=alpha, epochs=epochs, patience=0, lr=config.peak_lr,
                    warmup_epochs=min(config.warmup_epochs, epochs - 1))
