@@ -205,12 +205,9 @@ def _genome_id(genome: dict) -> str:
 
 
 @pytest.mark.torch
-@pytest.mark.keras
 @pytest.mark.slow
 def test_case_study_quick(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    pytest.importorskip("keras")
-    pytest.importorskip("tf2onnx")
     pytest.importorskip("matplotlib")
     from onnxopt.core.model import load_model
     from onnxopt.measure.fidelity import run_batched
