@@ -40,7 +40,7 @@ import onnxruntime  # noqa: E402
 from case_study_select import Candidate, Targets, choose, pareto, stage_verdicts, target_checks  # noqa: E402
 from hard_digits import hard_digits  # noqa: E402
 
-from onnxopt.conversion.api import from_keras, from_torch  # noqa: E402
+from onnxopt.conversion.api import from_torch  # noqa: E402
 from onnxopt.core.cpu import detect_cpu  # noqa: E402
 from onnxopt.core.model import initializer_stats, load_model, prune_opset_imports, save_model  # noqa: E402
 from onnxopt.core.runtime import SessionConfig, physical_cores  # noqa: E402
@@ -129,24 +129,13 @@ def sha256(model: Any) -> str:
 # ---------------------------------------------------------------- models
 
 
-def vgg_teacher(keras: Any, classes: int = 10) -> Any:
-    """VGG16's pattern at reduced width: (conv3x3-conv3x3-maxpool) x 3 at 32-64-128, FC 512-512, logits."""
-    L = keras.layers
-    inp = keras.Input((1, SIZE, SIZE), name="input")
-    x = L.Permute((2, 3, 1))(inp)  # NCHW (the ONNX convention) -> NHWC (Keras on CPU)
-    for width in (32, 64, 128):
-        x = L.Conv2D(width, 3, padding="same", activation="relu")(x)
-        x = L.Conv2D(width, 3, padding="same", activation="relu")(x)
-        x = L.MaxPooling2D(2)(x)
-    x = L.Flatten()(x)
-    for _ in range(2):
-        x = L.Dense(512, activation="relu")(x)
-        x = L.Dropout(0.5)(x)
-    return keras.Model(inp, L.Dense(classes, name="logits")(x), name="vgg_teacher")  # logits: no softmax
+def torch_vgg(widths: tuple[int, int, int] = (32, 64, 128), fc: int = 512, classes: int = 10, seed: int = 0,
+              batchnorm: bool = False, dropout: float = 0.0) -> Any:
+    """VGG16(-BN)'s pattern at reduced width: (conv3x3 [-BN] -ReLU x 2, maxpool) x 3, FC fc-fc, logits.
 
-
-def torch_vgg(widths: tuple[int, int, int], fc: int, classes: int = 10, seed: int = 0) -> Any:
-    """The teacher's graph in PyTorch (untrained): a latency twin for calibrating the cost model."""
+    The teacher is torch_vgg(batchnorm=True, dropout=0.3); without BN and dropout (which the
+    export folds or drops) it is the teacher's latency twin for calibrating the cost model.
+    """
     import torch
 
     nn = torch.nn
@@ -154,10 +143,16 @@ def torch_vgg(widths: tuple[int, int, int], fc: int, classes: int = 10, seed: in
     layers: list[Any] = []
     c = 1
     for w in widths:
-        layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        c = w
+        for _ in range(2):
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=not batchnorm)]
+            layers += [nn.BatchNorm2d(w)] if batchnorm else []
+            layers += [nn.ReLU()]
+            c = w
+        layers.append(nn.MaxPool2d(2))
     s = SIZE // 8
-    layers += [nn.Flatten(), nn.Linear(c * s * s, fc), nn.ReLU(), nn.Linear(fc, fc), nn.ReLU(), nn.Linear(fc, classes)]
+    drop = [nn.Dropout(dropout)] if dropout else []
+    layers += [nn.Flatten(), nn.Linear(c * s * s, fc), nn.ReLU(), *drop, nn.Linear(fc, fc), nn.ReLU(), *drop,
+               nn.Linear(fc, classes)]
     return nn.Sequential(*layers).eval()
 
 
@@ -171,22 +166,17 @@ def export_torch(module: Any, x: np.ndarray) -> Any:
 
 
 def train_teacher(data: dict[str, Any], out: Path, budget: Budget, seed: int) -> Path:
-    """Step 1: train the Keras VGG teacher on labels (1 thread: deterministic), export it with a parity check."""
-    from onnxopt.frameworks import require_keras
-    from onnxopt.frameworks.keras_distill import distill as train_keras
-    from onnxopt.frameworks.keras_genome import limit_threads
+    """Step 1: train the VGG-style teacher on labels (1 thread: deterministic), export it with a parity check."""
+    from onnxopt.frameworks.torch_distill import distill
 
-    limit_threads(1)
-    keras = require_keras()
-    keras.utils.set_random_seed(seed)
-    teacher = vgg_teacher(keras)
-    say(f"1. training the VGG-style Keras teacher ({teacher.count_params():,} parameters)")
-    cfg = DistillConfig(alpha=0.0, epochs=budget.teacher_epochs, lr=1e-3, patience=3, seed=seed)
-    teacher, hist = train_keras(None, teacher, data["fit"], data["select"], cfg, progress=_epoch_line)
+    teacher = torch_vgg(seed=seed, batchnorm=True, dropout=0.3)
+    say(f"1. training the VGG-style teacher ({sum(p.numel() for p in teacher.parameters()):,} parameters)")
+    cfg = DistillConfig(alpha=0.0, epochs=budget.teacher_epochs, lr=2e-3, patience=3, seed=seed, threads=1)
+    teacher, hist = distill(None, teacher, data["fit"], data["select"], cfg, progress=_epoch_line)
     say(f"   teacher: best select accuracy {hist.best_val_accuracy:.2f}% at epoch {hist.best_epoch + 1}")
     path = out / "teacher.onnx"
-    conv = from_keras(teacher, example_inputs=(data["fit"][0][:1],), output=path, input_names=["input"],
-                      output_names=["logits"], data={"input": data["select"][0][:256]})
+    conv = from_torch(teacher, (data["fit"][0][:1],), opset=17, exporter="torchscript", input_names=["input"],
+                      output_names=["logits"], data={"input": data["select"][0][:256]}, output=path)
     say(f"   converted to ONNX: parity max |diff| {conv.parity.max_abs:.2e} ({'passed' if conv.parity.passed else 'FAILED'})")
     return path
 
@@ -287,7 +277,7 @@ def calibration_models(n: int, seed: int) -> list[Any]:
     space = space_from_dict(SEARCH_SPACE, "case study space")
     rng = np.random.default_rng(seed)
     x = np.zeros((1, 1, SIZE, SIZE), np.float32)
-    modules = [torch_vgg((32, 64, 128), 512), torch_vgg((16, 32, 64), 256), torch_vgg((24, 48, 96), 128),
+    modules = [torch_vgg(), torch_vgg((16, 32, 64), 256), torch_vgg((24, 48, 96), 128),
                build(STUDENT, (1, SIZE, SIZE), 10).eval()]
     modules += [build(space.sample(rng), (1, SIZE, SIZE), 10).eval() for _ in range(n)]
     return [export_torch(m, x) for m in modules]
@@ -379,7 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     st = Stages(data, cost, out)
 
     teacher_path = train_teacher(data, out, budget, args.seed)
-    teacher = st.add("teacher (Keras VGG)", "1. teacher", load_model(teacher_path), "teacher.onnx")
+    teacher = st.add("teacher (VGG-BN)", "1. teacher", load_model(teacher_path), "teacher.onnx")
     t_params, _ = initializer_stats(st.models[teacher.name])
     logits = teacher_logits_for(teacher_path, data["fit"][0])
 

@@ -176,3 +176,36 @@ def write_report(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     _atomic_write(out, render(results))
     return out
+
+
+def seeds_table(runs: list[dict[str, Any]]) -> str:
+    """One row per run (several seeds): the kept model, its stage and the targets, measured."""
+    lines = ["| seed | teacher test acc. | kept model (stage) | test acc. | below teacher | faster (95% CI) | "
+             "smaller | targets | sha256 | wall time |",
+             "|---:|---:|---|---:|---:|---:|---:|---|---|---:|"]
+    for r in runs:
+        t, f = r["rows"][0], next(x for x in r["rows"] if x["final"])
+        lo, hi = f["speedup_ci"]
+        met = sum(r["targets"].values())
+        lines.append(
+            f"| {r['seed']} | {t['test_accuracy']:.2f}% | {r['final']} ({r['final_stage']}) | {f['test_accuracy']:.2f}% | "
+            f"{t['test_accuracy'] - f['test_accuracy']:.2f} | {f['speedup']:.1f}x ({lo:.1f}-{hi:.1f}) | "
+            f"{f['smaller']:.1f}x | {met}/3 met | `{r['final_sha256'][:12]}` | {r['seconds'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the per-seed table of several runs: `python examples/case_study_report.py OUT_DIR...`."""
+    import json
+    import sys
+
+    dirs = argv if argv is not None else sys.argv[1:]
+    if not dirs:
+        print("usage: case_study_report.py OUT_DIR [OUT_DIR...]  (folders written by case_study.py --out)")
+        return 2
+    print(seeds_table([json.loads((Path(d) / "results.json").read_text()) for d in dirs]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

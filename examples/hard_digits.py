@@ -41,7 +41,7 @@ class Distortion:
     elastic_alpha: float = 0.09  # fraction of the canvas
     elastic_sigma: float = 0.12  # fraction of the canvas
     contrast: tuple[float, float] = (0.5, 1.0)
-    noise: float = 0.25
+    noise: float = 0.2
     blobs: int = 3
 
 
