@@ -5,6 +5,10 @@ the test, on sentences of every length (empty, non-ASCII, past the maximum: trun
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,24 @@ LONG = " ".join(["hello world the quick brown fox"] * 40)  # ~240 tokens: trunca
 ALIKE = ["", " ", "hello world", "The QUICK brown fox, running!", "Café crème, naïve façade; déjà vu.",
          "Привет мир", "Ёлка и йод", "ΚΑΛΗΜΈΡΑ", "東京は日本の首都です", "我喜欢自然语言处理",
          "numbers 3.14 and 2,718?", "tabs\tand\nnewlines", "Straße und Ærø", LONG, LONG + " tail", "a", "dog " * 5]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_when_tensorflow_is_loaded(request: pytest.FixtureRequest) -> Iterator[None]:
+    """TensorFlow loaded earlier in the same process changes what onnxruntime-extensions' tokenizer
+    op returns (72 of 300 sentences tokenized differently after the Keras tests ran; alone, 0):
+    then the test runs in a fresh interpreter and must pass there."""
+    if "tensorflow" not in sys.modules or os.environ.get("ONNXOPT_FRESH_PROCESS"):
+        yield
+        return
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
+                       cwd=ROOT, env={**os.environ, "ONNXOPT_FRESH_PROCESS": "1"}, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    pytest.skip("passed in a fresh process: tensorflow is loaded in this one (see the fixture's docstring)")
 
 
 @pytest.fixture(scope="module")
