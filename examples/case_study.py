@@ -426,7 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     final_hash = sha256(st.models[final.name])
     say(f"kept: '{final.name}' (stage {final.stage}); sha256 {final_hash[:16]}")
 
-    for name, model in st.extra.items():
+    for model in st.extra.values():
         prune_opset_imports(model)
         save_model(model, out / "int8_auto.onnx")
     rows = measure_all(st.models | st.extra, data, budget, args.seed)
