@@ -13,7 +13,7 @@ help:
 	@echo "make demo        optimize the bundled demo model (digits ResNet) and print the per-stage table"
 	@echo "make lint        ruff + mypy"
 	@echo "make models      rebuild models/ (sample models and data)"
-	@echo "make bench       side-by-side benchmark ratios (benchmarks/run.py; --only SECTION)"
+	@echo "make bench       side-by-side benchmark ratios (benchmarks/run.py; ARGS=\"--only SECTION\")"
 	@echo "make distill-demo  distillation on digits, both frameworks, 3 seeds"
 	@echo "make search-demo   GA vs random search, and a digits search vs the baseline CNN"
 	@echo "make case-study    the classic optimization case study, end to end"
@@ -47,7 +47,7 @@ models: install
 	$(BIN)/python scripts/build_models.py
 
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 distill-demo: install
 	$(BIN)/python benchmarks/distill_demo.py
