@@ -160,7 +160,7 @@ def test_stop_rule_to_convergence_cuts_then_stops() -> None:
     # a cut that brings no progress stops at the next plateau, without a second cut
     rule = StopRule(cfg)
     n, reason, _ = drive(rule, [(90, 1.0), (90, 1.0), (90, 1.0), (90, 1.0), (90, 1.0), (99, 0.1)])
-    assert (n, rule.cut_epochs) == (5, [3]) and "nor after the learning-rate cut at epoch 3" in reason
+    assert (n, rule.cut_epochs) == (5, [3]) and "in 2 epochs after the learning-rate cut at epoch 3" in reason
 
 
 def test_stop_rule_min_max_and_fixed_budget() -> None:

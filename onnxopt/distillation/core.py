@@ -276,6 +276,7 @@ class EarlyStopping:
 
 
 LOSS_PROGRESS = 0.01  # to convergence: a validation loss 1% below the best counts as progress
+PROGRESS = "a higher accuracy or a 1% lower loss"
 
 
 class StopRule:
@@ -349,11 +350,11 @@ class StopRule:
             return None
         if n < c.min_epochs:
             return None
+        what = f"no progress on validation ({PROGRESS}) in {c.patience} epochs"
         if useless_cut and cuts < c.lr_cuts:
-            return (f"converged: no validation improvement in {c.patience} epochs, nor after the "
-                    f"learning-rate cut at epoch {self.cut_epochs[-1]} (best epoch {best})")
+            return f"converged: {what} after the learning-rate cut at epoch {self.cut_epochs[-1]} (best epoch {best})"
         after = f" after {cuts} learning-rate cut{'s' if cuts != 1 else ''}" if cuts else ""
-        return f"converged: no validation improvement in {c.patience} epochs{after} (best epoch {best})"
+        return f"converged: {what}{after} (best epoch {best})"
 
     def lr(self, step: int, total_steps: int, warmup_steps: int) -> float:
         """The learning rate of an optimizer step: cosine for a fixed budget, else constant (cut on plateaus)."""
