@@ -7,23 +7,13 @@ import html
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from onnxopt.optimization.report import write_text
+
 BEGIN = "<!-- case-study-table:begin (written by `make case-study`; do not edit by hand) -->"
 END = "<!-- case-study-table:end -->"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -78,7 +68,7 @@ def update_readme(path: str | os.PathLike[str], results: dict[str, Any]) -> Path
     if not pattern.search(text):
         raise ValueError(f"{p}: no case-study markers ({BEGIN} ... {END}); add them where the table goes")
     block = "\n".join([BEGIN, "", *summary_lines(results), "", markdown_table(results), "", END])
-    _atomic_write(p, pattern.sub(lambda _m: block, text, count=1))
+    write_text(p, pattern.sub(lambda _m: block, text, count=1))
     return p
 
 
@@ -174,7 +164,7 @@ def render(results: dict[str, Any]) -> str:
 def write_report(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write the HTML report atomically."""
     out = Path(path)
-    _atomic_write(out, render(results))
+    write_text(out, render(results))
     return out
 
 
