@@ -110,8 +110,12 @@ def test_digits_cnn_static_int8_accuracy_within_half_a_point(digits_cnn: Path, d
 def test_fallback_returns_the_sensitive_node_to_float() -> None:
     model = _sensitive_mlp()
     feed = _sensitive_feed()
-    plain = quantize(model, QuantizeConfig(mode="dynamic"), calib=feed)
+    plain = quantize(model, QuantizeConfig(mode="dynamic", min_cosine=0.0), calib=feed)  # the floor off
     assert plain.report["fidelity"]["min_cosine"] < 0.9  # the outlier really wrecks per-tensor int8
+    assert plain.report["nodes"]["quantized"] == ["fc1", "fc2"]
+    guarded = quantize(model, QuantizeConfig(mode="dynamic"), calib=feed)  # the default floor: 0.99
+    assert guarded.meets_budget and guarded.report["fidelity"]["min_cosine"] >= 0.99
+    assert guarded.report["nodes"]["quantized"] == ["fc2"]
     r = quantize(model, QuantizeConfig(mode="dynamic", min_cosine=0.99), calib=feed)
     assert r.meets_budget and r.quantized
     floats = {n["node"] for n in r.report["nodes"]["float"]}
@@ -358,7 +362,7 @@ def test_budget_argument_overrides_the_config_and_repairs() -> None:
     from onnxopt.quantization.evaluate import Budget
 
     feed = _sensitive_feed()
-    plain = quantize(_sensitive_mlp(), QuantizeConfig(mode="dynamic"), val=(feed, None))
+    plain = quantize(_sensitive_mlp(), QuantizeConfig(mode="dynamic", min_cosine=0.0), val=(feed, None))
     assert plain.report["fidelity"]["min_cosine"] < 0.99 and "fallback" not in plain.report
     r = quantize(_sensitive_mlp(), QuantizeConfig(mode="dynamic"), val=(feed, None), budget=Budget(min_cosine=0.99))
     assert r.meets_budget and r.report["fidelity"]["min_cosine"] >= 0.99

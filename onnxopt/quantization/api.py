@@ -159,10 +159,11 @@ def quantize(
         variants = prepare(start, wd, notes, graph_optimized=graph_optimized and start is original)
         _check_node_names([original] + [v.model for v in variants], cfg.exclude_nodes)
         sess = QuantSession(original, variants, source, evaluator, wd, notes)
+        if not budget.active:  # the fidelity floor holds in every mode; lowering it is explicit
+            budget = Budget(min_cosine=DEFAULT_AUTO_COSINE)
+            notes.append(f"no accuracy budget given: output cosine >= {DEFAULT_AUTO_COSINE} per sample is required "
+                         "(lower it explicitly with --min-cosine)")
         if cfg.mode == "auto":
-            if not budget.active:
-                budget = Budget(min_cosine=DEFAULT_AUTO_COSINE)
-                notes.append(f"no accuracy budget given: auto mode requires output cosine >= {DEFAULT_AUTO_COSINE}")
             result_model, quantized, meets, report, runner_up = run_auto(sess, cfg, budget, cpu, bench or BenchConfig())
         else:
             runner_up = None
@@ -215,7 +216,7 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
         raise UnsupportedModelError(f"{cand.name}: {e}") from e
     report: dict[str, Any] = {"candidates": [built_entry(built)]}
     meets = True
-    if budget.active:
+    if budget.checks_cosine or budget.max_accuracy_drop is not None:  # not when the user turned the floor off
         built, meets, fb = fallback(built, sess.build, sess.evaluator, budget)
         report["fallback"] = fb
     report["winner"] = built.cand.name

@@ -96,8 +96,8 @@ class QuantizeConfig:
             raise InvalidInputError(f"--calib-samples {self.calib_samples}: must be >= 1 (200 is a good default)")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise InvalidInputError(f"--max-accuracy-drop {self.max_accuracy_drop}: must be >= 0 percentage points")
-        if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
-            raise InvalidInputError(f"--min-cosine {self.min_cosine}: must be in (0, 1], e.g. 0.99")
+        if self.min_cosine is not None and not 0 <= self.min_cosine <= 1:
+            raise InvalidInputError(f"--min-cosine {self.min_cosine}: must be in [0, 1], e.g. 0.99 (0 turns the floor off)")
         self._check_weight_only()
         if self.quick_runs < 2 or self.final_runs < 2 or self.finalists < 1:
             raise InvalidInputError("quick_runs and final_runs must be >= 2 and finalists >= 1")

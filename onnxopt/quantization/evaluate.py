@@ -18,12 +18,17 @@ class Budget:
     """The accuracy budget a quantized model must hold."""
 
     max_accuracy_drop: float | None = None  # percentage points, needs labels
-    min_cosine: float | None = None
+    min_cosine: float | None = None  # 0: the user turned the cosine floor off
 
     @property
     def active(self) -> bool:
-        """True when some limit is set."""
+        """True when some limit is set (a floor set to 0 counts: the user chose no floor)."""
         return self.max_accuracy_drop is not None or self.min_cosine is not None
+
+    @property
+    def checks_cosine(self) -> bool:
+        """True when a positive cosine floor is set."""
+        return self.min_cosine is not None and self.min_cosine > 0
 
     def holds(self, rep: FidelityReport) -> bool:
         """True when the report is within every limit that is set."""
@@ -31,14 +36,14 @@ class Budget:
             drop = rep.accuracy_drop
             if drop is None or drop > self.max_accuracy_drop + 1e-9:
                 return False
-        return not (self.min_cosine is not None and rep.min_cosine < self.min_cosine)
+        return not (self.checks_cosine and rep.min_cosine < (self.min_cosine or 0.0))
 
     def describe(self) -> str:
         """e.g. 'accuracy drop <= 0.5 pt, cosine >= 0.99'."""
         parts = []
         if self.max_accuracy_drop is not None:
             parts.append(f"accuracy drop <= {self.max_accuracy_drop:g} pt")
-        if self.min_cosine is not None:
+        if self.checks_cosine:
             parts.append(f"cosine >= {self.min_cosine:g}")
         return ", ".join(parts) or "none"
 
@@ -47,8 +52,8 @@ class Budget:
         s = 0.0
         if self.max_accuracy_drop is not None and rep.accuracy_drop is not None:
             s += max(0.0, rep.accuracy_drop - self.max_accuracy_drop) / 100.0
-        if self.min_cosine is not None:
-            s += max(0.0, self.min_cosine - rep.min_cosine)
+        if self.checks_cosine:
+            s += max(0.0, (self.min_cosine or 0.0) - rep.min_cosine)
         return s
 
 

@@ -80,7 +80,7 @@ class Score:
 
     def holds(self, budget: Budget) -> bool:
         """budget holds, with its cosine limit applied to every sample."""
-        floor = budget.min_cosine
+        floor = budget.min_cosine if budget.checks_cosine else None
         return budget.holds(self.fidelity) and (floor is None or float(self.cosines.min()) >= floor)
 
 
