@@ -219,3 +219,63 @@ def test_quantize_without_data_checks_the_floor_on_text_like_ids(sensitive_bert:
     cos = _cosines(sensitive_bert, result.model, held_out).min()
     assert cos >= 0.985 if result.meets_budget else result.report["fidelity"]["min_cosine"] < 0.99, (
         cos, result.meets_budget, result.report["fidelity"])
+
+
+def test_quantize_auto_on_a_text_encoder_uses_the_transformer_engine(sensitive_bert: ModelProto, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`onnxopt quantize --mode auto` routes a transformer encoder to quantize_transformer (optimize's engine):
+    sensitive MatMuls back to float, every sample >= 0.99; --objective size keeps the int8 model whatever the
+    timing says, so the written file is checked here, not the report."""
+    import json
+
+    from onnxopt.cli import main
+
+    src, out = tmp_path / "bert.onnx", tmp_path / "q.onnx"
+    onnx.save(sensitive_bert, str(src))
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", str(src), "-o", str(out), "--mode", "auto", "--objective", "size", "--runs", "3", "--json"])
+    stdout, err = capsys.readouterr()
+    assert int(e.value.code or 0) == 0, err
+    rep = json.loads(stdout)
+    assert rep["engine"] == "transformer" and rep["quantized"] and rep["meets_budget"] and rep["mode"] == "auto"
+    assert rep["winner"] == rep["candidates"][0]["name"] and "ratio" in rep["candidates"][0]["final"]
+    assert "ratio" in rep["latency"] and rep["timed_shapes"]["input_ids"] == [1, POSITIONS]
+    floats = {n["node"] for n in rep["nodes"]["float"]}
+    assert floats and floats == set(rep["quantizer"]["exclude_nodes"])
+    written = onnx.load(str(out))
+    assert "com.microsoft.DynamicQuantizeMatMul" in op_histogram(written)
+    feed = token_feed(sensitive_bert, samples=16, seed=0)  # the engine's own samples (seed 0)
+    cos = _cosines(sensitive_bert, written, feed)
+    assert cos.min() >= 0.99 and np.allclose(cos, rep["per_sample_cosine"], atol=1e-4)
+    assert len(rep["search"]) <= 3 + int(np.ceil(np.log2(len(rep["sensitivity"]))))  # bisection (+ the tables' check)
+    # the table a person reads
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", str(src), "-o", str(tmp_path / "q2.onnx"), "--objective", "size", "--runs", "3"])
+    text = capsys.readouterr().out
+    assert e.value.code in (0, None) and "winner:" in text and "left in float" in text and "latency" in text
+
+
+def test_quantize_auto_min_cosine_zero_turns_the_floor_off(sensitive_bert: ModelProto) -> None:
+    from onnxopt.quantization.api import quantize
+
+    r = quantize(sensitive_bert, QuantizeConfig(mode="auto", min_cosine=0.0, objective="size", final_runs=2))
+    assert r.quantized and r.report["engine"] == "transformer" and not r.report["nodes"]["float"]
+    assert r.report["per_sample_cosine"] and min(r.report["per_sample_cosine"]) < 0.99  # nothing went back to float
+
+
+def test_embedding_tables_go_int8_with_one_scale_per_row(tiny_bert: ModelProto) -> None:
+    from onnxopt.quantization.engine import model_size
+    from onnxopt.quantization.sensitivity import embedding_gathers, quantize_rows
+
+    named = name_nodes(tiny_bert)
+    tables = embedding_gathers(named)
+    inits = {t.name: numpy_helper.to_array(t) for t in named.graph.initializer}
+    assert [inits[e.table].shape for e in tables] == [(VOCAB, HIDDEN)]  # the word table (positions: too small)
+    table = inits[tables[0].table]
+    tq, ts = quantize_rows(table)
+    assert tq.dtype == np.int8 and ts.shape == (VOCAB, 1)
+    assert (np.abs(tq.astype(np.float32) * ts - table) <= ts / 2 + 1e-7).all()  # round to nearest, per row
+    q = emulated_model(named, [], reduce_range=True, embeddings=True)
+    assert model_size(named) - model_size(q) > 0.7 * table.nbytes  # the table is stored in a quarter
+    assert any(t.data_type == onnx.TensorProto.INT8 and tuple(t.dims) == (VOCAB, HIDDEN) for t in q.graph.initializer)
+    assert _cosines(tiny_bert, q, token_feed(tiny_bert, samples=4, seed=9)).min() > 0.999

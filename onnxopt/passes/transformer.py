@@ -1,9 +1,9 @@
 """`fuse_transformer`: onnxruntime's transformer optimizer on a text encoder, checked and measured.
 
 onnxruntime.transformers.optimizer rewrites the subgraphs of a BERT-style encoder into its fused
-com.microsoft ops: the embedding lookups + LayerNorm into EmbedLayerNormalization, the
-Q/K/V projections + softmax(Q K^T / sqrt(d) + mask) V into Attention, the residual Add +
-LayerNormalization into SkipLayerNormalization, MatMul + bias + Gelu into BiasGelu. Every
+com.microsoft ops: the Q/K/V projections + softmax(Q K^T / sqrt(d) + mask) V into Attention, the
+residual Add + LayerNormalization into SkipLayerNormalization, MatMul + bias + Gelu into BiasGelu
+(the embedding lookups stay Gathers, not EmbedLayerNormalization, so their tables can be int8). Every
 rewrite computes the same function up to float rounding. The optimizer needs the number of
 attention heads and the hidden size; they are read from the graph (the Reshape that splits
 the hidden axis into [heads, hidden / heads]; the embedding width), else 0/0 lets it infer them.
@@ -106,17 +106,22 @@ def fused_counts(model: ModelProto) -> dict[str, int]:
 
 def fuse(model: ModelProto, *, model_type: str = "bert", num_heads: int = 0, hidden_size: int = 0) -> ModelProto:
     """The model as onnxruntime's transformer optimizer rewrites it (raises InvalidInputError when it fails)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     from onnxopt.quantization.engine import quiet_quantizer
 
+    options = FusionOptions(model_type)
+    # the embedding lookups stay Gathers: EmbedLayerNormalization would take the word table as a float
+    # input, which int8 embedding tables (quantization.sensitivity) cannot feed; its gain is a few small ops
+    options.enable_embed_layer_norm = False
     with tempfile.TemporaryDirectory(prefix="onnxopt-fuse-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(model, str(path))
         try:
             with quiet_quantizer():  # the optimizer logs on the root logger too
                 opt = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                                     opt_level=0)  # python fusions only: sessions optimize at load
+                                     optimization_options=options, opt_level=0)  # python fusions only
         except Exception as e:
             raise InvalidInputError(f"onnxruntime's transformer optimizer failed: {short_message(e)}") from e
         fused: ModelProto = opt.model

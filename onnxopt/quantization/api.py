@@ -142,6 +142,10 @@ def quantize(
     require_calibration(cfg.mode, calib)
     if cfg.mode == "weight-only":
         require_algorithm(cfg.algorithm)
+    if cfg.mode == "auto" and model_family(model) == "transformer":  # optimize's engine for text encoders
+        from onnxopt.quantization.transformer import quantize_transformer_auto
+
+        return quantize_transformer_auto(model, cfg, calib=calib, val=val, bench=bench, budget=budget)
     notes: list[str] = []
     cpu = detect_cpu()
     # Never modified below; a copy only to name unnamed nodes (the report, exclusions and decisions

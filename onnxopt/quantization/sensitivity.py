@@ -21,6 +21,17 @@ com.microsoft.DynamicQuantizeMatMul nodes with the weights quantized as above: t
 onnxruntime itself fuses quantize_dynamic's DynamicQuantizeLinear + MatMulInteger + scale Muls
 into at load time, so its outputs are those of the quantizer's model at a fraction of the cost
 of running the quantizer (a rewrite of the node list, no files).
+
+With `embeddings=True` the embedding tables (Gathers of a float [V, H] initializer of at least
+EMBEDDING_MIN_BYTES by runtime ids) are stored in int8 too, one symmetric scale per row (per
+token), and dequantized after the lookup:
+
+    s_v = max_h |E_vh| / 127,   E_q = round(E / s),   e(ids) = float(Gather(E_q, ids)) * Gather(s, ids)
+
+A lookup reads rows, so a row's scale is exact for it (error <= s_v / 2 per element, relative
+<= 1/254 of the row's largest value); the file shrinks by 4x on the table, the runtime cost is
+a cast and a multiply on [batch, sequence, H]. (onnxruntime's quantize_dynamic on Gather uses one
+scale for the whole table: a few large rows then cost every other row its precision.)
 """
 
 from __future__ import annotations
@@ -126,9 +137,61 @@ def rank(errors: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def emulated_model(model: ModelProto, int8_nodes: Iterable[str], *, reduce_range: bool) -> ModelProto:
-    """The model with the named weight MatMuls as com.microsoft.DynamicQuantizeMatMul (module docstring)."""
+EMBEDDING_MIN_BYTES = 64 * 1024  # smaller tables are not worth a cast and a multiply
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A Gather (axis 0) of rows of a 2-D float32 initializer by runtime indices."""
+
+    node: str
+    table: str
+
+
+def embedding_gathers(model: ModelProto) -> list[Embedding]:
+    """The main graph's embedding lookups whose table holds at least EMBEDDING_MIN_BYTES."""
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Gather" or n.domain not in ("", "ai.onnx") or len(n.input) != 2 or not n.name:
+            continue
+        t = inits.get(n.input[0])
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        if (t is None or len(t.dims) != 2 or t.data_type != onnx.TensorProto.FLOAT or axis != 0
+                or n.input[1] in inits or n.input[1] in consts or int(np.prod(t.dims)) * 4 < EMBEDDING_MIN_BYTES):
+            continue
+        out.append(Embedding(n.name, n.input[0]))
+    return out
+
+
+def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 table, [V, 1] float32 row scales): symmetric int8, one scale per row (module docstring)."""
+    absmax = np.max(np.abs(table), axis=1, keepdims=True).astype(np.float64)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0)
+    return np.clip(np.rint(table / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def _int8_lookup(n: onnx.NodeProto, e: Embedding, inits: dict[str, onnx.TensorProto],
+                 new_inits: dict[str, onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """Gather of the int8 table and of its row scales, cast, multiplied: n's output in float."""
+    q, s = e.table + "_q8rows", e.table + "_s8rows"
+    if q not in new_inits:
+        tq, ts = quantize_rows(numpy_helper.to_array(inits[e.table]))
+        new_inits[q], new_inits[s] = numpy_helper.from_array(tq, q), numpy_helper.from_array(ts, s)
+    out, ids = n.output[0], n.input[1]
+    return [helper.make_node("Gather", [q, ids], [out + "_q8"], name=n.name),
+            helper.make_node("Gather", [s, ids], [out + "_s8"], name=n.name + "_scale"),
+            helper.make_node("Cast", [out + "_q8"], [out + "_f8"], name=n.name + "_cast", to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [out + "_f8", out + "_s8"], [out], name=n.name + "_dequantize")]
+
+
+def emulated_model(model: ModelProto, int8_nodes: Iterable[str], *, reduce_range: bool,
+                   embeddings: bool = False) -> ModelProto:
+    """The model with the named weight MatMuls as com.microsoft.DynamicQuantizeMatMul, and (embeddings)
+    its embedding tables in int8 with per-row scales (module docstring)."""
     wanted = set(int8_nodes)
+    lookups = {e.node: e for e in embedding_gathers(model)} if embeddings else {}
     targets = {n.node: n for n in weight_matmuls(model) if n.node in wanted}
     inits = {t.name: t for t in model.graph.initializer}
     m = ModelProto()
@@ -137,6 +200,9 @@ def emulated_model(model: ModelProto, int8_nodes: Iterable[str], *, reduce_range
     new_inits: dict[str, onnx.TensorProto] = {}
     for n in model.graph.node:
         t = targets.get(n.name)
+        if n.name in lookups:
+            m.graph.node.extend(_int8_lookup(n, lookups[n.name], inits, new_inits))
+            continue
         if t is None:
             m.graph.node.append(n)
             continue

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -142,35 +142,42 @@ def _candidate(config: Any, cpu: Any) -> Any:
                      op_types=("MatMul",), exclude_nodes=config.exclude_nodes)
 
 
+Scored = dict[tuple[int, bool], tuple[ModelProto, Score]]  # (float MatMuls, int8 embeddings) -> model, score
+
+
 def search_float_nodes(model: ModelProto, ranked: list[str], scorer: SampleScorer, budget: Budget,
-                       reduce_range: bool, steps: list[dict[str, Any]],
-                       scored: dict[int, tuple[ModelProto, Score]] | None = None) -> int:
-    """The smallest k such that the int8 model with ranked[:k] in float holds the budget
-    (bisection over k, assuming more float nodes never hurt); steps gets one row per evaluation,
-    scored (when given) every model built and its score, by k."""
+                       reduce_range: bool, steps: list[dict[str, Any]], scored: Scored | None = None,
+                       embeddings: bool = False) -> tuple[int, bool]:
+    """(k, embeddings): the smallest k such that the int8 model with ranked[:k] in float holds the
+    budget (bisection over k, assuming more float nodes never hurt), and whether the embedding
+    tables stay int8 (asked for, and the model with only them in int8 holds the budget); steps
+    gets one row per evaluation, scored (when given) every model built and its score."""
     from onnxopt.quantization.sensitivity import emulated_model
 
-    def holds(k: int) -> bool:
+    def holds(k: int, emb: bool) -> bool:
         t0 = time.perf_counter()
-        q = emulated_model(model, ranked[k:], reduce_range=reduce_range)
+        q = emulated_model(model, ranked[k:], reduce_range=reduce_range, embeddings=emb)
         s = scorer.score(q)
         if scored is not None:
-            scored[k] = (q, s)
+            scored[(k, emb)] = (q, s)
         ok = s.holds(budget)
-        steps.append({"float_nodes": k, "min_sample_cosine": float(s.cosines.min()), "meets_budget": ok,
-                      "accuracy_drop": s.fidelity.accuracy_drop, "seconds": round(time.perf_counter() - t0, 2)})
+        steps.append({"float_nodes": k, "int8_embeddings": emb, "min_sample_cosine": float(s.cosines.min()),
+                      "meets_budget": ok, "accuracy_drop": s.fidelity.accuracy_drop,
+                      "seconds": round(time.perf_counter() - t0, 2)})
         return ok
 
-    if holds(0):
-        return 0
-    lo, hi = 0, len(ranked)  # holds(lo) is False; hi (all float) holds by construction
+    if holds(0, embeddings):
+        return 0, embeddings
+    if embeddings and ranked and not holds(len(ranked), True):
+        embeddings = False  # the int8 tables alone miss the floor: they stay float
+    lo, hi = 0, len(ranked)  # holds(lo) is False; hi (every MatMul in float) holds
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if holds(mid):
+        if holds(mid, embeddings):
             hi = mid
         else:
             lo = mid
-    return hi
+    return hi, embeddings
 
 
 def quantize_transformer(
@@ -195,7 +202,7 @@ def quantize_transformer(
     from onnxopt.quantization.auto import winner_entry
     from onnxopt.quantization.config import DEFAULT_AUTO_COSINE, _config_dict
     from onnxopt.quantization.engine import model_size, quant_ops_in
-    from onnxopt.quantization.sensitivity import local_errors, name_nodes, rank, weight_matmuls
+    from onnxopt.quantization.sensitivity import embedding_gathers, local_errors, name_nodes, rank, weight_matmuls
 
     t_start = time.perf_counter()
     already = quant_ops_in(model)
@@ -216,15 +223,20 @@ def quantize_transformer(
     if not nodes:
         raise InvalidInputError("no MatMul with a constant weight to quantize: the model has nothing int8 would speed up")
     report: dict[str, Any] = {"engine": "transformer", "notes": [], "search": []}
-    scored: dict[int, tuple[ModelProto, Score]] = {}  # the search's models by k, when scored on every sample
+    if val is None and calib is None:
+        report["notes"].append("no calibration or validation data: fidelity measured on synthetic text-like token ids")
+    scored: Scored = {}  # the search's models, when scored on every sample
     t0 = time.perf_counter()
     if config.mode == "auto":
         errors = local_errors(work, first_batch(feed, SENSITIVITY_SAMPLES, batch_axes(work)), nodes,
                               reduce_range=cand.reduce_range, batch=batch)
         ranked = [n for n, _ in rank(errors)]
         report["sensitivity"] = [{"node": n, "relative_error": round(e, 8)} for n, e in rank(errors)]
-        k = search_float_nodes(work, ranked, search, budget, cand.reduce_range, report["search"],
-                               scored if search.samples == scorer.samples else None)
+        tables = bool(embedding_gathers(work))
+        k, tables = search_float_nodes(work, ranked, search, budget, cand.reduce_range, report["search"],
+                                       scored if search.samples == scorer.samples else None, embeddings=tables)
+        if tables:
+            cand = replace(cand, op_types=(*cand.op_types, "Gather"))
     else:
         ranked, k = [], 0
     report["search_seconds"] = round(time.perf_counter() - t0, 2)
@@ -252,22 +264,24 @@ def quantize_transformer(
 
 
 def _build_holding(work: ModelProto, cand: Any, ranked: list[str], k: int, scorer: SampleScorer, budget: Budget,
-                   report: dict[str, Any], scored: dict[int, tuple[ModelProto, Score]]) -> tuple[Any, Score, int]:
+                   report: dict[str, Any], scored: Scored) -> tuple[Any, Score, int]:
     """The int8 model with ranked[:k] (and the configuration's excluded nodes) in float, scored on
     every sample; while it misses the budget (and the search was ours to make), more nodes go back
     to float (k grows by half)."""
     from onnxopt.quantization.fallback import Built
-    from onnxopt.quantization.sensitivity import emulated_model, weight_matmuls
+    from onnxopt.quantization.sensitivity import embedding_gathers, emulated_model, weight_matmuls
 
     names = [n.node for n in weight_matmuls(work)]
+    tables = "Gather" in cand.op_types
+    lookups = [e.node for e in embedding_gathers(work)] if tables else []
     for attempt in range(MAX_REBUILDS + 1):
         c = cand.with_excluded(ranked[:k]) if k else cand
         t0 = time.perf_counter()
         int8 = [n for n in names if n not in c.exclude_nodes]
-        if k in scored:  # the search scored this very model on every sample already
-            q, score = scored[k]
+        if (k, tables) in scored:  # the search scored this very model on every sample already
+            q, score = scored[(k, tables)]
         else:
-            q = emulated_model(work, int8, reduce_range=c.reduce_range)
+            q = emulated_model(work, int8, reduce_range=c.reduce_range, embeddings=tables)
             score = scorer.score(q)
             report["search"].append({"float_nodes": k, "final": True, "samples": scorer.samples,
                                      "min_sample_cosine": float(score.cosines.min()),
@@ -275,7 +289,7 @@ def _build_holding(work: ModelProto, cand: Any, ranked: list[str], k: int, score
         ok = score.holds(budget)
         left = [{"node": n, "op": "MatMul", "reason": "kept in float (excluded or returned to float for accuracy)"}
                 for n in names if n in c.exclude_nodes]
-        built = Built(c, q, int8, left, score.fidelity, "fused" if _fused(work) else "input")
+        built = Built(c, q, int8 + lookups, left, score.fidelity, "fused" if _fused(work) else "input")
         if ok or not ranked or k >= len(ranked) - 1 or attempt == MAX_REBUILDS:
             return built, score, k
         k = min(len(ranked) - 1, k + max(1, k // 2))
@@ -295,5 +309,60 @@ def _why(cand: Any, k: int, n: int, score: Score, budget: Budget, meets: bool, m
         head = f"{cand.name}: every weight MatMul ({n}) in int8 holds the floor"
     else:
         head = f"{cand.name}: {n - k} of {n} weight MatMuls in int8, the {k} most sensitive kept in float"
+    if "Gather" in cand.op_types:
+        head += "; embedding tables in int8 (one scale per row)"
     tail = f"lowest per-sample cosine {worst:.4f} ({budget.describe()} on every sample)"
     return f"{head}; {tail}" + ("" if meets else ": the floor is NOT met")
+
+
+def quantize_transformer_auto(model: ModelProto, config: Any, *, calib: Any = None,
+                              val: tuple[Feed, np.ndarray | None] | None = None, bench: Any = None,
+                              budget: Budget | None = None) -> Any:
+    """`onnxopt quantize --mode auto` on a transformer encoder: quantize_transformer (the engine
+    optimize uses), then the int8 model timed against the input, interleaved at the deployment
+    batch; under objective latency it is kept only when clearly faster (the CI upper end of
+    int8 / input <= INT8_MARGIN, quantize --mode auto's rule), else the input is returned and the
+    int8 model is the runner-up. Returns a quantization.api.QuantizeResult."""
+    from onnxopt.core import progress
+    from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
+    from onnxopt.measure.stats import latency_ratio
+    from onnxopt.quantization.api import QuantizeResult
+    from onnxopt.quantization.auto import _ratio_dict
+    from onnxopt.quantization.config import INT8_MARGIN
+    from onnxopt.quantization.engine import model_size
+
+    bench = bench or BenchConfig()
+    progress.report("quantize: transformer encoder: ranking MatMul sensitivity, searching the float set")
+    result = quantize_transformer(model, config, val=val, calib=calib, budget=budget, batch=bench.batch,
+                                  overrides=bench.shape_overrides)
+    rep = dict(result.report)
+    feed, _, _ = eval_feed(model, val, calib, samples=1, overrides=bench.shape_overrides, seed=config.seed)
+    timed = timing_feed(model, feed, batch=bench.batch, overrides=bench.shape_overrides, seed=bench.seed)
+    name = rep["winner"]
+    for runs in (config.final_runs, 2 * config.final_runs):
+        progress.report(f"quantize: timing {name} against the input ({runs} runs each)")
+        res = benchmark([model, result.model], replace(bench, runs=runs, duration_s=None), feed=timed,
+                        names=["input", name])
+        ratio = latency_ratio(res[1], res[0])
+        if ratio.high <= INT8_MARGIN or ratio.low > INT8_MARGIN:  # shown either way: no second round
+            break
+        rep["notes"].append(f"{name} vs the input was unclear in {runs} rounds ({ratio.describe()}); measured again "
+                            f"with {2 * runs} rounds")
+    rep["candidates"][0]["final"] = _ratio_dict(ratio)
+    rep.update({"latency": _ratio_dict(ratio), "final_ms": {"input": res[0].stats.p50_ms, name: res[1].stats.p50_ms},
+                "timed_shapes": {k: list(v) for k, v in feed_shapes(timed).items()}, "mode": "auto"})
+    if config.objective == "size" or ratio.high <= INT8_MARGIN:
+        rep["why"] += f"; {ratio.describe()} vs the input"
+        return QuantizeResult(result.model, True, result.meets_budget, rep)
+    rep["notes"].append(f"{name} was not clearly faster than the input ({ratio.describe()}; int8 is kept only when "
+                        f"the CI upper end is <= {INT8_MARGIN}): returning the input unchanged")
+    rep["runner_up"] = {"name": name, **{k: rep[k] for k in ("fidelity", "nodes", "quantizer", "built_from")}}
+    acc = rep["fidelity"]["accuracy_reference"]
+    rep.update({"winner": "input", "quantized": False, "meets_budget": True, "size_after": model_size(model),
+                "size_ratio": 1.0, "latency": {"ratio": 1.0, "describe": "the input itself"},
+                "why": f"no int8 configuration is clearly faster than the input here: {rep['why']}",
+                "nodes": {"quantized": [], "float": []},
+                "fidelity": {"outputs": [], "samples": rep["fidelity"]["samples"], "accuracy_reference": acc,
+                             "accuracy_candidate": acc, "accuracy_drop": 0.0 if acc is not None else None,
+                             "min_cosine": 1.0}})
+    return QuantizeResult(copy_model(model), False, True, rep, runner_up=result.model)
