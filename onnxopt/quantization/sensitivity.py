@@ -11,6 +11,9 @@ The sensitivity of node n is its relative output error on the float model's own 
 
     e_n = sum ||y_q - y||^2 / sum ||y||^2      over the samples, each run alone (batch 1)
 
+(s_x and z_x from the whole x, as the runtime does; the products over at most SENSITIVITY_ROWS
+evenly spaced rows of x per sample: the ranking needs the error's size, not every token's)
+
 and every node's x comes from ONE run of the float model whose MatMul inputs are exposed as
 outputs: a ranking in one inference pass plus numpy, instead of one quantized model built and
 scored per node. The ranking only orders the search; whether a set of float nodes holds the
@@ -92,6 +95,9 @@ def quantize_weight(w: np.ndarray, reduce_range: bool) -> tuple[np.ndarray, np.n
     return wq, scale.astype(np.float32)
 
 
+SENSITIVITY_ROWS = 64  # rows (tokens) of each activation multiplied per sample for the ranking
+
+
 def _dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, float, float]:
     """(x_q as float, scale, zero point) of DynamicQuantizeLinear (uint8, asymmetric, per tensor)."""
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
@@ -115,18 +121,21 @@ def local_errors(
     sess = create_session(probe, lean_session(probe, SessionConfig(opt_level="basic")))
     names = [o.name for o in probe.graph.output]
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in {n.weight for n in nodes}}
-    quantized = {k: quantize_weight(w, reduce_range) for k, w in weights.items()}
+    dequantized = {}  # W_q diag(s): the weights int8 computes with, as float
+    for k, w in weights.items():
+        wq, ws = quantize_weight(w, reduce_range)
+        dequantized[k] = wq.astype(np.float32) * ws
     err = dict.fromkeys((n.node for n in nodes), 0.0)
     ref = dict.fromkeys((n.node for n in nodes), 0.0)
     for b in batches(feed, batch, batch_axes(model)):
         outs = dict(zip(names, run(sess, b)))
         for n in nodes:
             x = outs[n.activation].astype(np.float32)
-            w = weights[n.weight]
-            wq, ws = quantized[n.weight]
             xq, xs, xz = _dynamic_quantize(x)
-            y = x @ w
-            yq = ((xq - xz).astype(np.float32) @ wq.astype(np.float32)) * (xs * ws)
+            rows = x.reshape(-1, x.shape[-1])
+            pick = np.linspace(0, len(rows) - 1, min(len(rows), SENSITIVITY_ROWS)).astype(int)
+            y = rows[pick] @ weights[n.weight]
+            yq = ((xq.reshape(rows.shape)[pick] - xz) * xs).astype(np.float32) @ dequantized[n.weight]
             err[n.node] += float(np.sum(np.square(yq - y), dtype=np.float64))
             ref[n.node] += float(np.sum(np.square(y), dtype=np.float64))
     return {k: err[k] / ref[k] if ref[k] > 0 else 0.0 for k in err}
