@@ -1,10 +1,16 @@
 """Int8 for transformer encoders: per-channel dynamic int8 on the weight MatMuls, sensitive ones in float.
 
 What is quantized: the MatMuls whose B is a constant weight (MatMulConstBOnly), per-channel
-symmetric int8 weights, activations quantized per run (dynamic). Embedding tables (Gather,
-EmbedLayerNormalization) and the activation x activation products of attention (Q K^T, A V,
-inside com.microsoft.Attention after fusion) stay float. On x86 without VNNI the weights use
+symmetric int8 weights, activations quantized per run (dynamic); and the embedding tables
+(Gathers of a float [V, H] initializer), stored in int8 with one scale per row when the model
+with only them in int8 holds the floor (quantization.sensitivity; in the Candidate as op type
+"Gather"). The activation x activation products of attention (Q K^T, A V, inside
+com.microsoft.Attention after fusion) stay float. On x86 without VNNI the weights use
 reduce_range (7 bits) so that the u8 x s8 pair sums of vpmaddubsw cannot saturate int16.
+
+One engine for the family: optimize's quantize stage calls quantize_transformer, and
+`onnxopt quantize --mode auto` on a transformer-family model calls quantize_transformer_auto
+(the same search, then the int8 model timed against the input and kept by INT8_MARGIN).
 
 The fidelity floor is held per sample: every sample's output cosine vs the float model must be
 >= budget.min_cosine (the project floor takes the mean over samples; a text encoder serves one
