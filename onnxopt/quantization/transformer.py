@@ -341,8 +341,12 @@ def quantize_transformer_auto(model: ModelProto, config: Any, *, calib: Any = No
     from onnxopt.measure.stats import latency_ratio
     from onnxopt.quantization.api import QuantizeResult
     from onnxopt.quantization.auto import _ratio_dict
+    from onnxopt.quantization.calibration import check_samples
     from onnxopt.quantization.config import INT8_MARGIN
 
+    t0 = time.perf_counter()
+    if val is not None:
+        check_samples(model, val[0], "validation data")
     bench = bench or BenchConfig()
     progress.report("quantize: transformer encoder: ranking MatMul sensitivity, searching the float set")
     result = quantize_transformer(model, config, val=val, calib=calib, budget=budget, batch=bench.batch,
@@ -362,7 +366,8 @@ def quantize_transformer_auto(model: ModelProto, config: Any, *, calib: Any = No
                             f"with {2 * runs} rounds")
     rep["candidates"][0]["final"] = _ratio_dict(ratio)
     rep.update({"latency": _ratio_dict(ratio), "final_ms": {"input": res[0].stats.p50_ms, name: res[1].stats.p50_ms},
-                "timed_shapes": {k: list(v) for k, v in feed_shapes(timed).items()}, "mode": "auto"})
+                "timed_shapes": {k: list(v) for k, v in feed_shapes(timed).items()}, "mode": "auto",
+                "seconds": round(time.perf_counter() - t0, 2)})
     if config.objective == "size" or ratio.high <= INT8_MARGIN:
         rep["why"] += f"; {ratio.describe()} vs the input"
         return QuantizeResult(result.model, True, result.meets_budget, rep)
