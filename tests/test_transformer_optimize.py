@@ -279,6 +279,12 @@ def test_embedding_tables_go_int8_with_one_scale_per_row(tiny_bert: ModelProto) 
     assert model_size(named) - model_size(q) > 0.7 * table.nbytes  # the table is stored in a quarter
     assert any(t.data_type == onnx.TensorProto.INT8 and tuple(t.dims) == (VOCAB, HIDDEN) for t in q.graph.initializer)
     assert _cosines(tiny_bert, q, token_feed(tiny_bert, samples=4, seed=9)).min() > 0.999
+    # what --decisions replays: mode dynamic with the recorded op types rebuilds the int8 tables
+    replay = quantize_transformer(tiny_bert, QuantizeConfig(mode="dynamic", op_types=("MatMul", "Gather"),
+                                                            per_channel=True, reduce_range=True))
+    assert replay.report["quantizer"]["op_types"] == ["MatMul", "Gather"]
+    assert replay.model.SerializeToString() == emulated_model(
+        named, [n.node for n in weight_matmuls(named)], reduce_range=True, embeddings=True).SerializeToString()
 
 
 def test_quantize_auto_latency_keeps_int8_only_when_measured_faster(tiny_bert: ModelProto) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from onnx import ModelProto
 
 from onnxopt.core.cpu import detect_cpu
@@ -42,22 +40,11 @@ from onnxopt.quantization.engine import (
 )
 from onnxopt.quantization.evaluate import Budget, Evaluator
 from onnxopt.quantization.fallback import fallback
+from onnxopt.quantization.result import QuantizeResult, int8_floor
 from onnxopt.quantization.session import QuantSession, built_entry
 from onnxopt.quantization.weight_only import require_algorithm
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QuantizeResult:
-    """The model to keep, whether it holds int8 nodes, whether the budget holds, and the report."""
-
-    model: ModelProto
-    quantized: bool
-    meets_budget: bool
-    report: dict[str, Any]  # JSON-serializable
-    # auto, objective latency, float won: the fastest int8 model that holds the budget (report['runner_up'])
-    runner_up: ModelProto | None = None
 
 
 def _check_node_names(models: list[ModelProto], names: tuple[str, ...]) -> None:
@@ -201,14 +188,6 @@ def _timed_shapes(model: ModelProto, feed: Feed, bench: BenchConfig | None) -> d
         return None
     timed = timing_feed(model, feed, batch=bench.batch, overrides=bench.shape_overrides, seed=bench.seed)
     return {k: list(v) for k, v in feed_shapes(timed).items()}
-
-
-def int8_floor(model: ModelProto) -> int:
-    """Bytes of the model with every float32 initializer at a quarter of its size, the rest as it was."""
-    f32 = sum(
-        int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
-    )
-    return int(model_size(model) - 0.75 * f32)
 
 
 def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: BenchConfig | None

@@ -197,17 +197,17 @@ def quantize_transformer(
     overrides: Any = None,
     synthetic_samples: int = SYNTHETIC_SAMPLES,
 ) -> Any:
-    """Quantize a transformer encoder (module docstring); returns a quantization.api.QuantizeResult.
+    """Quantize a transformer encoder (module docstring); returns a quantization.result.QuantizeResult.
 
     config: a QuantizeConfig (mode auto: search; mode dynamic: exactly its configuration, scored).
     budget: the fidelity floor (default: config's, else cosine >= 0.99), each sample must hold it.
     batch: the deployment batch fidelity is measured at.
     """
     from onnxopt.core.cpu import detect_cpu
-    from onnxopt.quantization.api import QuantizeResult, int8_floor
     from onnxopt.quantization.auto import winner_entry
     from onnxopt.quantization.config import DEFAULT_AUTO_COSINE, _config_dict
     from onnxopt.quantization.engine import model_size, quant_ops_in
+    from onnxopt.quantization.result import QuantizeResult, int8_floor
     from onnxopt.quantization.sensitivity import (
         embedding_gathers,
         local_errors,
@@ -335,14 +335,14 @@ def quantize_transformer_auto(model: ModelProto, config: Any, *, calib: Any = No
     optimize uses), then the int8 model timed against the input, interleaved at the deployment
     batch; under objective latency it is kept only when clearly faster (the CI upper end of
     int8 / input <= INT8_MARGIN, quantize --mode auto's rule), else the input is returned and the
-    int8 model is the runner-up. Returns a quantization.api.QuantizeResult."""
+    int8 model is the runner-up. Returns a quantization.result.QuantizeResult."""
     from onnxopt.core import progress
     from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
     from onnxopt.measure.stats import latency_ratio
-    from onnxopt.quantization.api import QuantizeResult
     from onnxopt.quantization.auto import _ratio_dict
     from onnxopt.quantization.calibration import check_samples
     from onnxopt.quantization.config import INT8_MARGIN
+    from onnxopt.quantization.result import QuantizeResult
 
     t0 = time.perf_counter()
     if val is not None:
