@@ -379,3 +379,27 @@ def test_auto_reports_the_quantizer_it_built_or_its_runner_up(convnet_model: onn
     elif "runner_up" in rep:  # float won: the fastest int8 finalist is handed back for callers to show
         assert r.runner_up is not None and quant_ops_in(r.runner_up)
         assert rep["runner_up"]["quantizer"]["name"] == rep["runner_up"]["name"] != rep["winner"]
+
+
+def test_evaluator_subset_of_a_fixed_batch_model_with_time_major_output() -> None:
+    """A CRNN-like model (batch fixed at 1, output [time, 1, classes]): run sample by sample, its
+    outputs concatenate to time * samples rows; a subset must take whole samples' rows (a real
+    CRNN failed with 'reference shape (16, 1, C) differs from candidate shape (384, 1, C)')."""
+    from onnxopt.quantization.evaluate import Evaluator
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[2, 0, 1]), helper.make_node("MatMul", ["t", "w"], ["y"])],
+        "crnn_like",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, "width"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["time", 1, 8])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feed = {"x": np.random.default_rng(1).standard_normal((6, 4, 5)).astype(np.float32)}
+    ev = Evaluator(model, feed, None, "test")
+    sub = ev.subset(2)
+    rep = sub.score(model)
+    assert rep.samples == 2 and rep.min_cosine > 0.999999
+    q = quantize(model, QuantizeConfig(mode="dynamic", min_cosine=0.999999), calib=feed)  # forces the fallback
+    assert q.report["fallback"]["needed"]

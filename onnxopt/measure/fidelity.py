@@ -87,6 +87,22 @@ def run_batched(
     return outs
 
 
+def first_samples(outputs: list[np.ndarray], n: int, total: int) -> list[np.ndarray]:
+    """The outputs of the first n of `total` samples, from run_batched's outputs over all of them.
+
+    Each sample gives out.shape[0] / total rows of an output (1 for batch-first outputs; more for
+    a fixed-batch model whose output leads with another axis, e.g. a CRNN's [time, 1, classes]
+    chunks concatenated on axis 0); scalars and outputs that do not split evenly stay whole.
+    """
+    if n >= total:
+        return list(outputs)
+    out = []
+    for r in outputs:
+        rows = r.shape[0] if r.ndim else 0
+        out.append(r[: rows // total * n] if rows and rows % total == 0 else r)
+    return out
+
+
 def _top1(logits: np.ndarray) -> np.ndarray:
     a = np.asarray(logits)
     if a.ndim == 1:

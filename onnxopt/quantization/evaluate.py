@@ -10,7 +10,13 @@ from onnx import ModelProto
 from onnxopt.core.feeds import Feed, feed_samples, first_batch
 from onnxopt.core.model import batch_axes, graph_outputs
 from onnxopt.core.runtime import SessionConfig, lean_session
-from onnxopt.measure.fidelity import FidelityReport, accuracy_of, output_fidelity, run_batched
+from onnxopt.measure.fidelity import (
+    FidelityReport,
+    accuracy_of,
+    first_samples,
+    output_fidelity,
+    run_batched,
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class Evaluator:
         ev.source = self.source
         ev.samples = min(n, self.samples)
         ev._specs = self._specs
-        ev._ref = [r[:n] if r.ndim else r for r in self._ref]
+        ev._ref = first_samples(self._ref, n, self.samples)
         ev._acc_ref = accuracy_of(ev._ref[0], ev.labels) if ev.labels is not None else None
         return ev
 

@@ -41,7 +41,13 @@ from onnx import ModelProto
 from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.feeds import Feed, feed_samples, first_batch
 from onnxopt.core.model import batch_axes, copy_model, graph_outputs
-from onnxopt.measure.fidelity import FidelityReport, accuracy_of, output_fidelity, run_batched
+from onnxopt.measure.fidelity import (
+    FidelityReport,
+    accuracy_of,
+    first_samples,
+    output_fidelity,
+    run_batched,
+)
 from onnxopt.quantization.evaluate import Budget
 
 log = logging.getLogger(__name__)
@@ -106,7 +112,7 @@ class SampleScorer:
         sub.feed = first_batch(self.feed, n, None)
         sub.labels = self.labels[:n] if self.labels is not None else None
         sub.batch, sub.samples, sub._specs = self.batch, min(n, self.samples), self._specs
-        sub._ref = [r[:n] if r.ndim else r for r in self._ref]
+        sub._ref = first_samples(self._ref, n, self.samples)
         sub._acc = accuracy_of(sub._ref[0], sub.labels) if sub.labels is not None else None
         return sub
 
