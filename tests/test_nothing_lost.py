@@ -270,7 +270,7 @@ def test_onnxruntime_warnings_stay_quiet_unless_verbose(work: Path, capfd: pytes
         (["optimize", "digits_cnn.onnx", "--seed", "-9999999999"], "--seed -9999999999"),
         (["optimize", "digits_cnn.onnx", "--bench-seconds", "0"], "--bench-seconds 0.0: must be > 0"),
         (["quantize", "digits_cnn.onnx", "-o", "q.onnx", "--min-cosine", "nan"], "--min-cosine nan"),
-        (["quantize", "digits_cnn.onnx", "-o", "q.onnx", "--min-cosine", "-1"], "--min-cosine -1.0: must be in (0, 1]"),
+        (["quantize", "digits_cnn.onnx", "-o", "q.onnx", "--min-cosine", "-1"], "--min-cosine -1.0: must be in [0, 1]"),
         (["quantize", "digits_cnn.onnx", "-o", "q.onnx", "--calib-samples", "0"], "--calib-samples 0: must be >= 1"),
         (["prune", "digits_cnn.onnx", "-o", "p.onnx", "--sparsity", "inf"], "--sparsity inf: must be a finite"),
         (["prune", "digits_cnn.onnx", "-o", "p.onnx", "--method", "channels", "--ratio", "1"], "--ratio 1.0"),

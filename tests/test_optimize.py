@@ -314,7 +314,7 @@ def test_size_objective_holds_the_floor(tmp_path: Path, layers: int, outcome: st
     from onnxopt.quantization.config import QuantizeConfig
 
     model, feed = _outlier_mlp(layers), _outlier_feed()
-    plain = quantize(model, QuantizeConfig(mode="dynamic"), val=(feed, None))
+    plain = quantize(model, QuantizeConfig(mode="dynamic", min_cosine=0.0), val=(feed, None))
     assert plain.report["fidelity"]["min_cosine"] < 0.9  # int8 alone destroys the outputs
     r = optimize(model, None, cfg(objective="size"), val=(feed, None))
     out = save_result(r, tmp_path / "m.onnx")
@@ -340,7 +340,7 @@ def test_attention_with_a_sensitive_layer_does_not_ship_below_the_floor(tmp_path
     from onnxopt.quantization.config import QuantizeConfig
 
     model, feed = _attention(), _attention_feed()
-    plain = quantize(model, QuantizeConfig(mode="dynamic"), val=(feed, None))
+    plain = quantize(model, QuantizeConfig(mode="dynamic", min_cosine=0.0), val=(feed, None))
     assert plain.report["fidelity"]["min_cosine"] < 0.99  # plain dynamic int8 misses the floor
     r = optimize(model, None, cfg(objective=objective), val=(feed, None))
     out = save_result(r, tmp_path / "m.onnx")

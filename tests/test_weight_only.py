@@ -42,7 +42,7 @@ def mlp_file(tmp_path: Path) -> Path:
 def test_weight_only_int4(tmp_path: Path, mlp_file: Path, block: int) -> None:
     out = tmp_path / "q4.onnx"
     r = CliRunner().invoke(cli, ["quantize", str(mlp_file), "-o", str(out), "--mode", "weight-only", "--bits", "4",
-                                 "--block-size", str(block), "--no-bench", "--json"])
+                                 "--block-size", str(block), "--no-bench", "--json", "--min-cosine", "0"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert rep["winner"] == f"int4-b{block}" and len(rep["nodes"]["quantized"]) == 3

@@ -130,9 +130,9 @@ def max_accuracy_drop_option(help: str) -> Callable[[F], F]:
 
 
 def min_cosine_option(help: str) -> Callable[[F], F]:
-    """--min-cosine C: a cosine similarity in (0, 1]."""
-    return number_option("--min-cosine", low=0, high=1, low_open=True, default=None, metavar="C", help=help,
-                         hint="e.g. 0.99")  # fmt: skip
+    """--min-cosine C: a cosine similarity in [0, 1] (0: no floor)."""
+    return number_option("--min-cosine", low=0, high=1, default=None, metavar="C", help=help,
+                         hint="e.g. 0.99; 0 turns the floor off")  # fmt: skip
 
 
 def min_speedup_option(help: str) -> Callable[[F], F]:

@@ -59,7 +59,7 @@ def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--data", "val_data", type=click.Path(path_type=Path), default=None,
               help="Validation .npz (inputs + optional 'labels') for fidelity and --max-accuracy-drop.")
 @max_accuracy_drop_option("Budget in percentage points (needs labels in --data).")
-@min_cosine_option("Budget: minimum per-sample output cosine similarity (default 0.99 unless --max-accuracy-drop is given).")
+@min_cosine_option("Budget: minimum per-sample output cosine similarity (default 0.99 unless --max-accuracy-drop is given; 0: no floor).")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
               help="static: QDQ or QOperator (QLinear*) format. Format, types, --per-channel and "
               "--reduce-range apply to dynamic/static; auto tries them itself.")

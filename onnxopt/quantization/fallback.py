@@ -37,7 +37,7 @@ class Built:
     notes: list[str] = field(default_factory=list)
 
 
-Builder = Callable[[Candidate, Evaluator], Built]
+Builder = Callable[..., Built]  # (candidate, evaluator[, allow_unquantized]) -> Built
 
 
 def harm(rep: FidelityReport) -> float:
@@ -79,6 +79,29 @@ def rank_nodes(base: Built, build: Builder, evaluator: Evaluator) -> list[tuple[
     return ranked
 
 
+def _bound(base: Built, build: Builder, evaluator: Evaluator, budget: Budget, report: dict[str, Any]) -> Built | None:
+    """The closest model when no partial quantization can hold the budget, else None.
+
+    Returning every quantized node to float bounds what the search can reach: when even that
+    model misses the budget, the error comes from what the quantizer adds around the nodes
+    (activation QDQ on other ops, the graph's pre-processing), and ranking the nodes (one
+    model built per node) cannot help. One build instead of len(nodes) + len(steps).
+    """
+    try:
+        probe = build(base.cand.with_excluded(base.quantized_nodes), evaluator, True)
+    except CandidateFailed as e:
+        log.info("fallback bound not measured: %s", e)
+        return None
+    report["bound"] = {"float_nodes": len(base.quantized_nodes), "min_cosine": probe.fidelity.min_cosine,
+                       "accuracy_drop": probe.fidelity.accuracy_drop, "meets_budget": budget.holds(probe.fidelity)}
+    if budget.holds(probe.fidelity):
+        return None
+    report["result"] = (f"even with all {len(base.quantized_nodes)} quantized node(s) back in float the budget is missed "
+                        f"(min cosine {probe.fidelity.min_cosine:.4f}): the error is not in those nodes; kept the closest")
+    progress.report("quantize: fallback cannot reach the budget (every node in float still misses it)")
+    return probe if budget.shortfall(probe.fidelity) < budget.shortfall(base.fidelity) else base
+
+
 def fallback(base: Built, build: Builder, evaluator: Evaluator, budget: Budget) -> tuple[Built, bool, dict[str, Any]]:
     """Return nodes to float, most harmful first, until the budget holds; (best, meets, report)."""
     report: dict[str, Any] = {"budget": budget.describe(), "steps": []}
@@ -86,6 +109,10 @@ def fallback(base: Built, build: Builder, evaluator: Evaluator, budget: Budget) 
         report["needed"] = False
         return base, True, report
     report["needed"] = True
+    if len(base.quantized_nodes) > 2:
+        bound = _bound(base, build, evaluator, budget, report)
+        if bound is not None:
+            return bound, False, report
     ranked = rank_nodes(base, build, evaluator)
     report["sensitivity"] = [{"node": n, "harm": round(h, 6) if h != float("inf") else None} for n, h in ranked]
     best, best_short = base, budget.shortfall(base.fidelity)

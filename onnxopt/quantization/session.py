@@ -42,8 +42,11 @@ class QuantSession:
         self.notes = notes
         self._hist_before = quant_ops_in(original)
 
-    def build(self, cand: Candidate, evaluator: Evaluator | None = None) -> Built:
-        """Quantize, load, run and score one candidate, falling back to the folded model on failure."""
+    def build(self, cand: Candidate, evaluator: Evaluator | None = None, allow_unquantized: bool = False) -> Built:
+        """Quantize, load, run and score one candidate, falling back to the folded model on failure.
+
+        allow_unquantized: score it even when no compute node was quantized (the fallback's bound:
+        what the quantizer adds around the nodes); otherwise that is a CandidateFailed."""
         ev = evaluator or self.evaluator
         reasons: list[str] = []
         for prep in self.variants:
@@ -54,7 +57,7 @@ class QuantSession:
                 log.debug("built %s on %s in %.2f s", cand.name, prep.variant, time.perf_counter() - t0)
                 check_runs(q, ev.feed)
                 quantized, left = node_changes(prep.model, q, cand_p)
-                if quant_ops_in(q) == self._hist_before or not quantized:
+                if not allow_unquantized and (quant_ops_in(q) == self._hist_before or not quantized):
                     raise CandidateFailed(_nothing_quantized_reason(prep.model, cand, left))
                 fid = ev.score(q)
                 log.debug("%s scored in %.2f s (total)", cand.name, time.perf_counter() - t0)
