@@ -112,7 +112,7 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
     _copy_fields(model.graph, graph, skip="initializer")
     with open(data, "wb") as f:
         for t in model.graph.initializer:
-            if _sizeof(t) < threshold:
+            if _sizeof(t) < threshold or t.data_type == TensorProto.STRING:  # strings: no external data in ONNX
                 graph.initializer.add().CopyFrom(t)
                 continue
             new = graph.initializer.add()

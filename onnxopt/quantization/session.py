@@ -14,11 +14,13 @@ from onnxopt.quantization.calibration import (
     CalibrationSource,
 )
 from onnxopt.quantization.engine import (
+    QUANT_PRE_PROCESS_KEY,
     Candidate,
     CandidateFailed,
     Prepared,
     build,
     check_runs,
+    drop_quant_metadata,
     model_size,
     node_changes,
     quant_ops_in,
@@ -41,6 +43,21 @@ class QuantSession:
         self.workdir = workdir
         self.notes = notes
         self._hist_before = quant_ops_in(original)
+
+    @property
+    def float_path(self) -> Path:
+        """The float model auto mode measures against: the constant-folded variant's file (onnxruntime's
+        basic graph optimization, portable), scored and timed from the file (its weights are not loaded)."""
+        return self.variants[-1].path
+
+    @property
+    def float_size(self) -> int:
+        """model_size() of float_model(), without loading it."""
+        return self.variants[-1].size - _metadata_bytes(self.variants[-1].model, QUANT_PRE_PROCESS_KEY)
+
+    def float_model(self) -> ModelProto:
+        """The float model with its weights, to return (loaded from its file now)."""
+        return drop_quant_metadata(self.variants[-1].load())
 
     def build(self, cand: Candidate, evaluator: Evaluator | None = None) -> Built:
         """Quantize, load, run and score one candidate, falling back to the folded model on failure."""
@@ -67,6 +84,16 @@ class QuantSession:
         if len({r.split(": ", 1)[-1] for r in reasons}) == 1:
             raise CandidateFailed(reasons[0].split(": ", 1)[-1])
         raise CandidateFailed("; ".join(reasons))
+
+
+def _metadata_bytes(model: ModelProto, key: str) -> int:
+    """Serialized bytes the metadata_props entries with this key take in the model (tag, length, entry)."""
+    total = 0
+    for p in model.metadata_props:
+        if p.key == key:
+            n = p.ByteSize()
+            total += 1 + n + max(1, (n.bit_length() + 6) // 7)
+    return total
 
 
 def _map_excluded(cand: Candidate, model: ModelProto) -> Candidate:
