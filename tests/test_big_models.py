@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -157,3 +159,77 @@ def test_big_proto_session_goes_through_a_file(tmp_path: Path, monkeypatch: pyte
     got = create_session(model).run(None, {"input": x})[0]
     want = create_session(src).run(None, {"input": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def _scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A private temporary folder for the run's work directories (tempfile's default)."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def test_optimize_keeps_stage_models_in_files_and_removes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages above KEEP_BYTES live in optimize's work directory (the run holds their graphs only),
+    sessions load them from there, and the directory is gone when optimize returns."""
+    from onnxopt.optimization.recipe import parse_recipe
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.store import KEEP_BYTES, PREFIX
+    from onnxopt.optimization.types import OptimizeConfig
+
+    scratch = _scratch(monkeypatch, tmp_path)
+    src = external_mlp(tmp_path / "m.onnx", width=1024, layers=5)  # 20 MiB of weights
+    model = load_model(src)
+    assert model.ByteSize() > KEEP_BYTES
+    seen: list[list[str]] = []
+
+    def progress(line: str) -> None:  # the work directory's files while the stages are verified
+        if line.startswith("verifying"):
+            seen.extend(sorted(p.name for p in d.iterdir()) for d in scratch.glob(PREFIX + "*"))
+
+    recipe = parse_recipe('[[passes]]\nname = "optimize_graph"\n')
+    r = optimize(model, recipe, OptimizeConfig(benchmark=False), progress=progress)
+    assert seen == [["1-optimize_graph.onnx", "1-optimize_graph.onnx.data", "input.onnx", "input.onnx.data"]]
+    assert list(scratch.iterdir()) == []  # removed after success
+    stage = r.stages[1]
+    assert stage.modified and stage.kept and stage.path is None and r.final == stage.name
+    # the run held the stage's graph only: every weight refers to the (deleted) work directory
+    assert all(t.data_location == TensorProto.EXTERNAL for t in stage.model.graph.initializer)
+    assert stage.size_bytes > KEEP_BYTES and stage.fidelity.min_cosine > 0.9999
+    # the result has its weights, and answers like the input
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in r.model.graph.initializer)
+    x = np.random.default_rng(1).standard_normal((3, 1024)).astype(np.float32)
+    want = create_session(src).run(None, {"input": x})[0]
+    np.testing.assert_allclose(create_session(r.model).run(None, {"input": x})[0], want, rtol=1e-4, atol=1e-5)
+    assert r.model.ByteSize() == pytest.approx(stage.size_bytes, rel=0.01)
+
+
+@dataclass(frozen=True)
+class _FailingPass:
+    """A pass that raises (registered by the test that needs it only)."""
+
+    name: ClassVar[str] = "fail_for_test"
+
+    def __call__(self, model: onnx.ModelProto, context: object) -> object:
+        raise RuntimeError("this pass always fails")
+
+
+def test_optimize_removes_its_work_directory_after_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxopt.core.errors import PassError
+    from onnxopt.optimization.recipe import parse_recipe
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.types import OptimizeConfig
+    from onnxopt.passes.base import REGISTRY, register_pass
+
+    scratch = _scratch(monkeypatch, tmp_path)
+    register_pass(_FailingPass)
+    try:
+        recipe = parse_recipe('[[passes]]\nname = "optimize_graph"\n[[passes]]\nname = "fail_for_test"\n')
+        model = load_model(external_mlp(tmp_path / "m.onnx", width=256, layers=2))
+        with pytest.raises(PassError, match="fail_for_test failed after passes \\[optimize_graph\\]"):
+            optimize(model, recipe, OptimizeConfig(benchmark=False))
+    finally:
+        REGISTRY.pop("fail_for_test", None)
+    assert list(scratch.iterdir()) == []  # the stages written before the failure are gone

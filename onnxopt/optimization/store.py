@@ -4,8 +4,10 @@ A run keeps the input and each model a pass changed as `<n>-<pass>.onnx` in a pr
 folder, weights of 1 KiB or more in external data beside it (core.external.write_external:
 written tensor by tensor, the model untouched). Sessions (verification, benchmark, the pass
 checks) load from these files, and the run holds only each stage's graph-only proto: at most one
-full model (the one the next pass works on) besides the caller's input. The folder is removed
-when the run ends, failed or not; the result model is loaded from it before.
+full model (the one the next pass works on) besides the caller's input. A model of KEEP_BYTES or
+less stays in memory as well (it costs little, and Stage.model then still has its weights after
+the run, as API users may expect). The folder is removed when the run ends, failed or not; the
+result model is loaded from it before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from onnx import ModelProto
 from onnxopt.core.external import write_external
 
 PREFIX = "onnxopt-optimize-"
+KEEP_BYTES = 16 * 2**20  # stage models up to this size are kept in memory too
 
 
 class StageStore:
@@ -37,10 +40,11 @@ class StageStore:
         self.close()
 
     def put(self, model: ModelProto, name: str) -> tuple[Path, ModelProto]:
-        """Write model as `<name>.onnx` (+ `.data`); (its path, its graph-only proto)."""
+        """Write model as `<name>.onnx` (+ `.data`); (its path, its graph-only proto, or the model
+        itself when it is KEEP_BYTES or less)."""
         path = self.dir / f"{name}.onnx"
         write_external(model, path)
-        return path, graph_of(path)
+        return path, (model if model.ByteSize() <= KEEP_BYTES else graph_of(path))
 
     def close(self) -> None:
         """Remove the folder and every model in it."""

@@ -142,9 +142,10 @@ class Plan:
 class Stage:
     """One row of the result table: the input model or the model after a pass.
 
-    model: the input model for the first stage; for a pass's stage, its graph only (optimize()
-    kept the weights in its work directory, at `path`, removed when it returned: the result
-    model with its weights is OptimizeResult.model). path: the stage's file during the run.
+    model: the input model for the first stage; for a pass's stage above
+    optimization.store.KEEP_BYTES, its graph only (optimize() kept the weights in its work
+    directory, at `path`, removed when it returned: the result model with its weights is
+    OptimizeResult.model). path: the stage's file during the run.
     """
 
     name: str

@@ -75,7 +75,7 @@ class StageResult:
     """One pass as run by a Pipeline: its result and wall time.
 
     With a `store` given to Pipeline.run, the model lives in the file at `path` and
-    result.model holds its graph only (weights in external data beside the file);
+    result.model holds what the store returned (the graph only, weights in the file);
     size_bytes is the model's serialized size, taken before it was stored.
     """
 
@@ -87,7 +87,7 @@ class StageResult:
     size_bytes: int | None = None
 
 
-# Store: write a model to a file, return (its path, its graph-only proto); see Pipeline.run.
+# Store: write a model to a file, return (its path, the proto to keep: e.g. its graph only); see Pipeline.run.
 Store = Callable[[ModelProto, str], tuple[Path, ModelProto]]
 
 
@@ -131,7 +131,7 @@ class Pipeline:
         store: keep each stage's model in a file rather than in memory (optimize() gives one that
         writes into its work directory): the input and every model a pass changed are written
         once, the model is checked from its file, and only the full model the next pass works on
-        stays in memory; each StageResult then holds the path and the graph-only proto.
+        stays in memory; each StageResult then holds the path and the proto the store returned.
         """
         ctx = context or PassContext()
         done: list[str] = []
@@ -159,7 +159,7 @@ class Pipeline:
             wall = time.perf_counter() - start
             log.info("pass %s: modified=%s in %.2f s", p.name, result.modified, wall)
             current = result.model
-            if last is not None:  # keep the graph only; the weights are in the file
+            if last is not None:  # keep what the store returned (the graph only: the weights are in the file)
                 result = dataclasses.replace(result, model=last[1])
             stage = StageResult(p.name, pass_options(p), result, wall, path, size)
             stages.append(stage)

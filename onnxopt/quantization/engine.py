@@ -422,13 +422,14 @@ def calibration_cache(prep: Prepared, method: str, source: Any, workdir: Path) -
     return prep.calib_cache[method]
 
 
-def check_runs(model: ModelProto, feed: Feed) -> None:
-    """Load the model in onnxruntime and run one batch; raise CandidateFailed with the reason."""
+def check_runs(model: ModelProto, feed: Feed, source: ModelProto | Path | None = None) -> None:
+    """Load the model in onnxruntime (from `source`, e.g. its file, when given) and run one batch;
+    raise CandidateFailed with the reason."""
     try:
         from onnxopt.core.runtime import lean_session
 
         cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
-        sess = create_session(model, cfg)
+        sess = create_session(source if source is not None else model, cfg)
         n = fixed_batch(model) or 2
         run(sess, first_batch(feed, n, batch_axes(model)))
     except InvalidModelError as e:
