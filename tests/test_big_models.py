@@ -233,3 +233,29 @@ def test_optimize_removes_its_work_directory_after_a_failure(tmp_path: Path, mon
     finally:
         REGISTRY.pop("fail_for_test", None)
     assert list(scratch.iterdir()) == []  # the stages written before the failure are gone
+
+
+def test_optimize_with_every_model_in_files_answers_like_the_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default recipe (graph optimization, then auto int8) with every stage and every quantized
+    candidate kept in a file (thresholds at 0): the result still has its weights and answers like
+    the input, the reports give the full models' sizes, and no work directory is left."""
+    import onnxopt.optimization.store as store
+    import onnxopt.quantization.session as qsession
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.types import OptimizeConfig
+
+    monkeypatch.setattr(store, "KEEP_BYTES", 0)
+    monkeypatch.setattr(qsession, "KEEP_BYTES", 0)
+    scratch = _scratch(monkeypatch, tmp_path)
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=2)
+    r = optimize(load_model(src), None, OptimizeConfig(bench_runs=5, bench_seconds=0.2, warmup=1))
+    assert list(scratch.iterdir()) == []
+    q = next(s for s in r.stages if s.pass_name == "quantize")
+    built = [c for c in q.report["candidates"] if c.get("status") == "ok" and c["name"] != "float"]
+    assert built and all(c["size"] > 0.1 * r.stages[0].size_bytes for c in built)  # full sizes, not the graphs'
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in r.model.graph.initializer)
+    x = np.random.default_rng(2).standard_normal((8, 256)).astype(np.float32)
+    a = create_session(src).run(None, {"input": x})[0].astype(np.float64)
+    b = create_session(r.model).run(None, {"input": x})[0].astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= 0.99
