@@ -137,6 +137,16 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
     return data
 
 
+def load_external(path: str | os.PathLike[str]) -> ModelProto:
+    """The model written by write_external, its weights read back in, equal to the model written
+    (onnx's loader leaves data_location set to DEFAULT on those tensors: cleared again)."""
+    model = onnx.load(str(path), load_external_data=True)
+    for t in model.graph.initializer:
+        if t.HasField("data_location") and t.data_location == TensorProto.DEFAULT:
+            t.ClearField("data_location")
+    return model
+
+
 def needs_file(model: ModelProto) -> bool:
     """True when onnxruntime should get this proto through a file: big, or with external references."""
     return uses_external(model) or model.ByteSize() > LARGE

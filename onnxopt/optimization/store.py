@@ -20,7 +20,7 @@ from types import TracebackType
 import onnx
 from onnx import ModelProto
 
-from onnxopt.core.external import write_external
+from onnxopt.core.external import load_external, write_external
 
 PREFIX = "onnxopt-optimize-"
 KEEP_BYTES = 16 * 2**20  # stage models up to this size are kept in memory too
@@ -58,4 +58,4 @@ def graph_of(path: Path) -> ModelProto:
 
 def load_full(path: Path) -> ModelProto:
     """The model at path with its weights (its external data read into the proto)."""
-    return onnx.load(str(path), load_external_data=True)
+    return load_external(path)

@@ -15,7 +15,7 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.core.external import LARGE, needs_file, write_external
+from onnxopt.core.external import LARGE, load_external, needs_file, write_external
 from onnxopt.core.feeds import Feed, first_batch
 from onnxopt.core.files import scratch_cwd
 from onnxopt.core.model import (
@@ -130,7 +130,7 @@ class Prepared:
 
     def load(self) -> ModelProto:
         """The full model (weights read from the file): only for a model that is returned."""
-        return onnx.load(str(self.path), load_external_data=True)
+        return load_external(self.path)
 
 
 def _prepared(variant: str, model: ModelProto, path: Path) -> Prepared:

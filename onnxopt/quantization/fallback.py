@@ -57,9 +57,9 @@ class Built:
         """The model with its weights (read from its file when it has one)."""
         if self.path is None:
             return self.model
-        import onnx
+        from onnxopt.core.external import load_external
 
-        return onnx.load(str(self.path), load_external_data=True)
+        return load_external(self.path)
 
 
 Builder = Callable[[Candidate, Evaluator], Built]
