@@ -92,6 +92,7 @@ def run(ctx: Context) -> list[Row]:
         "inspect": ["inspect", "{m}", "--json"],
         "bench": ["bench", "{m}", "--runs", runs, "--warmup", "2"],
         "quantize": ["quantize", "{m}", "-o", "{o}", "--mode", "dynamic", "--runs", runs, "--json"],
+        "quantize-auto": ["quantize", "{m}", "-o", "{o}", "--mode", "auto", "--runs", runs, "--json"],
         "optimize": ["optimize", "{m}", "-o", "{o}", "--bench-runs", runs, "--json"],
     }
     for label, layers in sizes.items():
@@ -104,8 +105,8 @@ def run(ctx: Context) -> list[Row]:
                 ctx.log(f"scale {label}: onnxopt {' '.join(args)}")
                 code, wall, peak, stdout = measure(args)
                 ratio = "-"
-                if code == 0 and name in ("quantize", "optimize"):
-                    ratio = _ratio(json.loads(stdout), name)
+                if code == 0 and name != "inspect" and name != "bench":
+                    ratio = _ratio(json.loads(stdout), name.split("-")[0])
                 rows.append(Row(section="scale", name=f"{label}: {name}", metrics={
                     "model MB": round(size_mb), "wall s": round(wall, 1), "peak RSS MB": round(peak),
                     "RSS / size": round(peak / size_mb, 2), "bound (3x + 1 GB)": "ok" if peak <= 3 * size_mb + 1024 else "OVER",

@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -157,3 +159,120 @@ def test_big_proto_session_goes_through_a_file(tmp_path: Path, monkeypatch: pyte
     got = create_session(model).run(None, {"input": x})[0]
     want = create_session(src).run(None, {"input": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def _scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A private temporary folder for the run's work directories (tempfile's default)."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def test_optimize_keeps_stage_models_in_files_and_removes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages above KEEP_BYTES live in optimize's work directory (the run holds their graphs only),
+    sessions load them from there, and the directory is gone when optimize returns."""
+    from onnxopt.optimization.recipe import parse_recipe
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.store import KEEP_BYTES, PREFIX
+    from onnxopt.optimization.types import OptimizeConfig
+
+    scratch = _scratch(monkeypatch, tmp_path)
+    src = external_mlp(tmp_path / "m.onnx", width=1024, layers=5)  # 20 MiB of weights
+    model = load_model(src)
+    assert model.ByteSize() > KEEP_BYTES
+    seen: list[list[str]] = []
+
+    def progress(line: str) -> None:  # the work directory's files while the stages are verified
+        if line.startswith("verifying"):
+            seen.extend(sorted(p.name for p in d.iterdir()) for d in scratch.glob(PREFIX + "*"))
+
+    recipe = parse_recipe('[[passes]]\nname = "optimize_graph"\n')
+    r = optimize(model, recipe, OptimizeConfig(benchmark=False), progress=progress)
+    assert seen == [["1-optimize_graph.onnx", "1-optimize_graph.onnx.data", "input.onnx", "input.onnx.data"]]
+    assert list(scratch.iterdir()) == []  # removed after success
+    stage = r.stages[1]
+    assert stage.modified and stage.kept and stage.path is None and r.final == stage.name
+    # the run held the stage's graph only: every weight refers to the (deleted) work directory
+    assert all(t.data_location == TensorProto.EXTERNAL for t in stage.model.graph.initializer)
+    assert stage.size_bytes > KEEP_BYTES and stage.fidelity.min_cosine > 0.9999
+    # the result has its weights, and answers like the input
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in r.model.graph.initializer)
+    x = np.random.default_rng(1).standard_normal((3, 1024)).astype(np.float32)
+    want = create_session(src).run(None, {"input": x})[0]
+    np.testing.assert_allclose(create_session(r.model).run(None, {"input": x})[0], want, rtol=1e-4, atol=1e-5)
+    assert r.model.ByteSize() == pytest.approx(stage.size_bytes, rel=0.01)
+
+
+@dataclass(frozen=True)
+class _FailingPass:
+    """A pass that raises (registered by the test that needs it only)."""
+
+    name: ClassVar[str] = "fail_for_test"
+
+    def __call__(self, model: onnx.ModelProto, context: object) -> object:
+        raise RuntimeError("this pass always fails")
+
+
+def test_optimize_removes_its_work_directory_after_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxopt.core.errors import PassError
+    from onnxopt.optimization.recipe import parse_recipe
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.types import OptimizeConfig
+    from onnxopt.passes.base import REGISTRY, register_pass
+
+    scratch = _scratch(monkeypatch, tmp_path)
+    register_pass(_FailingPass)
+    try:
+        recipe = parse_recipe('[[passes]]\nname = "optimize_graph"\n[[passes]]\nname = "fail_for_test"\n')
+        model = load_model(external_mlp(tmp_path / "m.onnx", width=256, layers=2))
+        with pytest.raises(PassError, match="fail_for_test failed after passes \\[optimize_graph\\]"):
+            optimize(model, recipe, OptimizeConfig(benchmark=False))
+    finally:
+        REGISTRY.pop("fail_for_test", None)
+    assert list(scratch.iterdir()) == []  # the stages written before the failure are gone
+
+
+def test_optimize_with_every_model_in_files_answers_like_the_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default recipe (graph optimization, then auto int8) with every stage and every quantized
+    candidate kept in a file (thresholds at 0): the result still has its weights and answers like
+    the input, the reports give the full models' sizes, and no work directory is left."""
+    import onnxopt.optimization.store as store
+    import onnxopt.quantization.session as qsession
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.types import OptimizeConfig
+
+    monkeypatch.setattr(store, "KEEP_BYTES", 0)
+    monkeypatch.setattr(qsession, "KEEP_BYTES", 0)
+    scratch = _scratch(monkeypatch, tmp_path)
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=2)
+    r = optimize(load_model(src), None, OptimizeConfig(bench_runs=5, bench_seconds=0.2, warmup=1))
+    assert list(scratch.iterdir()) == []
+    q = next(s for s in r.stages if s.pass_name == "quantize")
+    built = [c for c in q.report["candidates"] if c.get("status") == "ok" and c["name"] != "float"]
+    assert built and all(c["size"] > 0.1 * r.stages[0].size_bytes for c in built)  # full sizes, not the graphs'
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in r.model.graph.initializer)
+    x = np.random.default_rng(2).standard_normal((8, 256)).astype(np.float32)
+    a = create_session(src).run(None, {"input": x})[0].astype(np.float64)
+    b = create_session(r.model).run(None, {"input": x})[0].astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= 0.99
+
+
+def test_load_external_gives_back_the_model_written(tmp_path: Path) -> None:
+    """What optimize and quantize load back from their work directories is the model they wrote,
+    byte for byte (sizes and outputs stay what they were when models lived in memory)."""
+    from onnxopt.core.external import load_external
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(4, np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    write_external(model, tmp_path / "x.onnx")
+    assert onnx.load(str(tmp_path / "x.onnx"), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
+    back = load_external(tmp_path / "x.onnx")
+    assert back.SerializeToString() == model.SerializeToString()

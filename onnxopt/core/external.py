@@ -112,7 +112,7 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
     _copy_fields(model.graph, graph, skip="initializer")
     with open(data, "wb") as f:
         for t in model.graph.initializer:
-            if _sizeof(t) < threshold:
+            if _sizeof(t) < threshold or t.data_type == TensorProto.STRING:  # strings: no external data in ONNX
                 graph.initializer.add().CopyFrom(t)
                 continue
             new = graph.initializer.add()
@@ -135,6 +135,16 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
     with open(out, "wb") as f:
         f.write(shallow.SerializeToString())
     return data
+
+
+def load_external(path: str | os.PathLike[str]) -> ModelProto:
+    """The model written by write_external, its weights read back in, equal to the model written
+    (onnx's loader leaves data_location set to DEFAULT on those tensors: cleared again)."""
+    model = onnx.load(str(path), load_external_data=True)
+    for t in model.graph.initializer:
+        if t.HasField("data_location") and t.data_location == TensorProto.DEFAULT:
+            t.ClearField("data_location")
+    return model
 
 
 def needs_file(model: ModelProto) -> bool:

@@ -45,6 +45,7 @@ from onnxopt.optimization.decisions import (
     replay_specs,
 )
 from onnxopt.optimization.recipe import PassSpec, Recipe
+from onnxopt.optimization.store import StageStore, load_full
 from onnxopt.optimization.types import (
     GATE_FAILED_KEY,
     RECIPE_KEY,
@@ -53,7 +54,7 @@ from onnxopt.optimization.types import (
     Plan,
     Stage,
 )
-from onnxopt.passes.base import PassContext, StageResult
+from onnxopt.passes.base import PassContext, PipelineResult, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +216,19 @@ def run_plan(
         floor=floor,
     )
     say(f"running {pipeline!r}")
-    t0 = time.perf_counter()
-    result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"))
-    timings = {"passes": time.perf_counter() - t0}
-    measured = _measure(model, _stages(model, result.stages, warnings), (feed, timed), labels, cfg, say, timings)
-    stages = _decide(measured, result.stages, cfg, floor, timed, say, timings, warnings)
-    final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
-    made = decisions or record(model, rec, cfg.objective, floor, stages, final_stage.name)
-    final_model = _with_metadata(final_stage.model, rec, made)
+    with StageStore() as store:  # every stage's model in a file; removed at the end, failed or not
+        t0 = time.perf_counter()
+        result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"),
+                              store=store.put)
+        timings = {"passes": time.perf_counter() - t0}
+        measured = _measure(_stages(model, result, warnings), (feed, timed), labels, cfg, say, timings)
+        stages = _decide(measured, result.stages, cfg, floor, timed, say, timings, warnings)
+        final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
+        made = decisions or record(model, rec, cfg.objective, floor, stages, final_stage.name)
+        path = final_stage.path if final_stage.pass_name is not None else None  # the input: copied as it is
+        final_model = _with_metadata(load_full(path) if path is not None else copy_model(model), rec, made)
+    stages = [replace(s, path=None) for s in stages]  # the files are gone
+    final_stage = next(s for s in stages if s.name == final_stage.name)
     gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize(), made.measured if decisions else None)
     timings["total"] = time.perf_counter() - t_start
     return OptimizeResult(
@@ -299,11 +305,11 @@ def _calibration(
     return None
 
 
-def _stages(model: ModelProto, stage_results: tuple[StageResult, ...], warnings: list[str]) -> list[Stage]:
+def _stages(model: ModelProto, run: PipelineResult, warnings: list[str]) -> list[Stage]:
     """The input model's stage, then one per pass (with a warning for a skipped quantization)."""
     seen: set[str] = set()
-    stages = [Stage(_unique("original", seen), None, {}, False, model, model.ByteSize(), 0.0, {})]
-    stages.extend(_stage_from(sr, seen) for sr in stage_results)
+    stages = [Stage(_unique("original", seen), None, {}, False, model, model.ByteSize(), 0.0, {}, path=run.input_path)]
+    stages.extend(_stage_from(sr, seen) for sr in run.stages)
     for s in stages:
         if s.pass_name == "quantize" and not s.modified and s.report.get("reason"):
             warnings.append(f"int8 quantization skipped: {s.report['reason']}")
@@ -311,7 +317,6 @@ def _stages(model: ModelProto, stage_results: tuple[StageResult, ...], warnings:
 
 
 def _measure(
-    model: ModelProto,
     stages: list[Stage],
     feeds: tuple[Feed, Feed],
     labels: np.ndarray | None,
@@ -326,7 +331,7 @@ def _measure(
     t0 = time.perf_counter()
     if cfg.verify:
         say("verifying every stage against the input model")
-        fids = _verify(model, measured[1:], feed, labels, cfg.eval_batch)
+        fids = _verify(measured[0], measured[1:], feed, labels, cfg.eval_batch)
         by_name = dict(zip([s.name for s in measured[1:]], fids))
         stages = [replace(s, fidelity=by_name[s.name]) if s.name in by_name else s for s in stages]
     timings["verify"] = time.perf_counter() - t0
@@ -356,24 +361,26 @@ def _stage_from(sr: StageResult, seen: set[str]) -> Stage:
         options=sr.options,
         modified=r.modified,
         model=r.model,
-        size_bytes=r.model.ByteSize(),
+        size_bytes=sr.size_bytes if sr.size_bytes is not None else r.model.ByteSize(),
         wall_s=sr.wall_s,
         report={**r.report, "keep_if_faster": r.keep_if_faster, "changes_outputs": r.changes_outputs},
         note=note,
+        path=sr.path,
     )
 
 
 def _verify(
-    reference: ModelProto, stages: list[Stage], feed: Feed, labels: np.ndarray | None, batch: int
+    reference: Stage, stages: list[Stage], feed: Feed, labels: np.ndarray | None, batch: int
 ) -> list[Any]:
-    """FidelityReports of each stage vs the reference (run once; re-derived after a pass that
-    changes the outputs by design, by applying that pass to the reference too)."""
+    """FidelityReports of each stage vs the reference stage (run once; re-derived after a pass
+    that changes the outputs by design, by applying that pass to the reference model too).
+    Sessions load the stages from their files (Stage.source)."""
     from onnxopt.core.model import graph_outputs
     from onnxopt.measure.fidelity import FidelityReport, accuracy_of, output_fidelity, run_batched
     from onnxopt.optimization.recipe import make_pass
 
-    ref = reference
-    ref_out = run_batched(ref, feed, batch)
+    ref = reference.model
+    ref_out = run_batched(reference.source, feed, batch)
     acc_ref = accuracy_of(ref_out[0], labels) if labels is not None else None
     reports = []
     for stage in stages:
@@ -382,7 +389,7 @@ def _verify(
             ref_out = run_batched(ref, feed, batch)
             acc_ref = accuracy_of(ref_out[0], labels) if labels is not None else None
         specs = graph_outputs(ref)
-        out = run_batched(stage.model, feed, batch)
+        out = run_batched(stage.source, feed, batch)
         fids = tuple(output_fidelity(s.name, r, c, s) for s, r, c in zip(specs, ref_out, out))
         acc = accuracy_of(out[0], labels) if labels is not None else None
         reports.append(FidelityReport(fids, int(ref_out[0].shape[0]) if ref_out[0].ndim else 1, acc_ref, acc))
@@ -394,14 +401,14 @@ def _bench(measured: list[Stage], timed: Feed, cfg: OptimizeConfig) -> dict[str,
     from onnxopt.measure.benchmark import benchmark
 
     bcfg = replace(_bench_config(cfg), batch=feed_samples(timed, batch_axes(measured[0].model)))
-    results = benchmark([s.model for s in measured], bcfg, feed=timed, names=[s.name for s in measured])
+    results = benchmark([s.source for s in measured], bcfg, feed=timed, names=[s.name for s in measured])
     return {s.name: r for s, r in zip(measured, results)}
 
 
-def _with_metadata(model: ModelProto, recipe: Recipe, decisions: Decisions) -> ModelProto:
-    """A copy of the model with the recipe and the decisions recorded in metadata_props, unused
-    opset imports dropped (onnxruntime adds every domain it has registered, which varies by process)."""
-    m = copy_model(model)
+def _with_metadata(m: ModelProto, recipe: Recipe, decisions: Decisions) -> ModelProto:
+    """The model (changed in place: a fresh copy) with the recipe and the decisions recorded in
+    metadata_props, unused opset imports dropped (onnxruntime adds every domain it has
+    registered, which varies by process)."""
     prune_opset_imports(m)
     entries = [p for p in m.metadata_props if p.key not in (RECIPE_KEY, GATE_FAILED_KEY, DECISIONS_KEY)]
     del m.metadata_props[:]

@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from onnx import ModelProto
@@ -139,7 +140,13 @@ class Plan:
 
 @dataclass(frozen=True)
 class Stage:
-    """One row of the result table: the input model or the model after a pass."""
+    """One row of the result table: the input model or the model after a pass.
+
+    model: the input model for the first stage; for a pass's stage above
+    optimization.store.KEEP_BYTES, its graph only (optimize() kept the weights in its work
+    directory, at `path`, removed when it returned: the result model with its weights is
+    OptimizeResult.model). path: the stage's file during the run.
+    """
 
     name: str
     pass_name: str | None
@@ -154,6 +161,12 @@ class Stage:
     ratio: Any = None  # RatioCI vs the input model | None
     kept: bool = True
     note: str = ""
+    path: Path | None = None
+
+    @property
+    def source(self) -> ModelProto | Path:
+        """What sessions load the stage from: its file during the run, else its proto."""
+        return self.path if self.path is not None else self.model
 
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
         """A JSON-serializable dict."""

@@ -8,6 +8,7 @@ import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -71,20 +72,35 @@ class Pass(Protocol):
 
 @dataclass(frozen=True)
 class StageResult:
-    """One pass as run by a Pipeline: its result and wall time."""
+    """One pass as run by a Pipeline: its result and wall time.
+
+    With a `store` given to Pipeline.run, the model lives in the file at `path` and
+    result.model holds what the store returned (the graph only, weights in the file);
+    size_bytes is the model's serialized size, taken before it was stored.
+    """
 
     pass_name: str
     options: dict[str, Any]
     result: PassResult
     wall_s: float
+    path: Path | None = None
+    size_bytes: int | None = None
+
+
+# Store: write a model to a file, return (its path, the proto to keep: e.g. its graph only); see Pipeline.run.
+Store = Callable[[ModelProto, str], tuple[Path, ModelProto]]
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """All stages of a pipeline run; `model` is the last stage's model (or the input)."""
+    """All stages of a pipeline run; `model` is the last stage's model (or the input).
+
+    input_path: the input as stored, when Pipeline.run was given a `store`.
+    """
 
     input_model: ModelProto
     stages: tuple[StageResult, ...]
+    input_path: Path | None = None
 
     @property
     def model(self) -> ModelProto:
@@ -108,47 +124,72 @@ class Pipeline:
         context: PassContext | None = None,
         *,
         on_stage: Callable[[StageResult], None] | None = None,
+        store: Store | None = None,
     ) -> PipelineResult:
-        """Run every pass on the model in turn; the input model is never modified."""
+        """Run every pass on the model in turn; the input model is never modified.
+
+        store: keep each stage's model in a file rather than in memory (optimize() gives one that
+        writes into its work directory): the input and every model a pass changed are written
+        once, the model is checked from its file, and only the full model the next pass works on
+        stays in memory; each StageResult then holds the path and the proto the store returned.
+        """
         ctx = context or PassContext()
         done: list[str] = []
         stages: list[StageResult] = []
         current = with_node_names(model)  # passes identify nodes by name; names are optional in ONNX
-        for p in self.passes:
+        last = store(current, "input") if store is not None else None
+        input_path = last[0] if last is not None else None
+        for i, p in enumerate(self.passes):
             start = time.perf_counter()
+            path, size = None, None
             try:
                 result = p(current, dataclasses.replace(ctx, prior=tuple(done)))
                 if not isinstance(result, PassResult):
                     raise TypeError(f"returned {type(result).__name__}, not PassResult")
+                if store is not None and last is not None:
+                    size = result.model.ByteSize()
+                    if result.modified:
+                        last = store(result.model, f"{i + 1}-{p.name}")
+                    path = last[0]
                 if self.check and result.modified:
-                    check_model(result.model)
+                    check_model(path if path is not None else result.model)
             except Exception as e:
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise PassError(f"{p.name} failed after passes [{', '.join(done)}]: {reason}") from e
             wall = time.perf_counter() - start
             log.info("pass %s: modified=%s in %.2f s", p.name, result.modified, wall)
-            stage = StageResult(p.name, pass_options(p), result, wall)
+            current = result.model
+            if last is not None:  # keep what the store returned (the graph only: the weights are in the file)
+                result = dataclasses.replace(result, model=last[1])
+            stage = StageResult(p.name, pass_options(p), result, wall, path, size)
             stages.append(stage)
             if on_stage is not None:
                 on_stage(stage)
             done.append(p.name)
-            current = result.model
-        return PipelineResult(model, tuple(stages))
+        return PipelineResult(model, tuple(stages), input_path)
 
 
-def check_model(model: ModelProto) -> None:
-    """ONNX checker plus an onnxruntime session (optimizer off; custom ops only when used)."""
+def check_model(model: ModelProto | Path) -> None:
+    """ONNX checker plus an onnxruntime session (optimizer off; custom ops only when used).
+
+    A path is checked from its file (weights in external data are not loaded into Python)."""
     import onnx
 
     from onnxopt.core.errors import InvalidModelError
     from onnxopt.core.runtime import create_session, needs_custom_ops
 
-    if model.ByteSize() < 2**31 - 2**20:
+    if isinstance(model, Path):
+        graph = onnx.load(str(model), load_external_data=False)
+        checked: ModelProto | str | None = str(model)
+    else:
+        graph = model
+        checked = model if model.ByteSize() < 2**31 - 2**20 else None
+    if checked is not None:
         try:
-            onnx.checker.check_model(model)
+            onnx.checker.check_model(checked)
         except Exception as e:
             raise InvalidModelError(f"the result fails the ONNX checker: {e}") from e
-    create_session(model, opt_level="disable", intra_op_threads=1, custom_ops=needs_custom_ops(model))
+    create_session(model, opt_level="disable", intra_op_threads=1, custom_ops=needs_custom_ops(graph))
 
 
 # ---------------------------------------------------------------- registry

@@ -210,10 +210,10 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
     if bench is not None:
         timed = timing_feed(sess.original, sess.evaluator.feed, batch=bench.batch, overrides=bench.shape_overrides,
                             seed=bench.seed)
-        res = benchmark([sess.original, built.model], bench, feed=timed, names=["input", built.cand.name])
+        res = benchmark([sess.original, built.source], bench, feed=timed, names=["input", built.cand.name])
         ratio = latency_ratio(res[1], res[0])
         report["latency"] = {"input_ms": res[0].stats.p50_ms, "quantized_ms": res[1].stats.p50_ms,
                              "ratio": ratio.to_dict(), "describe": ratio.describe()}
         if ratio.significant and ratio.ratio > 1:
             report["notes"].append(f"the quantized model is SLOWER than the input on this CPU: {ratio.describe()}")
-    return built.model, True, meets, report
+    return built.full(), True, meets, report

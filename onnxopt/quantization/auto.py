@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnx import ModelProto
@@ -14,7 +15,7 @@ from onnxopt.core.model import copy_model
 from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark, timing_feed
 from onnxopt.measure.stats import NOT_SLOWER, RatioCI, latency_ratio
 from onnxopt.quantization.config import INT8_MARGIN
-from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size, strip_quant_metadata
+from onnxopt.quantization.engine import Candidate, CandidateFailed
 from onnxopt.quantization.evaluate import Budget
 from onnxopt.quantization.fallback import Built, fallback
 from onnxopt.quantization.weight_only import matmul_heavy
@@ -84,7 +85,7 @@ def _ratio_dict(r: RatioCI) -> dict[str, Any]:
     return {"ratio": r.ratio, "low": r.low, "high": r.high, "significant": r.significant, "describe": r.describe()}
 
 
-def _bench(models: list[ModelProto], names: list[str], cfg: BenchConfig, feed: Any) -> list[BenchResult]:
+def _bench(models: list[ModelProto | Path], names: list[str], cfg: BenchConfig, feed: Any) -> list[BenchResult]:
     return benchmark(models, cfg, feed=feed, names=names)
 
 
@@ -98,7 +99,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
     from onnxopt.quantization.session import built_entry
 
     notes: list[str] = []
-    float_model = strip_quant_metadata(sess.variants[-1].model)  # constant-folded, basic level: portable
+    float_model = sess.float_path  # constant-folded, basic level: portable; scored and timed from its file
     float_fid = sess.evaluator.score(float_model)
     rows: dict[str, dict[str, Any]] = {}
     built: dict[str, Built] = {}
@@ -129,11 +130,11 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
                        seed=bench.seed)
     quick_cfg = replace(bench, warmup=min(bench.warmup, 2), runs=config.quick_runs, duration_s=None)
     names = ["input", "float"] + list(built)
-    models = [sess.original, float_model] + [b.model for b in built.values()]
+    models: list[ModelProto | Path] = [sess.original, float_model, *(b.source for b in built.values())]
     progress.report(f"quantize: timing {len(models)} models briefly ({config.quick_runs} runs each)")
     res = _bench(models, names, quick_cfg, feed)
     quick = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
-    rows["float"] = _row("float", "ok", size=model_size(float_model), fidelity=float_fid.to_dict(),
+    rows["float"] = _row("float", "ok", size=sess.float_size, fidelity=float_fid.to_dict(),
                          note="onnxruntime basic graph optimization (constant folding), no quantization")
     for n, r in quick.items():
         rows[n]["quick"] = _ratio_dict(r)
@@ -142,7 +143,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
     # so that a size-objective result never depends on timing noise.
     failing_order = [b for b in built.values() if not budget.holds(b.fidelity)]
     if config.objective == "size":
-        failing = sorted(failing_order, key=lambda b: model_size(b.model))
+        failing = sorted(failing_order, key=lambda b: b.nbytes)
     else:
         failing = sorted(failing_order, key=lambda b: quick[b.cand.name].ratio)
     passing = [b for b in built.values() if budget.holds(b.fidelity)]
@@ -160,7 +161,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
         return (*_pick_size(sess, config, budget, float_model, built, passing, rows, notes, bench, feed), None)
     picked = _pick_latency(sess, config, budget, cpu, float_model, built, passing, quick, rows, notes, bench, feed)
     runner_up = picked[3].get("runner_up")
-    return (*picked, built[runner_up["name"]].model if runner_up else None)
+    return (*picked, built[runner_up["name"]].full() if runner_up else None)
 
 
 def _op_type_partials(b: Built, sess: QuantSession) -> list[Candidate]:
@@ -186,14 +187,14 @@ def _finish(rows: dict[str, dict[str, Any]], winner: str, why: str, notes: list[
     return report
 
 
-def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, float_model: ModelProto,
+def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, float_model: Path,
                   built: dict[str, Built], passing: list[Built], quick: dict[str, RatioCI], rows: dict[str, dict[str, Any]],
                   notes: list[str], bench: BenchConfig, feed: Any) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
     # Fallback results were not in the quick round: they go to the final round regardless.
     finalists = sorted(passing, key=lambda b: quick[b.cand.name].ratio if b.cand.name in quick else 0.0)
     finalists = finalists[: config.finalists]
     names = ["input", "float"] + [b.cand.name for b in finalists]
-    models = [sess.original, float_model] + [b.model for b in finalists]
+    models: list[ModelProto | Path] = [sess.original, float_model, *(b.source for b in finalists)]
     extra: dict[str, Any] = {}
     for attempt, runs in enumerate((config.final_runs, 2 * config.final_runs)):
         progress.report(f"quantize: timing {len(finalists)} finalist(s) against float and the input ({runs} runs each)")
@@ -234,7 +235,7 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
         rep["fidelity"] = rows["float"]["fidelity"]
         rep["latency"] = _ratio_dict(final["float"])
         rep["nodes"] = {"quantized": [], "float": []}
-        return float_model, False, True, rep
+        return sess.float_model(), False, True, rep
     b = built[best]
     why = (f"{best} is the fastest configuration that holds the budget ({budget.describe()}): "
            f"{final[best].describe()} vs the input, {extra['winner_vs_float']['describe']} vs float")
@@ -244,7 +245,7 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     rep = _finish(rows, best, why, notes + b.notes, final, extra)
     rep.update(winner_entry(b))
     rep["latency"] = _ratio_dict(final[best])
-    return b.model, True, True, rep
+    return b.full(), True, True, rep
 
 
 def _unproven_win(ok: list[str], final: dict[str, RatioCI], by_name: dict[str, BenchResult]) -> str:
@@ -284,12 +285,12 @@ def winner_entry(b: Built) -> dict[str, Any]:
     }
 
 
-def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float_model: ModelProto,
+def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float_model: Path,
                built: dict[str, Built], passing: list[Built], rows: dict[str, dict[str, Any]],
                notes: list[str], bench: BenchConfig, feed: Any) -> tuple[ModelProto, bool, bool, dict[str, Any]]:
     meets = True
     if passing:
-        win = min(passing, key=lambda b: (model_size(b.model), b.cand.name))
+        win = min(passing, key=lambda b: (b.nbytes, b.cand.name))
         why = f"{win.cand.name} is the smallest configuration that holds the budget ({budget.describe()})"
     elif built:
         win = min(built.values(), key=lambda b: budget.shortfall(b.fidelity))
@@ -300,13 +301,13 @@ def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float
         why = "no int8 candidate could be built: returning the graph-optimized float model"
         rep = _finish(rows, "float", why, notes, {}, {})
         rep["fidelity"] = rows["float"]["fidelity"]
-        return float_model, False, True, rep
+        return sess.float_model(), False, True, rep
     final_cfg = replace(bench, runs=config.final_runs, duration_s=None)
-    res = _bench([sess.original, win.model], ["input", win.cand.name], final_cfg, feed)
+    res = _bench([sess.original, win.source], ["input", win.cand.name], final_cfg, feed)
     r = latency_ratio(res[1], res[0])
     if r.significant and r.ratio > 1:
         notes.append(f"the smallest model is SLOWER than the input on this CPU: {r.describe()}")
     rep = _finish(rows, win.cand.name, why, notes + win.notes, {win.cand.name: r}, {})
     rep.update(winner_entry(win))
     rep["latency"] = _ratio_dict(r)
-    return win.model, True, meets, rep
+    return win.full(), True, meets, rep

@@ -15,7 +15,7 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.core.external import LARGE, needs_file, write_model_file
+from onnxopt.core.external import LARGE, load_external, needs_file, write_external
 from onnxopt.core.feeds import Feed, first_batch
 from onnxopt.core.files import scratch_cwd
 from onnxopt.core.model import (
@@ -44,6 +44,7 @@ QUANT_OPS = frozenset({
     "MatMulNBits", "GatherBlockQuantized",
 })
 MIN_OPSET = 10
+QUANT_PRE_PROCESS_KEY = "onnx.quant.pre_process"  # the metadata onnxruntime's quant_pre_process adds
 PARITY_SAMPLES = 8  # samples an opset upgrade is checked on
 PER_CHANNEL_QDQ_OPSET = 13
 
@@ -113,12 +114,30 @@ class Candidate:
 
 @dataclass
 class Prepared:
-    """The float model the quantizer starts from (pre-processed or constant-folded) on disk."""
+    """The float model the quantizer starts from (pre-processed or constant-folded) on disk.
+
+    model: its graph only (the weights stay in external data beside `path`: onnxruntime's
+    quantizer and every session read the file); size: the full model's serialized size; big:
+    the full model is big enough that quantized models are written with external data too.
+    """
 
     variant: str  # "preprocessed" | "folded"
     path: Path
     model: ModelProto
     calib_cache: dict[str, Path] = field(default_factory=dict)
+    size: int = 0
+    big: bool = False
+
+    def load(self) -> ModelProto:
+        """The full model (weights read from the file): only for a model that is returned."""
+        return load_external(self.path)
+
+
+def _prepared(variant: str, model: ModelProto, path: Path) -> Prepared:
+    """Write model to path with its weights in external data; the Prepared that holds its graph only."""
+    size, big = model.ByteSize(), needs_file(model)
+    write_external(model, path)
+    return Prepared(variant, path, onnx.load(str(path), load_external_data=False), size=size, big=big)
 
 
 def quant_ops_in(model: ModelProto) -> dict[str, int]:
@@ -244,15 +263,17 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
         log.info("moved %d Constant node(s) into initializers before quantizing", moved)
     notes.extend(subgraph_notes(model, COMPUTE_OPS, "left in float (onnxruntime's quantizer does not enter "
                                                    "If/Loop/Scan subgraphs)"))
-    folded_path = workdir / "float_folded.onnx"
     folded = _opsets_pruned(model) if graph_optimized else ort_optimize(model, "basic")
     name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
-    write_model_file(folded, folded_path)  # a big model: weights in external data beside it
+    # Weights in external data beside the file: the variants hold graphs only (not a copy of the model each).
+    folded_prep = _prepared("folded", folded, workdir / "float_folded.onnx")
+    del folded
+    folded_path = folded_prep.path
     variants: list[Prepared] = []
     pre_path = workdir / "float_preprocessed.onnx"
     attempts: tuple[tuple[dict[str, Any], str], ...] = (
         ({}, "defaults"), ({"skip_symbolic_shape": True}, "skip_symbolic_shape=True"))
-    if needs_file(folded):
+    if folded_prep.big:
         attempts = ()
         notes.append(f"model above {LARGE >> 20} MB: quant_pre_process skipped (its shape inference holds "
                      "several copies of the weights); quantizing the constant-folded model")
@@ -262,9 +283,9 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
             with quiet_quantizer(), scratch_cwd("onnxopt-prep-"):  # input optimized already: skip its optimizer
                 quant_pre_process(str(folded_path.resolve()), str(pre_path.resolve()), skip_optimization=True, **kwargs)
             pre = onnx.load(str(pre_path))
-            if name_nodes(pre):
-                onnx.save(pre, str(pre_path))
-            variants.append(Prepared("preprocessed", pre_path, pre))
+            name_nodes(pre)
+            variants.append(_prepared("preprocessed", pre, pre_path))
+            del pre
             if kwargs:
                 notes.append(
                     "quant_pre_process with defaults failed (symbolic shape inference); "
@@ -275,7 +296,7 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
             log.info("quant_pre_process (%s) failed: %s", label, _short(e))
             if kwargs:
                 notes.append(f"quant_pre_process failed ({_short(e)}); quantizing the constant-folded model")
-    variants.append(Prepared("folded", folded_path, folded))
+    variants.append(folded_prep)
     return variants
 
 
@@ -332,7 +353,7 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
         "weight_type": _qtype(cand.weight_type),
         "nodes_to_exclude": list(cand.exclude_nodes) or None,
         "extra_options": {"MatMulConstBOnly": True},
-        "use_external_data_format": needs_file(prep.model),
+        "use_external_data_format": prep.big,
     }
     cache = calibration_cache(prep, cand.calib_method, source, workdir) if cand.mode == "static" else None
     try:
@@ -401,13 +422,14 @@ def calibration_cache(prep: Prepared, method: str, source: Any, workdir: Path) -
     return prep.calib_cache[method]
 
 
-def check_runs(model: ModelProto, feed: Feed) -> None:
-    """Load the model in onnxruntime and run one batch; raise CandidateFailed with the reason."""
+def check_runs(model: ModelProto, feed: Feed, source: ModelProto | Path | None = None) -> None:
+    """Load the model in onnxruntime (from `source`, e.g. its file, when given) and run one batch;
+    raise CandidateFailed with the reason."""
     try:
         from onnxopt.core.runtime import lean_session
 
         cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
-        sess = create_session(model, cfg)
+        sess = create_session(source if source is not None else model, cfg)
         n = fixed_batch(model) or 2
         run(sess, first_batch(feed, n, batch_axes(model)))
     except InvalidModelError as e:
@@ -480,8 +502,12 @@ def model_size(model: ModelProto) -> int:
 
 def strip_quant_metadata(model: ModelProto) -> ModelProto:
     """A copy without onnxruntime's pre-processing marker metadata (keeps user metadata)."""
-    m = copy_model(model)
-    keep = [p for p in m.metadata_props if p.key != "onnx.quant.pre_process"]
-    del m.metadata_props[:]
-    m.metadata_props.extend(keep)
-    return m
+    return drop_quant_metadata(copy_model(model))
+
+
+def drop_quant_metadata(model: ModelProto) -> ModelProto:
+    """The model without onnxruntime's pre-processing marker metadata, changed in place."""
+    keep = [p for p in model.metadata_props if p.key != QUANT_PRE_PROCESS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    return model

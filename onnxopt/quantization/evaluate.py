@@ -9,9 +9,9 @@ from onnx import ModelProto
 
 from onnxopt.core.feeds import Feed, feed_samples, first_batch
 from onnxopt.core.model import batch_axes, graph_outputs
-from onnxopt.core.runtime import SessionConfig, lean_session
 from onnxopt.measure.fidelity import (
     FidelityReport,
+    ModelLike,
     accuracy_of,
     first_samples,
     output_fidelity,
@@ -89,14 +89,15 @@ class Evaluator:
         ev._acc_ref = accuracy_of(ev._ref[0], ev.labels) if ev.labels is not None else None
         return ev
 
-    def score(self, candidate: ModelProto) -> FidelityReport:
-        """Fidelity of a candidate (same inputs/outputs as the reference) on the feed."""
+    def score(self, candidate: ModelLike) -> FidelityReport:
+        """Fidelity of a candidate (same inputs/outputs as the reference) on the feed; a path is
+        loaded by onnxruntime from the file."""
         outs = _run(candidate, self.feed)
         fids = tuple(output_fidelity(s.name, r, c, s) for s, r, c in zip(self._specs, self._ref, outs))
         acc = accuracy_of(outs[0], self.labels) if self.labels is not None else None
         return FidelityReport(fids, self.samples, self._acc_ref, acc)
 
 
-def _run(model: ModelProto, feed: Feed) -> list[np.ndarray]:
-    """run_batched without loading the custom-op library for models that do not need it."""
-    return run_batched(model, feed, session=lean_session(model, SessionConfig()))
+def _run(model: ModelLike, feed: Feed) -> list[np.ndarray]:
+    """run_batched (which leaves out the custom-op library for models that do not need it)."""
+    return run_batched(model, feed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from onnx import ModelProto
@@ -26,7 +27,11 @@ SENSITIVITY_SAMPLES = 64
 
 @dataclass
 class Built:
-    """A candidate that was built, loaded, run and scored."""
+    """A candidate that was built, loaded, run and scored.
+
+    path: set when the model is kept in a file (a big candidate, QuantSession.build): `model` is
+    then its graph only, `full()` loads it, `source` is what sessions load; size: its full size.
+    """
 
     cand: Candidate
     model: ModelProto
@@ -35,6 +40,26 @@ class Built:
     fidelity: FidelityReport
     variant: str
     notes: list[str] = field(default_factory=list)
+    path: Path | None = None
+    size: int | None = None
+
+    @property
+    def source(self) -> ModelProto | Path:
+        """The model for a session: its file when it has one."""
+        return self.path if self.path is not None else self.model
+
+    @property
+    def nbytes(self) -> int:
+        """The full model's serialized size (engine.model_size) without loading it."""
+        return self.size if self.size is not None else int(self.model.ByteSize())
+
+    def full(self) -> ModelProto:
+        """The model with its weights (read from its file when it has one)."""
+        if self.path is None:
+            return self.model
+        from onnxopt.core.external import load_external
+
+        return load_external(self.path)
 
 
 Builder = Callable[..., Built]  # (candidate, evaluator[, allow_unquantized]) -> Built

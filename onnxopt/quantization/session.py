@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
+import onnx
 from onnx import ModelProto
 
+from onnxopt.core.external import data_file, write_external
 from onnxopt.core.model import op_histogram
 from onnxopt.quantization.calibration import (
     CalibrationSource,
 )
 from onnxopt.quantization.engine import (
+    QUANT_PRE_PROCESS_KEY,
     Candidate,
     CandidateFailed,
     Prepared,
     build,
     check_runs,
+    drop_quant_metadata,
     model_size,
     node_changes,
     quant_ops_in,
@@ -27,6 +32,8 @@ from onnxopt.quantization.evaluate import Evaluator
 from onnxopt.quantization.fallback import Built
 
 log = logging.getLogger(__name__)
+
+KEEP_BYTES = 16 * 2**20  # candidates above this size are kept in a file, not in memory
 
 
 class QuantSession:
@@ -41,35 +48,87 @@ class QuantSession:
         self.workdir = workdir
         self.notes = notes
         self._hist_before = quant_ops_in(original)
+        self._count = 0
+
+    @property
+    def float_path(self) -> Path:
+        """The float model auto mode measures against: the constant-folded variant's file (onnxruntime's
+        basic graph optimization, portable), scored and timed from the file (its weights are not loaded)."""
+        return self.variants[-1].path
+
+    @property
+    def float_size(self) -> int:
+        """model_size() of float_model(), without loading it."""
+        return self.variants[-1].size - _metadata_bytes(self.variants[-1].model, QUANT_PRE_PROCESS_KEY)
+
+    def float_model(self) -> ModelProto:
+        """The float model with its weights, to return (loaded from its file now)."""
+        return drop_quant_metadata(self.variants[-1].load())
 
     def build(self, cand: Candidate, evaluator: Evaluator | None = None, allow_unquantized: bool = False) -> Built:
         """Quantize, load, run and score one candidate, falling back to the folded model on failure.
 
         allow_unquantized: score it even when no compute node was quantized (the fallback's bound:
-        what the quantizer adds around the nodes); otherwise that is a CandidateFailed."""
+        what the quantizer adds around the nodes); otherwise that is a CandidateFailed.
+        A candidate above KEEP_BYTES is kept in a file of the work directory (removed with the
+        Built, or with the directory): it is checked and scored from there and the Built holds its
+        graph only (Built.full() loads it)."""
         ev = evaluator or self.evaluator
         reasons: list[str] = []
         for prep in self.variants:
             cand_p = _map_excluded(cand, prep.model)
+            path = None
             try:
                 t0 = time.perf_counter()
                 q = build(prep, cand_p, self.workdir, self.source)
                 log.debug("built %s on %s in %.2f s", cand.name, prep.variant, time.perf_counter() - t0)
-                check_runs(q, ev.feed)
+                size = model_size(q)
+                q, path = self._keep(q, size)
+                check_runs(q, ev.feed, path)
                 quantized, left = node_changes(prep.model, q, cand_p)
                 if not allow_unquantized and (quant_ops_in(q) == self._hist_before or not quantized):
                     raise CandidateFailed(_nothing_quantized_reason(prep.model, cand, left))
-                fid = ev.score(q)
+                fid = ev.score(path if path is not None else q)
                 log.debug("%s scored in %.2f s (total)", cand.name, time.perf_counter() - t0)
             except CandidateFailed as e:
+                _remove(path)
                 reasons.append(f"{prep.variant} model: {e}")
                 log.info("%s on the %s model failed: %s", cand.name, prep.variant, e)
                 continue
             notes = [f"{r}; retried on the {prep.variant} model" for r in reasons]
-            return Built(cand, q, quantized, left, fid, prep.variant, notes)
+            built = Built(cand, q, quantized, left, fid, prep.variant, notes, path=path, size=size)
+            if path is not None:
+                weakref.finalize(built, _remove, path)  # a candidate dropped (e.g. a sensitivity probe): its file goes
+            return built
         if len({r.split(": ", 1)[-1] for r in reasons}) == 1:
             raise CandidateFailed(reasons[0].split(": ", 1)[-1])
         raise CandidateFailed("; ".join(reasons))
+
+    def _keep(self, model: ModelProto, size: int) -> tuple[ModelProto, Path | None]:
+        """(model, None) when it is small, else (its graph only, the file it was written to)."""
+        if size <= KEEP_BYTES:
+            return model, None
+        self._count += 1
+        path = self.workdir / f"built-{self._count}.onnx"
+        write_external(model, path)
+        return onnx.load(str(path), load_external_data=False), path
+
+
+def _remove(path: Path | None) -> None:
+    """Delete a kept candidate's file and its external data."""
+    if path is not None:
+        path.unlink(missing_ok=True)
+        data_file(path).unlink(missing_ok=True)
+
+
+def _metadata_bytes(model: ModelProto, key: str) -> int:
+    """Serialized bytes the metadata_props entries with this key take in the model (tag, length, entry)."""
+    total = 0
+    for p in model.metadata_props:
+        if p.key == key:
+            n = p.ByteSize()
+            total += 1 + n + max(1, (n.bit_length() + 6) // 7)
+    return total
 
 
 def _map_excluded(cand: Candidate, model: ModelProto) -> Candidate:
@@ -97,7 +156,7 @@ def built_entry(b: Built) -> dict[str, Any]:
         "name": b.cand.name,
         "candidate": b.cand.to_dict(),
         "status": "ok",
-        "size": model_size(b.model),
+        "size": b.nbytes,
         "fidelity": b.fidelity.to_dict(),
         "quantized_nodes": b.quantized_nodes,
         "float_nodes": b.float_nodes,
