@@ -442,3 +442,39 @@ def test_int32_inputs_from_int64_data(tmp_path: Path) -> None:
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
+
+
+def _stateful_vad() -> onnx.ModelProto:
+    """input[batch, 8], state[2, ?, 8] (its ? must equal the batch, as silero-vad's LSTM state) ->
+    out[batch, 4] = Concat(input, state[0]) @ w: the Concat fails when the two batches differ."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32), "w")
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["state", "zero"], ["s0"], axis=0),
+         helper.make_node("Concat", ["input", "s0"], ["cat"], axis=1),
+         helper.make_node("MatMul", ["cat", "w"], ["out"], name="proj")],
+        "stateful_vad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, None, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
+        [w, zero],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_state_fed_once_with_a_symbolic_batch_runs_sample_by_sample(tmp_path: Path) -> None:
+    """A state stored once for one sample (as silero-vad's [2, 1, 128] in a user's .npz) beside 6
+    stacked inputs: every run is at batch 1 (before: 'initial_h must have shape {1,16,128}')."""
+    from onnxopt.core.model import per_sample_inputs
+
+    model = _stateful_vad()
+    assert batch_axes(model) == {"input": 0, "state": None} and per_sample_inputs(model) == ["state"]
+    rng = np.random.default_rng(3)
+    feed = {"input": rng.standard_normal((6, 8)).astype(np.float32),
+            "state": rng.standard_normal((2, 1, 8)).astype(np.float32)}
+    out = run_batched(model, feed)
+    want = np.concatenate([feed["input"], np.repeat(feed["state"][0], 6, axis=0)], axis=1) @ numpy_helper.to_array(
+        model.graph.initializer[0])
+    np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+    r = quantize(model, QuantizeConfig(mode="static", min_cosine=0.0), calib=feed, val=(feed, None))  # calibration too
+    assert r.quantized and r.report["fidelity"]["min_cosine"] > 0.9

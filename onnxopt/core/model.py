@@ -218,6 +218,15 @@ def batch_axes(model: ModelProto) -> dict[str, int | None]:
     return axes
 
 
+def per_sample_inputs(model: ModelProto) -> list[str]:
+    """Inputs fed whole (no batch axis: batch_axes) that still have a symbolic dimension, e.g. a
+    recurrent state [2, ?, 128] whose ? must match the batch of the other inputs: a feed that
+    holds it once, for one sample, can only be run sample by sample."""
+    axes = batch_axes(model)
+    return [s.name for s in graph_inputs(model)
+            if axes[s.name] is None and any(not (isinstance(d, int) and d > 0) for d in s.shape)]
+
+
 def fixed_batch(model: ModelProto) -> int | None:
     """The batch size the model's batched inputs (batch_axes) are fixed at, or None when it is
     dynamic, when they disagree, or when no input has a batch."""

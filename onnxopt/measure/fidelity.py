@@ -30,6 +30,7 @@ from onnxopt.core.model import (
     graph_inputs,
     graph_outputs,
     load_model,
+    per_sample_inputs,
 )
 from onnxopt.core.runtime import SessionConfig, create_session, run
 
@@ -52,7 +53,8 @@ def run_batched(
     """Run a model over a feed in batches; outputs concatenated over batches (axis 0).
 
     Models whose batch dimension is fixed are run in batches of that size. Inputs without a
-    batch axis (scalars, recurrent states: core.model.batch_axes) go whole into every run.
+    batch axis (scalars, recurrent states: core.model.batch_axes) go whole into every run; when
+    such an input has a symbolic dim (a state [2, ?, 128]) the runs are sample by sample.
     """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
@@ -63,6 +65,9 @@ def run_batched(
     axes = batch_axes(proto)
     fixed = fixed_batch(proto)
     bs = fixed if fixed is not None else batch_size
+    if fixed is None and bs > 1 and (whole := per_sample_inputs(proto)):
+        log.info("running sample by sample: input(s) %s are fed whole but have a symbolic dimension", whole)
+        bs = 1
     from onnxopt.core.runtime import lean_session
 
     src = proto if isinstance(model, ModelProto) else Path(model)

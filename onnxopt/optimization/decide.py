@@ -66,8 +66,10 @@ def decide_stages(
 
 
 def worth_remeasuring(stages: list[Stage], cfg: OptimizeConfig) -> bool:
-    """True when a measured candidate was rejected although it looked clearly faster than the stage
-    before (ratio <= INT8_MARGIN) and only its CI did not show it: a longer run may settle it."""
+    """True when a longer run may settle a decision the CIs left open: a measured candidate was
+    rejected although it looked clearly faster than the stage before (ratio <= INT8_MARGIN) and
+    only its CI did not show it; or (never-slower) the final stage looks faster than the input but
+    its CI reaches above NOT_SLOWER, which would throw away what a pass measured as a gain."""
     from onnxopt.measure.stats import latency_ratio
 
     prev = stages[0]
@@ -80,7 +82,8 @@ def worth_remeasuring(stages: list[Stage], cfg: OptimizeConfig) -> bool:
                 return False
             r = latency_ratio(s.bench, prev.bench, seed=cfg.seed)
             return r.ratio <= INT8_MARGIN < r.high
-    return False
+    final = prev.ratio if prev is not stages[0] else None
+    return bool(cfg.never_slower and final is not None and final.ratio < 1.0 and final.high > NOT_SLOWER)
 
 
 def never_slower(stages: list[Stage]) -> tuple[list[Stage], list[str]]:

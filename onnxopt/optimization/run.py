@@ -263,7 +263,7 @@ def _decide(
     stages, decide_warnings = decide_stages(measured, stage_results, cfg, floor)
     if cfg.benchmark and worth_remeasuring(stages, cfg):
         longer = replace(cfg, bench_runs=2 * cfg.bench_runs, bench_seconds=2 * (cfg.bench_seconds or 1.0))
-        say("int8 looked clearly faster but the interval did not show it: benchmarking again, twice as long")
+        say("a stage looked faster but the interval did not show it: benchmarking again, twice as long")
         stages, decide_warnings = decide_stages(_benchmark(measured, feed, longer, say, timings), stage_results, cfg, floor)
     warnings.extend(decide_warnings)
     if cfg.never_slower:

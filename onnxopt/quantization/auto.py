@@ -15,7 +15,7 @@ from onnxopt.core.model import copy_model
 from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark, timing_feed
 from onnxopt.measure.stats import NOT_SLOWER, RatioCI, latency_ratio
 from onnxopt.quantization.config import INT8_MARGIN
-from onnxopt.quantization.engine import Candidate, CandidateFailed
+from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size
 from onnxopt.quantization.evaluate import Budget
 from onnxopt.quantization.fallback import Built, fallback
 from onnxopt.quantization.weight_only import matmul_heavy
@@ -211,8 +211,16 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     by_name = dict(zip(names, res))
     extra["final_ms"] = {n: r.stats.p50_ms for n, r in by_name.items()}
     if not passing:
-        notes.append(f"no int8 configuration met the budget ({budget.describe()})")
+        notes.append(f"no int8 configuration met the budget ({budget.describe()})" if built
+                     else "no int8 configuration could be built (see the candidates' reasons)")
     best = min(ok, key=lambda n: final[n].ratio) if ok else "input"
+    if best == "float" and final["float"].high > INT8_MARGIN and sess.float_size > model_size(sess.original):
+        notes.append(f"the graph-optimized float model is larger than the input ({sess.float_size:,} vs "
+                     f"{model_size(sess.original):,} bytes) and not clearly faster ({final['float'].describe()}): "
+                     "returning the input")
+        best, bigger = "input", True
+    else:
+        bigger = False
     if best not in ("float", "input"):
         best = _clearly_faster(best, by_name, final, "float" in ok, extra, notes)
     if best in ("float", "input") and finalists:
@@ -221,6 +229,9 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     if best == "input":
         why = ("neither the graph-optimized float model nor any int8 candidate was shown to be as fast as the "
                f"input (upper end of the latency-ratio CI <= {NOT_SLOWER}): returning the input unchanged")
+        if bigger:
+            why = ("no int8 configuration was kept and the graph-optimized float model is larger than the input "
+                   "without being clearly faster: returning the input unchanged")
         rep = _finish(rows, "input", why, notes, final, extra)
         rep["fidelity"] = sess.evaluator.score(sess.original).to_dict()
         rep["latency"] = {"ratio": 1.0, "describe": "the input itself"}
