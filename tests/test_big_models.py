@@ -276,3 +276,31 @@ def test_load_external_gives_back_the_model_written(tmp_path: Path) -> None:
     assert onnx.load(str(tmp_path / "x.onnx"), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
     back = load_external(tmp_path / "x.onnx")
     assert back.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("recipe_text", ['[[passes]]\nname = "optimize_graph"\n', '[[passes]]\nname = "fold_constants"\n'])
+def test_optimize_from_a_path_holds_the_graph_only_and_gives_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe_text: str
+) -> None:
+    """optimize(path) (what the CLI runs) keeps the input's graph only, yet records the same input
+    hash and writes the same bytes as optimize(proto): a changed model (optimize_graph) and the
+    input itself when no pass changed it (fold_constants on a model without constants)."""
+    import onnxopt.optimization.store as store
+    from onnxopt.optimization.recipe import parse_recipe
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.types import OptimizeConfig
+
+    monkeypatch.setattr(store, "KEEP_BYTES", 0)
+    scratch = _scratch(monkeypatch, tmp_path)
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=2)
+    recipe, cfg = parse_recipe(recipe_text), OptimizeConfig(benchmark=False)
+    by_path, by_proto = optimize(src, recipe, cfg), optimize(load_model(src), recipe, cfg)
+    assert list(scratch.iterdir()) == []
+    assert all(t.data_location == TensorProto.EXTERNAL for t in by_path.stages[0].model.graph.initializer)
+    assert by_path.stages[0].size_bytes == by_proto.stages[0].size_bytes == load_model(src).ByteSize()
+    assert by_path.decisions.to_json() == by_proto.decisions.to_json()
+    assert by_path.final == by_proto.final
+    assert by_path.model.SerializeToString() == by_proto.model.SerializeToString()
+    final = next(s for s in by_path.stages if s.name == by_path.final)
+    assert (final.pass_name is None) == ("fold_constants" in recipe_text)  # the input kept: loaded again
+    assert final.pass_name is None or final.fidelity.min_cosine > 0.9999

@@ -112,7 +112,9 @@ def command(
                                        "--decisions": record_to},
     )
     plan.check()  # before any work: no output may clobber an input or another output
-    proto = load_model(model)
+    # The graph is enough to plan and to check the data; run_plan loads the weights from the file
+    # itself, hashes them and keeps them in its work directory only (not in memory through the run).
+    proto = load_model(model, load_external_data=False)
     decided = run.plan(proto, load_recipe(recipe) if recipe is not None else None, config)
     if show_recipe:
         click.echo(decided.recipe.to_toml(), nl=False)
@@ -122,6 +124,7 @@ def command(
 
         check_html_available()
     val, calib = run.load_data(proto, data, calib_data)
+    del proto  # an inline model's weights: not held through the run
     replay = None
     if replaying:
         from onnxopt.optimization.decisions import load_decisions
@@ -129,7 +132,7 @@ def command(
         replay = load_decisions(typing.cast(Path, decisions_path))
     try:
         with listening(progress_printer(as_json)):
-            result = run.run_plan(proto, decided, val=val, calib=calib, decisions=replay)
+            result = run.run_plan(model, decided, val=val, calib=calib, decisions=replay)
     except MissingLabelsError as e:  # a missing --data is a usage error here, as for the other options
         raise click.UsageError(str(e)) from e
     from onnxopt.optimization import report

@@ -106,8 +106,9 @@ def model_sha256(model: ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def record(model: ModelProto, recipe: Recipe, objective: str, floor: Budget, stages: list[Stage], final: str) -> Decisions:
-    """The decisions of a measured run: one StageDecision per pass (stages[0] is the input)."""
+def record(input_sha256: str, recipe: Recipe, objective: str, floor: Budget, stages: list[Stage], final: str) -> Decisions:
+    """The decisions of a measured run: one StageDecision per pass (stages[0] is the input);
+    input_sha256: model_sha256() of the input (taken when it was loaded: the run need not hold it)."""
     out = []
     for s in stages[1:]:
         assert s.pass_name is not None
@@ -119,14 +120,15 @@ def record(model: ModelProto, recipe: Recipe, objective: str, floor: Budget, sta
     if final_stage.bench is not None:
         measured["p50_ms"] = float(final_stage.bench.stats.p50_ms)
         measured["speedup"] = float(final_stage.ratio.speedup) if final_stage.ratio is not None else 1.0
-    return Decisions(model_sha256(model), recipe.to_toml(), objective, floor.describe(), tuple(out), final, measured)
+    return Decisions(input_sha256, recipe.to_toml(), objective, floor.describe(), tuple(out), final, measured)
 
 
-def check_replayable(decisions: Decisions, model: ModelProto, recipe: Recipe, objective: str, floor: Budget,
+def check_replayable(decisions: Decisions, input_sha256: str, recipe: Recipe, objective: str, floor: Budget,
                      source: str = "decisions") -> None:
-    """Raise InvalidInputError when the record was made for another model, recipe, objective or floor."""
+    """Raise InvalidInputError when the record was made for another model (input_sha256: its
+    model_sha256()), recipe, objective or floor."""
     checks = (
-        ("input model", decisions.input_sha256, model_sha256(model)),
+        ("input model", decisions.input_sha256, input_sha256),
         ("recipe", decisions.recipe, recipe.to_toml()),
         ("objective", decisions.objective, objective),
         ("fidelity floor", decisions.floor, floor.describe()),

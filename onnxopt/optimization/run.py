@@ -25,6 +25,7 @@ from onnxopt.core.feeds import Feed, feed_samples, first_batch, synthesize_feed
 from onnxopt.core.model import (
     batch_axes,
     copy_model,
+    load_model,
     model_family,
     prune_opset_imports,
     save_model,
@@ -41,6 +42,7 @@ from onnxopt.optimization.decisions import (
     DECISIONS_KEY,
     Decisions,
     check_replayable,
+    model_sha256,
     record,
     replay_specs,
 )
@@ -54,7 +56,7 @@ from onnxopt.optimization.types import (
     Plan,
     Stage,
 )
-from onnxopt.passes.base import PassContext, PipelineResult, StageResult
+from onnxopt.passes.base import PassContext, PipelineResult, StageResult, model_has_weights
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ def _eval_feed(
 
 
 def optimize(
-    model: ModelProto,
+    model: ModelProto | str | os.PathLike[str],
     recipe: Recipe | None = None,
     config: OptimizeConfig | None = None,
     *,
@@ -161,12 +163,16 @@ def optimize(
     """Run the recipe (default: chosen for the model), verify each stage against the input,
     benchmark all stages interleaved, keep measured candidates only when clearly faster, reject
     stages below the fidelity floor, and check the gates on the final model:
-    run_plan(model, plan(model, recipe, config), ...). decisions: replay them (see run_plan)."""
-    return run_plan(model, plan(model, recipe, config), val=val, calib=calib, progress=progress, decisions=decisions)
+    run_plan(model, plan(model, recipe, config), ...). decisions: replay them (see run_plan).
+    model: a proto, or a model file (see run_plan: the run then holds the input's graph only)."""
+    graph = model if isinstance(model, ModelProto) else load_model(model, load_external_data=False)
+    decided = plan(graph, recipe, config)
+    del graph  # an inline model's weights: not held through the run
+    return run_plan(model, decided, val=val, calib=calib, progress=progress, decisions=decisions)
 
 
 def run_plan(
-    model: ModelProto,
+    model: ModelProto | str | os.PathLike[str],
     decided: Plan,
     *,
     val: tuple[Feed, np.ndarray | None] | None = None,
@@ -179,6 +185,10 @@ def run_plan(
     decisions: a record of an earlier run on the same model, recipe, objective and floor
     (InvalidInputError otherwise); its kept passes run pinned to the recorded settings and
     nothing is benchmarked, so the output is the recorded run's, byte for byte.
+    model: a proto (which the caller holds, so the run may too), or the path of a model file: it is
+    then loaded once (core.model.load_model: weights, nodes named), hashed for the decisions record
+    and written to the work directory, and the run holds its graph only from there (the first pass
+    reloads it): a big input is not in memory next to the models the later passes work on.
     Raises MissingLabelsError when --max-accuracy-drop is set and val has no labels.
     """
     from onnxopt.measure.benchmark import feed_shapes, timing_feed
@@ -192,8 +202,10 @@ def run_plan(
     if cfg.gates.max_accuracy_drop is not None:
         require_labels(val[1] if val is not None else None)
     calib = _calibration(rec, calib, val, warnings)
-    feed, labels, data_desc = _eval_feed(model, val, calib, cfg, decided.family)
-    timed = timing_feed(model, feed, batch=cfg.batch, overrides=cfg.shape_overrides, seed=cfg.seed)
+    source = None if isinstance(model, ModelProto) else Path(model)
+    graph = model if isinstance(model, ModelProto) else load_model(model, load_external_data=False)
+    feed, labels, data_desc = _eval_feed(graph, val, calib, cfg, decided.family)
+    timed = timing_feed(graph, feed, batch=cfg.batch, overrides=cfg.shape_overrides, seed=cfg.seed)
     if val is not None and cfg.shape_overrides:
         warnings.append("--shape not used: latency is measured on the --data samples, at their shape")
     floor = cfg.floor(has_labels=labels is not None)
@@ -201,10 +213,8 @@ def run_plan(
         cfg = replace(cfg, eval_batch=cfg.batch)
     pipeline = rec.pipeline()
     if decisions is not None:
-        check_replayable(decisions, model, rec, cfg.objective, floor)
         cfg = replace(cfg, benchmark=False, never_slower=False)
         pipeline = Pipeline([spec.build() for spec in replay_specs(decisions, rec)])
-        say(f"replaying recorded decisions: {pipeline!r}, nothing measured")
     context = PassContext(
         calib=calib,
         val=val[0] if val is not None else None,
@@ -215,18 +225,25 @@ def run_plan(
         bench=_bench_config(cfg),
         floor=floor,
     )
-    say(f"running {pipeline!r}")
     with StageStore() as store:  # every stage's model in a file; removed at the end, failed or not
         t0 = time.perf_counter()
-        result = pipeline.run(model, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"),
-                              store=store.put)
+        if source is None:
+            kept, sha, size, stored = graph, model_sha256(graph), graph.ByteSize(), None
+        else:
+            del graph  # an inline model's weights: the store's copy is what the run uses
+            kept, sha, size, stored = _put_input(store, source)
+        if decisions is not None:
+            check_replayable(decisions, sha, rec, cfg.objective, floor)
+            say(f"replaying recorded decisions: {pipeline!r}, nothing measured")
+        say(f"running {pipeline!r}")
+        result = pipeline.run(kept, context, on_stage=lambda s: say(f"{s.pass_name}: done in {s.wall_s:.2f} s"),
+                              store=store.put, stored=stored)
         timings = {"passes": time.perf_counter() - t0}
-        measured = _measure(_stages(model, result, warnings), (feed, timed), labels, cfg, say, timings)
+        measured = _measure(_stages(kept, size, result, warnings), (feed, timed), labels, cfg, say, timings)
         stages = _decide(measured, result.stages, cfg, floor, timed, say, timings, warnings)
         final_stage = [s for s in stages if s.kept and (s.modified or s.pass_name is None)][-1]
-        made = decisions or record(model, rec, cfg.objective, floor, stages, final_stage.name)
-        path = final_stage.path if final_stage.pass_name is not None else None  # the input: copied as it is
-        final_model = _with_metadata(load_full(path) if path is not None else copy_model(model), rec, made)
+        made = decisions or record(sha, rec, cfg.objective, floor, stages, final_stage.name)
+        final_model = _with_metadata(_final_model(final_stage, model), rec, made)
     stages = [replace(s, path=None) for s in stages]  # the files are gone
     final_stage = next(s for s in stages if s.name == final_stage.name)
     gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize(), made.measured if decisions else None)
@@ -273,6 +290,33 @@ def _decide(
     return stages
 
 
+def _put_input(store: StageStore, source: Path) -> tuple[ModelProto, str, int, tuple[Path, Callable[[], ModelProto]]]:
+    """Load the model file (core.model.load_model, as the CLI always did), hash it and write it into
+    the store as the input stage: (what the store kept of it, its model_sha256, its size, (its
+    file, how Pipeline.run loads it again for the first pass)). Only the kept proto (the graph, for
+    a big model) outlives this call."""
+    full = load_model(source)
+    sha, size = model_sha256(full), full.ByteSize()
+    path, kept = store.put(full, "input")
+    return kept, sha, size, (path, lambda: load_model(source))
+
+
+def _final_model(final: Stage, model: ModelProto | str | os.PathLike[str]) -> ModelProto:
+    """The output model before its metadata: the final stage's file, or the input (a fresh copy,
+    loaded again from its file when the run was given a path) when no stage was kept."""
+    if final.pass_name is not None:
+        assert final.path is not None
+        return load_full(final.path)
+    return copy_model(model) if isinstance(model, ModelProto) else load_model(model)
+
+
+def _with_weights(stage: Stage) -> ModelProto:
+    """The stage's model with its weights (loaded from its file when the run kept its graph only)."""
+    if model_has_weights(stage.model) or stage.path is None:
+        return stage.model
+    return load_full(stage.path)
+
+
 def _bench_config(cfg: OptimizeConfig) -> Any:
     """The benchmark settings of the run (also what quantization's auto mode measures with)."""
     from onnxopt.core.runtime import bench_session
@@ -305,10 +349,11 @@ def _calibration(
     return None
 
 
-def _stages(model: ModelProto, run: PipelineResult, warnings: list[str]) -> list[Stage]:
-    """The input model's stage, then one per pass (with a warning for a skipped quantization)."""
+def _stages(model: ModelProto, size: int, run: PipelineResult, warnings: list[str]) -> list[Stage]:
+    """The input model's stage (model: what the run holds of it; size: its serialized size), then
+    one per pass (with a warning for a skipped quantization)."""
     seen: set[str] = set()
-    stages = [Stage(_unique("original", seen), None, {}, False, model, model.ByteSize(), 0.0, {}, path=run.input_path)]
+    stages = [Stage(_unique("original", seen), None, {}, False, model, size, 0.0, {}, path=run.input_path)]
     stages.extend(_stage_from(sr, seen) for sr in run.stages)
     for s in stages:
         if s.pass_name == "quantize" and not s.modified and s.report.get("reason"):
@@ -381,6 +426,8 @@ def _verify(
 
     ref = reference.model
     ref_out = run_batched(reference.source, feed, batch)
+    if any(s.report.get("changes_outputs") and s.pass_name is not None for s in stages):
+        ref = _with_weights(reference)  # the reference is transformed below
     acc_ref = accuracy_of(ref_out[0], labels) if labels is not None else None
     reports = []
     for stage in stages:

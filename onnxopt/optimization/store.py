@@ -4,7 +4,8 @@ A run keeps the input and each model a pass changed as `<n>-<pass>.onnx` in a pr
 folder, weights of 1 KiB or more in external data beside it (core.external.write_external:
 written tensor by tensor, the model untouched). Sessions (verification, benchmark, the pass
 checks) load from these files, and the run holds only each stage's graph-only proto: at most one
-full model (the one the next pass works on) besides the caller's input. A model of KEEP_BYTES or
+full model (the one the next pass works on) besides the caller's input (none when optimize() is
+given a path, as the CLI does: the input is loaded, hashed and written here, then held as a graph). A model of KEEP_BYTES or
 less stays in memory as well (it costs little, and Stage.model then still has its weights after
 the run, as API users may expect). The folder is removed when the run ends, failed or not; the
 result model is loaded from it before.

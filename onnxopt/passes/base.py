@@ -125,6 +125,7 @@ class Pipeline:
         *,
         on_stage: Callable[[StageResult], None] | None = None,
         store: Store | None = None,
+        stored: tuple[Path, Callable[[], ModelProto]] | None = None,
     ) -> PipelineResult:
         """Run every pass on the model in turn; the input model is never modified.
 
@@ -132,12 +133,20 @@ class Pipeline:
         writes into its work directory): the input and every model a pass changed are written
         once, the model is checked from its file, and only the full model the next pass works on
         stays in memory; each StageResult then holds the path and the proto the store returned.
+        stored: the input is in the store already, (its file, a function that loads it with its
+        weights and named nodes); `model` is then what the store kept of it (its graph only when
+        big). The first pass gets the loaded model, which no one else holds: it is freed as soon
+        as that pass is done (a caller holding the full input would keep it through every pass).
         """
         ctx = context or PassContext()
         done: list[str] = []
         stages: list[StageResult] = []
-        current = with_node_names(model)  # passes identify nodes by name; names are optional in ONNX
-        last = store(current, "input") if store is not None else None
+        if stored is not None and store is not None:
+            last: tuple[Path, ModelProto] | None = (stored[0], model)
+            current = model if model_has_weights(model) else stored[1]()
+        else:
+            current = with_node_names(model)  # passes identify nodes by name; names are optional in ONNX
+            last = store(current, "input") if store is not None else None
         input_path = last[0] if last is not None else None
         for i, p in enumerate(self.passes):
             start = time.perf_counter()
@@ -167,6 +176,13 @@ class Pipeline:
                 on_stage(stage)
             done.append(p.name)
         return PipelineResult(model, tuple(stages), input_path)
+
+
+def model_has_weights(model: ModelProto) -> bool:
+    """False for a proto whose initializers point into external data (a store's graph-only proto)."""
+    from onnx import TensorProto
+
+    return not any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def check_model(model: ModelProto | Path) -> None:
