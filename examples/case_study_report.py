@@ -47,7 +47,8 @@ def stage_lines(results: dict[str, Any]) -> list[str]:
         mine = [r for r in rows if r["stage"] == stage]
         paid = [r["model"] for r in mine if r["model"] in lineage]
         if paid:
-            out.append(f"- {stage}: **paid** ({', '.join(paid)} is {'the kept model' if results['final'] in paid else 'on its way'})")
+            how = "is the kept model" if results["final"] in paid else "is where the kept model came from"
+            out.append(f"- {stage}: **paid** ({', '.join(paid)} {how})")
         else:
             why = "; ".join(f"{r['model']}: {r['verdict'] or 'not kept'}" for r in mine)
             out.append(f"- {stage}: did not pay ({why})")
@@ -167,7 +168,7 @@ def render(results: dict[str, Any]) -> str:
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>",
         "</head><body><h1>onnxopt case study: VGG teacher to a small student</h1>",
-        *[f"<p>{e(line)}</p>" for line in summary_lines(results) if line],
+        *[f"<p>{e(line.replace('**', ''))}</p>" for line in summary_lines(results) if line],
         "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>",
     ]
     for r in rows:

@@ -82,6 +82,24 @@ def test_choice_without_a_feasible_model_keeps_the_most_accurate_fast_small_one(
         sel.choose([], teacher, sel.Targets(), "latency")
 
 
+def test_stage_lines_say_which_stage_paid() -> None:
+    rep = _load("case_study_report")
+
+    def row(model: str, stage: str, parent: str | None = None, verdict: str = "") -> dict:
+        return {"model": model, "stage": stage, "parent": parent, "verdict": verdict}
+
+    rows = [row("teacher", "1. teacher"), row("labels", "2. student"),
+            row("distilled", "2. distillation", "labels", "improved"),
+            row("search", "3. search", "distilled", "worse: dominated by distilled"),
+            row("pruned", "4. pruning", "distilled", "trade-off")]
+    lines = rep.stage_lines({"rows": rows, "final": "pruned"})
+    assert len(lines) == 4  # one per stage after the teacher
+    paid = {ln.split(":")[0][2:]: "**paid**" in ln for ln in lines}
+    # the kept model's lineage: pruned <- distilled <- labels; the search is off it
+    assert paid == {"2. student": True, "2. distillation": True, "3. search": False, "4. pruning": True}
+    assert "worse: dominated by distilled" in next(ln for ln in lines if ln.startswith("- 3. search"))
+
+
 # ---------------------------------------------------------------- the data
 
 
