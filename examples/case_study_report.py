@@ -46,7 +46,9 @@ def stage_lines(results: dict[str, Any]) -> list[str]:
     for stage in dict.fromkeys(r["stage"] for r in rows):
         mine = [r for r in rows if r["stage"] == stage]
         paid = [r["model"] for r in mine if r["model"] in lineage]
-        if paid:
+        if all(not r.get("parent") for r in mine) and results["final"] not in paid:
+            out.append(f"- {stage}: the control ({', '.join(r['model'] for r in mine)}: nothing to pay for)")
+        elif paid:
             how = "is the kept model" if results["final"] in paid else "is where the kept model came from"
             out.append(f"- {stage}: **paid** ({', '.join(paid)} {how})")
         else:

@@ -96,7 +96,8 @@ def test_stage_lines_say_which_stage_paid() -> None:
     assert len(lines) == 4  # one per stage after the teacher
     paid = {ln.split(":")[0][2:]: "**paid**" in ln for ln in lines}
     # the kept model's lineage: pruned <- distilled <- labels; the search is off it
-    assert paid == {"2. student": True, "2. distillation": True, "3. search": False, "4. pruning": True}
+    assert paid == {"2. student": False, "2. distillation": True, "3. search": False, "4. pruning": True}
+    assert "the control" in lines[0]  # the labels-only student has no input to improve on
     assert "worse: dominated by distilled" in next(ln for ln in lines if ln.startswith("- 3. search"))
 
 
