@@ -13,7 +13,7 @@ serves nothing but the final table.
 The choice of the kept model (examples/case_study_select.py) uses select accuracy, file size
 and the latency predicted by a cost model calibrated once on this CPU
 (examples/case_study_cost.json, onnxopt.nas.cost), so a seed always gives the same final
-model; the final table then measures every model in one interleaved benchmark.
+model; the final table then measures every model in interleaved rounds (blocks of random order).
 
 Artifacts in --out: teacher.onnx, one .onnx per candidate (the table's `file` column),
 final.onnx, results.json, report.html, search/ (candidates, checkpoint).
