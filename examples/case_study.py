@@ -90,7 +90,7 @@ FULL = Budget(teacher_epochs=6, student_epochs=8, population=6, generations=2, s
               bench_blocks=12, bench_rounds=200, copies=(3, 4, 3))
 QUICK = Budget(teacher_epochs=1, student_epochs=1, population=2, generations=1, search_epochs=1,
                search_samples=128, final_epochs=1, finetune_epochs=1, prune_ratios=(0.5,),
-               bench_blocks=2, bench_rounds=10, copies=(1, 1, 1), workers=1, fit_samples=256)
+               bench_blocks=2, bench_rounds=30, copies=(1, 1, 1), workers=1, fit_samples=256)
 
 # The student family the search explores (onnxopt.frameworks.torch_genome genes).
 SEARCH_SPACE: dict[str, Any] = {

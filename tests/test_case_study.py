@@ -235,7 +235,7 @@ def test_case_study_quick(tmp_path: Path) -> None:
     out = tmp_path / "cs"
     readme = tmp_path / "README.md"
     rep = _load("case_study_report")
-    readme.write_text(f"# x\n\n{rep.BEGIN}\nold\n{rep.END}\n\nafter\n")
+    readme.write_text(f"# x\n\n{rep.BEGIN}\nstale-table-placeholder\n{rep.END}\n\nafter\n")
     assert cs.main(["--out", str(out), "--quick", "--seed", "0", "--readme", str(readme)]) == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -257,5 +257,5 @@ def test_case_study_quick(tmp_path: Path) -> None:
         assert lo <= r["speedup"] <= hi and r["p50_ms"] > 0
     assert set(results["targets"]) == {"smaller_20x", "faster_5x", "within_2_points"}
     text = readme.read_text()
-    assert "old" not in text and "after" in text and results["final"] in text
+    assert "stale-table-placeholder" not in text and "after" in text and results["final"] in text
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
