@@ -34,6 +34,29 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stage_lines(results: dict[str, Any]) -> list[str]:
+    """One line per stage after the teacher: whether it paid (produced the kept model or one it came from)."""
+    rows = [r for r in results["rows"] if r["stage"] != "1. teacher"]
+    by = {r["model"]: r for r in rows}
+    lineage, cur = set(), by.get(results["final"])
+    while cur is not None and cur["model"] not in lineage:
+        lineage.add(cur["model"])
+        cur = by.get(cur.get("parent") or "")
+    out = []
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        mine = [r for r in rows if r["stage"] == stage]
+        paid = [r["model"] for r in mine if r["model"] in lineage]
+        if all(not r.get("parent") for r in mine) and results["final"] not in paid:
+            out.append(f"- {stage}: the control ({', '.join(r['model'] for r in mine)}: nothing to pay for)")
+        elif paid:
+            how = "is the kept model" if results["final"] in paid else "is where the kept model came from"
+            out.append(f"- {stage}: **paid** ({', '.join(paid)} {how})")
+        else:
+            why = "; ".join(f"{r['model']}: {r['verdict'] or 'not kept'}" for r in mine)
+            out.append(f"- {stage}: did not pay ({why})")
+    return out
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """The run's settings, the kept model, the targets and the int8 verdict, as Markdown lines."""
     m = results["machine"]
@@ -51,6 +74,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{teacher['test_accuracy'] - final['test_accuracy']:.2f} points below the teacher on test "
         f"({'met' if t['within_2_points'] else 'MISSED'}, <= 2).",
     ]
+    lines += ["", "Which stage paid (the kept model came from it or from a model it produced):", "",
+              *stage_lines(results)]
     if results.get("int8_rejected"):
         lines += ["", f"int8 (auto engine, objective latency): not kept: {results['int8_rejected']}"]
     if results.get("smallest_within_budget"):
@@ -145,7 +170,7 @@ def render(results: dict[str, Any]) -> str:
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>",
         "</head><body><h1>onnxopt case study: VGG teacher to a small student</h1>",
-        *[f"<p>{e(line)}</p>" for line in summary_lines(results) if line],
+        *[f"<p>{e(line.replace('**', ''))}</p>" for line in summary_lines(results) if line],
         "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>",
     ]
     for r in rows:

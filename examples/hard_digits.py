@@ -32,17 +32,23 @@ Data = tuple[np.ndarray, np.ndarray]
 
 @dataclass(frozen=True)
 class Distortion:
-    """Strength of the random distortions (see the module docstring for the math)."""
+    """Strength of the random distortions (see the module docstring for the math).
 
-    rotate_deg: float = 22.0
-    scale: tuple[float, float] = (0.75, 1.1)
-    shear: float = 0.3
-    shift_px: float = 0.12  # fraction of the canvas
-    elastic_alpha: float = 0.09  # fraction of the canvas
+    The defaults are half of the first version's (rotation 22 degrees, shear 0.3, shift 0.12,
+    elastic 0.09, contrast 0.5-1, noise 0.2, 3 blobs), which left every model, the teacher
+    included, at 50-60 % on test: too little signal in 1,797 source images for capacity to matter.
+    At half strength the teacher reaches ~94 % and a small student stays clearly below it.
+    """
+
+    rotate_deg: float = 11.0
+    scale: tuple[float, float] = (0.875, 1.05)
+    shear: float = 0.15
+    shift_px: float = 0.06  # fraction of the canvas
+    elastic_alpha: float = 0.045  # fraction of the canvas
     elastic_sigma: float = 0.12  # fraction of the canvas
-    contrast: tuple[float, float] = (0.5, 1.0)
-    noise: float = 0.2
-    blobs: int = 3
+    contrast: tuple[float, float] = (0.75, 1.0)
+    noise: float = 0.1
+    blobs: int = 2
 
 
 DEFAULT = Distortion()

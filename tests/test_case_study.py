@@ -82,6 +82,25 @@ def test_choice_without_a_feasible_model_keeps_the_most_accurate_fast_small_one(
         sel.choose([], teacher, sel.Targets(), "latency")
 
 
+def test_stage_lines_say_which_stage_paid() -> None:
+    rep = _load("case_study_report")
+
+    def row(model: str, stage: str, parent: str | None = None, verdict: str = "") -> dict:
+        return {"model": model, "stage": stage, "parent": parent, "verdict": verdict}
+
+    rows = [row("teacher", "1. teacher"), row("labels", "2. student"),
+            row("distilled", "2. distillation", "labels", "improved"),
+            row("search", "3. search", "distilled", "worse: dominated by distilled"),
+            row("pruned", "4. pruning", "distilled", "trade-off")]
+    lines = rep.stage_lines({"rows": rows, "final": "pruned"})
+    assert len(lines) == 4  # one per stage after the teacher
+    paid = {ln.split(":")[0][2:]: "**paid**" in ln for ln in lines}
+    # the kept model's lineage: pruned <- distilled <- labels; the search is off it
+    assert paid == {"2. student": False, "2. distillation": True, "3. search": False, "4. pruning": True}
+    assert "the control" in lines[0]  # the labels-only student has no input to improve on
+    assert "worse: dominated by distilled" in next(ln for ln in lines if ln.startswith("- 3. search"))
+
+
 # ---------------------------------------------------------------- the data
 
 
@@ -216,7 +235,7 @@ def test_case_study_quick(tmp_path: Path) -> None:
     out = tmp_path / "cs"
     readme = tmp_path / "README.md"
     rep = _load("case_study_report")
-    readme.write_text(f"# x\n\n{rep.BEGIN}\nold\n{rep.END}\n\nafter\n")
+    readme.write_text(f"# x\n\n{rep.BEGIN}\nstale-table-placeholder\n{rep.END}\n\nafter\n")
     assert cs.main(["--out", str(out), "--quick", "--seed", "0", "--readme", str(readme)]) == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -238,5 +257,5 @@ def test_case_study_quick(tmp_path: Path) -> None:
         assert lo <= r["speedup"] <= hi and r["p50_ms"] > 0
     assert set(results["targets"]) == {"smaller_20x", "faster_5x", "within_2_points"}
     text = readme.read_text()
-    assert "old" not in text and "after" in text and results["final"] in text
+    assert "stale-table-placeholder" not in text and "after" in text and results["final"] in text
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
