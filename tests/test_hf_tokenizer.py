@@ -40,17 +40,22 @@ ALIKE = ["", " ", "hello world", "The QUICK brown fox, running!", "Café crème,
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_FRESH_RUN: dict[str, subprocess.CompletedProcess[str]] = {}  # this module's run in a fresh process, once
+
+
 @pytest.fixture(autouse=True)
 def _fresh_process_when_tensorflow_is_loaded(request: pytest.FixtureRequest) -> Iterator[None]:
     """TensorFlow loaded earlier in the same process changes what onnxruntime-extensions' tokenizer
     op returns (72 of 300 sentences tokenized differently after the Keras tests ran; alone, 0):
-    then the test runs in a fresh interpreter and must pass there."""
+    then the whole module runs once in a fresh interpreter, and every test must pass there."""
     if "tensorflow" not in sys.modules or os.environ.get("ONNXOPT_FRESH_PROCESS"):
         yield
         return
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
-                       cwd=ROOT, env={**os.environ, "ONNXOPT_FRESH_PROCESS": "1"}, capture_output=True, text=True,
-                       timeout=900)
+    if "run" not in _FRESH_RUN:
+        _FRESH_RUN["run"] = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).relative_to(ROOT))],
+            cwd=ROOT, env={**os.environ, "ONNXOPT_FRESH_PROCESS": "1"}, capture_output=True, text=True, timeout=900)
+    r = _FRESH_RUN["run"]
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     pytest.skip("passed in a fresh process: tensorflow is loaded in this one (see the fixture's docstring)")
 
