@@ -14,7 +14,7 @@ from onnxopt.core.errors import InvalidInputError
 from onnxopt.core.model import load_model
 from onnxopt.measure.benchmark import BenchResult, LatencyStats
 from onnxopt.measure.fidelity import load_eval_data
-from onnxopt.optimization.decide import check_gates, decide_stages, never_slower
+from onnxopt.optimization.decide import check_gates, decide_stages, never_slower, worth_remeasuring
 from onnxopt.optimization.recipe import parse_recipe
 from onnxopt.optimization.run import default_output, default_recipe, optimize, save_result
 from onnxopt.optimization.types import GATE_FAILED_KEY, RECIPE_KEY, Gates, OptimizeConfig, Stage
@@ -172,6 +172,25 @@ def test_never_slower_guard_falls_back_to_the_input() -> None:
     fine = [stages[0], _stage("channel-pruned", [x * 0.7 for x in base], pass_name="prune_channels")]
     out, warnings = never_slower(decide_stages(fine, (), cfg())[0])
     assert out[1].kept and warnings == []
+
+
+def test_a_gain_the_interval_leaves_open_is_measured_again_before_never_slower() -> None:
+    """The final stage looks faster than the input but its CI reaches above NOT_SLOWER: measure
+    again (longer) rather than let never-slower throw the gain away; a clear gain or a clear loss
+    is decided as it is."""
+    rng = np.random.default_rng(2)
+    base = list(1.0 + 0.01 * rng.standard_normal(200))
+    noisy = [x * 0.95 * max(0.05, 1.0 + 0.6 * e) for x, e in zip(base, rng.standard_normal(200))]
+    cases = {"open": noisy, "clear gain": [x * 0.7 for x in base], "clear loss": [x * 1.3 for x in base]}
+    for case, samples in cases.items():
+        stages = [_stage("original", base, pass_name=None), _stage("pruned", samples, pass_name="prune_channels")]
+        decided, _ = decide_stages(stages, (), cfg(never_slower=True))
+        r = decided[1].ratio
+        assert r is not None
+        assert worth_remeasuring(decided, cfg(never_slower=True)) is (case == "open"), (case, r)
+        if case == "open":
+            assert r.ratio < 1.0 < 1.02 < r.high  # the premise: looks faster, CI reaches above the limit
+            assert not worth_remeasuring(decided, cfg(never_slower=False))  # an explicit recipe: no guard
 
 
 def test_default_output_is_beside_the_input() -> None:

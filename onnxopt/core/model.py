@@ -227,6 +227,12 @@ def per_sample_inputs(model: ModelProto) -> list[str]:
             if axes[s.name] is None and any(not (isinstance(d, int) and d > 0) for d in s.shape)]
 
 
+def run_batch(model: ModelProto) -> int | None:
+    """The batch every run of the model must use: its fixed batch, 1 when an input fed whole has
+    a symbolic dim (per_sample_inputs), else None (any batch)."""
+    return fixed_batch(model) or (1 if per_sample_inputs(model) else None)
+
+
 def fixed_batch(model: ModelProto) -> int | None:
     """The batch size the model's batched inputs (batch_axes) are fixed at, or None when it is
     dynamic, when they disagree, or when no input has a batch."""

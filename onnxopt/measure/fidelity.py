@@ -26,11 +26,10 @@ from onnxopt.core.feeds import (
 from onnxopt.core.model import (
     TensorSpec,
     batch_axes,
-    fixed_batch,
     graph_inputs,
     graph_outputs,
     load_model,
-    per_sample_inputs,
+    run_batch,
 )
 from onnxopt.core.runtime import SessionConfig, create_session, run
 
@@ -63,11 +62,8 @@ def run_batched(
     sub = {k: v for k, v in feed.items() if k in wanted}
     check_feed(with_free_batch(proto), sub, "the feed")
     axes = batch_axes(proto)
-    fixed = fixed_batch(proto)
+    fixed = run_batch(proto)
     bs = fixed if fixed is not None else batch_size
-    if fixed is None and bs > 1 and (whole := per_sample_inputs(proto)):
-        log.info("running sample by sample: input(s) %s are fed whole but have a symbolic dimension", whole)
-        bs = 1
     from onnxopt.core.runtime import lean_session
 
     src = proto if isinstance(model, ModelProto) else Path(model)

@@ -27,7 +27,7 @@ from onnxopt.core.feeds import (
     load_npz,
     select_inputs,
 )
-from onnxopt.core.model import TensorSpec, batch_axes, fixed_batch, graph_inputs, per_sample_inputs
+from onnxopt.core.model import TensorSpec, batch_axes, fixed_batch, graph_inputs, run_batch
 from onnxopt.core.runtime import run_error
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,6 @@ def fit_feed(model: ModelProto, data: dict[str, np.ndarray], source: str) -> Fee
     return feed
 
 
-def default_batch(model: ModelProto) -> int:
-    """Calibration batch: the model's fixed batch, 1 when an input fed whole has a symbolic dim
-    (core.model.per_sample_inputs), else DEFAULT_BATCH."""
-    return fixed_batch(model) or (1 if per_sample_inputs(model) else DEFAULT_BATCH)
-
-
 def from_feed(model: ModelProto, feed: Feed, *, samples: int | None = None, batch_size: int | None = None,
               description: str = "calibration data") -> CalibrationSource:
     """A CalibrationSource over an in-memory feed (checked against the model's inputs)."""
@@ -150,7 +144,7 @@ def from_feed(model: ModelProto, feed: Feed, *, samples: int | None = None, batc
     n = feed_samples(feed, axes)
     if n == 0:
         raise InvalidInputError(f"{description}: contains 0 samples")
-    bs = batch_size or default_batch(model)
+    bs = batch_size or run_batch(model) or DEFAULT_BATCH
 
     def factory(size: int) -> Iterator[Feed]:
         yield from batches(feed, size, axes)
@@ -175,7 +169,7 @@ def open_calibration(
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"{p}: calibration data not found (give an .npz file or a folder)")
-    bs = batch_size or default_batch(model)
+    bs = batch_size or run_batch(model) or DEFAULT_BATCH
     if p.is_file():
         data = load_npz(p)
         feed = fit_feed(model, add_batch_axis(model, data), source=str(p))

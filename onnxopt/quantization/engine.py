@@ -23,10 +23,9 @@ from onnxopt.core.model import (
     batch_axes,
     copy_model,
     default_opset,
-    fixed_batch,
     op_histogram,
-    per_sample_inputs,
     prune_opset_imports,
+    run_batch,
     sort_nodes,
     subgraph_notes,
 )
@@ -431,7 +430,7 @@ def check_runs(model: ModelProto, feed: Feed, source: ModelProto | Path | None =
 
         cfg = lean_session(model, SessionConfig(intra_op_threads=1, allow_spinning=False))
         sess = create_session(source if source is not None else model, cfg)
-        n = fixed_batch(model) or (1 if per_sample_inputs(model) else 2)
+        n = run_batch(model) or 2
         run(sess, first_batch(feed, n, batch_axes(model)))
     except InvalidModelError as e:
         raise CandidateFailed(f"onnxruntime refused the quantized model: {e}") from e
