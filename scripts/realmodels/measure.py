@@ -43,12 +43,16 @@ class Measurement:
 
 
 def session(path: Path, threads: int = 2) -> ort.InferenceSession:
-    """A CPU session with `threads` intra-op threads, sequential execution."""
+    """A CPU session with `threads` intra-op threads, sequential execution, no spinning."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    # Two sessions take turns: an idle spinning session would steal the cores of the one being
+    # timed (latencies double and the ratio is biased), so neither spins.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
