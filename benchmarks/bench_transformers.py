@@ -13,6 +13,8 @@ Side by side, in one interleaved run at batch 1, sequence 128, on text-like toke
 - Optimum-style: onnxruntime's transformer optimizer (fusions) + plain dynamic int8 on every
   MatMul with onnxruntime's defaults (what `optimum-cli onnxruntime optimize -O2` then
   `quantize --avx2` amounts to, approximately: per-channel QUInt8 weights there);
+- two more forms, for the record: every MatMul in per-channel int8 with 7-bit weights (onnxopt's
+  int8 form without its keep-if-faster rule), and int4 weight-only (MatMulNBits, block 32);
 - onnxopt: `onnxopt optimize` with its defaults (the transformer family), its wall time shown.
 Each row: latency ratio vs fp32 with its 95% CI, size, and the lowest per-sample output cosine
 vs fp32 over the check samples (not the samples onnxopt searched on).
@@ -104,6 +106,24 @@ def _optimum_style(fp32: Path, work: Path) -> Path:
     return out
 
 
+def _variants(fp32: Path, work: Path) -> dict[str, Path]:
+    """What else int8/int4 could be on this CPU, for the record beside onnxopt's choice: every MatMul
+    in per-channel dynamic int8 with 7-bit weights (onnxopt's int8 form, no MatMul kept in float, no
+    keep-if-faster rule), and int4 weight-only (MatMulNBits, block 32, int8 compute)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnxopt.quantization.weight_only import quantize_file
+
+    fused = work / "fused.onnx"  # written by _optimum_style
+    int8 = work / "int8_every_matmul.onnx"
+    quantize_dynamic(str(fused), str(int8), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+    int4 = work / "int4_weight_only.onnx"
+    quantize_file(fused, int4, bits=4, block_size=32, algorithm="rtn", accuracy_level=4)
+    return {"int8 every MatMul (per-channel, 7-bit weights)": int8,
+            "int4 weight-only (MatMulNBits, block 32)": int4}
+
+
 def _onnxopt(fp32: Path, work: Path, ctx: Context) -> tuple[Path, float, float, Any]:
     """`onnxopt optimize` with its defaults (the library call the CLI makes); (path, wall s, CPU s, result).
     CPU seconds (this process, every thread) do not count waiting for a busy machine's cores."""
@@ -144,12 +164,13 @@ def run(ctx: Context) -> list[Row]:
         fp32 = build_minilm(work / "minilm.onnx")
         ctx.log(f"built and exported the MiniLM-class encoder in {time.perf_counter() - t0:.1f} s")
         optimum = _optimum_style(fp32, work)
+        variants = _variants(fp32, work)
         mine, wall, cpu, result = _onnxopt(fp32, work, ctx)
         ctx.log(f"onnxopt optimize took {wall:.1f} s ({cpu:.1f} CPU s); final stage: {result.final}")
         feed = _check_feed(onnx.load(str(fp32), load_external_data=False))
         timed = first_batch(feed, 1)
-        names = ["fp32 export", "Optimum-style (fusion + dynamic int8)", "onnxopt optimize"]
-        paths = [fp32, optimum, mine]
+        names = ["fp32 export", "Optimum-style (fusion + dynamic int8)", *variants, "onnxopt optimize"]
+        paths = [fp32, optimum, *variants.values(), mine]
         from onnxopt.measure.benchmark import benchmark
 
         t1 = time.perf_counter()

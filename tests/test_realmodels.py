@@ -195,3 +195,19 @@ def test_cached_model_runs_at_batch_1_on_synthesized_inputs(entry: corpus.ModelE
     outputs = measure.run_once(sess, feed)
     assert len(outputs) == len(sess.get_outputs())
     assert all(np.isfinite(o.astype(np.float64)).all() for o in outputs)
+
+
+def test_optimize_and_quantize_outputs_are_compared_side_by_side(tmp_path: Path) -> None:
+    entry = MANIFEST.select("silero-vad")[0]
+    rows = [harness.Row(entry.name, "optimize+data", "0"), harness.Row(entry.name, "quantize+data", "0")]
+    args = harness.parse_args(["--out", str(tmp_path)])
+    assert harness.compare_outputs(entry, rows, tmp_path, args) is None  # neither wrote a file
+    for label in ("optimize+data", "quantize+data"):
+        (tmp_path / f"{entry.name}.{label}.onnx").write_bytes(b"same bytes")
+    pair = harness.compare_outputs(entry, rows, tmp_path, args)
+    assert pair is not None and pair.command == "optimize/quantize" and pair.note == "the same model"
+    behind = harness.Row("m", "optimize/quantize", "-", latency_ratio=1.2, ci_low=1.1, ci_high=1.3)
+    level = harness.Row("m", "optimize/quantize", "-", latency_ratio=1.03, ci_low=0.99, ci_high=1.07)
+    tail = harness.summary([behind, level])
+    assert tail[2].startswith("outputs slower than their input (CI above 1): 0")  # the pair is no output
+    assert tail[3].startswith("optimize more than 5% slower than quantize") and "m (1.20)" in tail[3]

@@ -130,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="manifest name of the input model")
     parser.add_argument("--candidate", required=True, type=Path, help="output model to measure")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="model to measure it against (default: the input model)")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     entry = load_manifest().select(args.model)[0]
-    result = measure(entry, model_path(entry), args.candidate, args.samples, args.threads, args.seed)
+    result = measure(entry, args.reference or model_path(entry), args.candidate, args.samples, args.threads, args.seed)
     print(json.dumps(asdict(result)))
     return 0
 

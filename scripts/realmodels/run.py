@@ -9,7 +9,8 @@ corpus.py) and each command, as a user would type it with default options:
 
 each in a child process with a timeout; then every output that was written is measured against
 its input in another child process (measure.py: interleaved latency ratio with a 95% CI at
-batch 1, min per-sample output cosine, size ratio). One table is printed and written as
+batch 1, min per-sample output cosine, size ratio), and optimize's output against quantize's
+(row "optimize/quantize"). One table is printed and written as
 Markdown and JSON into build/realmodels/. Usage:
 
     python scripts/realmodels/run.py                       # everything (takes a while)
@@ -52,6 +53,7 @@ DATA_OPTIONS = {"optimize": ["--data", "{npz}", "--calib-data", "{npz}"],
                 "quantize": ["--calib-data", "{npz}", "--data", "{npz}"]}
 MEASURE = Path(__file__).resolve().with_name("measure.py")
 MIN_COSINE = 0.99
+QUANTIZE_MARGIN = 1.05  # optimize's output may be at most 5% slower than quantize --mode auto's
 CONSTANT_KINDS = ("zeros", "scalar")  # the same value for every sample: stored once, not stacked
 DATA_OFFSET = 1000  # npz samples are drawn apart from the ones the harness measures fidelity on
 
@@ -119,6 +121,47 @@ def write_npz(entry: ModelEntry, path: Path, samples: int, seed: int) -> Path:
     return path
 
 
+def _measure(entry: ModelEntry, candidate: Path, args: argparse.Namespace, log_path: Path,
+             reference: Path | None = None) -> tuple[dict[str, float] | None, str]:
+    """measure.py in a child process: (its values, "") or (None, why it failed)."""
+    cmd = [sys.executable, str(MEASURE), "--model", entry.name, "--candidate", str(candidate),
+           "--samples", str(args.samples), "--threads", str(args.threads), "--seed", str(args.seed)]
+    if reference is not None:
+        cmd += ["--reference", str(reference)]
+    code, out, err, _ = run_child(cmd, args.timeout, log_path)
+    if code != "0":
+        return None, f"measure failed ({code}): {failure_line(err, out)[:120]}"
+    return json.loads(out.strip().splitlines()[-1]), ""
+
+
+def _fill(row: Row, values: dict[str, float]) -> Row:
+    row.latency_ratio, row.ci_low, row.ci_high = values["latency_ratio"], values["ci_low"], values["ci_high"]
+    row.in_ms, row.out_ms = values["in_ms"], values["out_ms"]
+    row.size_ratio, row.min_cosine = values["size_ratio"], values["min_cosine"]
+    return row
+
+
+def compare_outputs(entry: ModelEntry, rows: list[Row], out_dir: Path, args: argparse.Namespace) -> Row | None:
+    """optimize's output against quantize's, measured side by side (the issue's "optimize within 5%
+    of quantize --mode auto"): a row whose ratio is optimize / quantize, None unless both wrote one."""
+    labels = {r.command.split("+")[0]: r.command for r in rows if r.model == entry.name}
+    if "optimize" not in labels or "quantize" not in labels:
+        return None
+    opt, quant = (out_dir / f"{entry.name}.{labels[c]}.onnx" for c in ("optimize", "quantize"))
+    if not (opt.is_file() and quant.is_file()):
+        return None
+    row = Row(entry.name, "optimize/quantize", "-", note="latency and size: optimize's output / quantize's")
+    if sha256_of(opt) == sha256_of(quant):
+        row.note = "the same model"
+        row.latency_ratio, row.ci_low, row.ci_high, row.size_ratio, row.min_cosine = 1.0, 1.0, 1.0, 1.0, 1.0
+        return row
+    values, why = _measure(entry, opt, args, out_dir / f"{entry.name}.optimize-vs-quantize.measure.log", quant)
+    if values is None:
+        row.note = why
+        return row
+    return _fill(row, values)
+
+
 def run_command(entry: ModelEntry, command: str, out_dir: Path, args: argparse.Namespace,
                 npz: Path | None = None) -> Row:
     """Run one onnxopt command on one model, then measure its output (if one was written)."""
@@ -153,17 +196,11 @@ def run_command(entry: ModelEntry, command: str, out_dir: Path, args: argparse.N
         return row
     if sha256_of(target) == entry.sha256:
         row.note = (row.note + "; output identical to input").lstrip("; ")
-    mcmd = [sys.executable, str(MEASURE), "--model", entry.name, "--candidate", str(target),
-            "--samples", str(args.samples), "--threads", str(args.threads), "--seed", str(args.seed)]
-    mcode, mout, merr, _ = run_child(mcmd, args.timeout, out_dir / f"{entry.name}.{label}.measure.log")
-    if mcode != "0":
-        row.note = (row.note + f"; measure failed ({mcode}): {failure_line(merr, mout)[:120]}").lstrip("; ")
+    values, why = _measure(entry, target, args, out_dir / f"{entry.name}.{label}.measure.log")
+    if values is None:
+        row.note = (row.note + "; " + why).lstrip("; ")
         return row
-    values = json.loads(mout.strip().splitlines()[-1])
-    row.latency_ratio, row.ci_low, row.ci_high = values["latency_ratio"], values["ci_low"], values["ci_high"]
-    row.in_ms, row.out_ms = values["in_ms"], values["out_ms"]
-    row.size_ratio, row.min_cosine = values["size_ratio"], values["min_cosine"]
-    return row
+    return _fill(row, values)
 
 
 def _fmt(row: Row) -> list[str]:
@@ -199,10 +236,15 @@ def summary(rows: list[Row]) -> list[str]:
     tracebacks = [f"{r.model}/{r.command}" for r in rows if r.traceback]
     low = [f"{r.model}/{r.command} ({r.min_cosine:.4f})" for r in rows
            if r.min_cosine is not None and r.min_cosine < MIN_COSINE]
-    slower = [f"{r.model}/{r.command}" for r in rows if r.ci_low is not None and r.ci_low > 1.0]
+    outputs = [r for r in rows if r.command != "optimize/quantize"]
+    slower = [f"{r.model}/{r.command}" for r in outputs if r.ci_low is not None and r.ci_low > 1.0]
+    behind = [f"{r.model} ({r.latency_ratio:.2f})" for r in rows if r.command == "optimize/quantize"
+              and r.ci_low is not None and r.ci_low > QUANTIZE_MARGIN]
     return [f"tracebacks: {len(tracebacks)} {tracebacks}",
             f"outputs below {MIN_COSINE} cosine: {len(low)} {low}",
-            f"outputs slower than their input (CI above 1): {len(slower)} {slower}"]
+            f"outputs slower than their input (CI above 1): {len(slower)} {slower}",
+            f"optimize more than {QUANTIZE_MARGIN - 1:.0%} slower than quantize (CI above {QUANTIZE_MARGIN}): "
+            f"{len(behind)} {behind}"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -251,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {entry.name}: {command} ...", file=sys.stderr, flush=True)
             rows.append(run_command(entry, command, args.out, args, npz))
+            print(render_text(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        pair = compare_outputs(entry, rows, args.out, args)
+        if pair is not None:
+            rows.append(pair)
             print(render_text(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     text = render_text(rows)
     tail = summary(rows)
