@@ -74,7 +74,11 @@ def onnx_module(model: ModelProto) -> Any:
                 elif op == "Relu":
                     y = F.relu(ins[0])
                 elif op == "HardSigmoid":
-                    y = torch.clamp(a.get("alpha", 0.2) * ins[0] + a.get("beta", 0.5), 0.0, 1.0)
+                    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+                    # torch's own hardsigmoid exports back as one HardSigmoid node; a clamp of an
+                    # affine map would come back as Mul, Add and Clip (a slower pruned model)
+                    y = (F.hardsigmoid(ins[0]) if abs(alpha - 1 / 6) < 1e-6 and beta == 0.5
+                         else torch.clamp(alpha * ins[0] + beta, 0.0, 1.0))
                 elif op == "Mul":
                     y = ins[0] * ins[1]
                 elif op == "Add":
@@ -89,9 +93,13 @@ def onnx_module(model: ModelProto) -> Any:
                     y = torch.flatten(ins[0], int(a.get("axis", 1)))
                 else:  # Gemm
                     w = ins[1].t() if a.get("transB", 0) else ins[1]
-                    y = a.get("alpha", 1.0) * (ins[0] @ w)
-                    if len(ins) > 2 and ins[2] is not None:
-                        y = y + a.get("beta", 1.0) * ins[2]
+                    bias = ins[2] if len(ins) > 2 else None
+                    if a.get("alpha", 1.0) == 1.0 and a.get("beta", 1.0) == 1.0:
+                        y = F.linear(ins[0], w.t(), bias)  # exports back as one Gemm node
+                    else:
+                        y = a.get("alpha", 1.0) * (ins[0] @ w)
+                        if bias is not None:
+                            y = y + a.get("beta", 1.0) * bias
                 env[n.output[0]] = y
             return env[self.output_name]
 

@@ -259,3 +259,30 @@ def test_case_study_quick(tmp_path: Path) -> None:
     text = readme.read_text()
     assert "stale-table-placeholder" not in text and "after" in text and results["final"] in text
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+
+
+def test_finetune_module_exports_back_to_the_same_ops_and_outputs() -> None:
+    """The fine-tuning replay of a HardSwish CNN exports back node for node (HardSigmoid stays one
+    node, Gemm stays Gemm: a slower pruned model otherwise) with the same outputs."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    import onnxruntime as ort
+
+    finetune = _load("case_study_finetune")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Hardswish(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(2, 1, 8, 8)
+
+    def export(module: object) -> onnx.ModelProto:
+        buf = io.BytesIO()
+        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=13, input_names=["x"])
+        return onnx.load_from_string(buf.getvalue())
+
+    source = export(net)
+    replayed = export(finetune.onnx_module(source))
+    assert [n.op_type for n in replayed.graph.node] == [n.op_type for n in source.graph.node]
+    outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+            for m in (source, replayed)]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
