@@ -87,18 +87,22 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
         raise click.UsageError("give --sparsity or --threshold, not both")
 
     from onnxopt.core.errors import OnnxoptError
-    from onnxopt.core.external import data_file, data_files
+    from onnxopt.core.external import data_file, data_files, uses_external
     from onnxopt.core.files import FilePlan, staged
     from onnxopt.core.model import load_model
     from onnxopt.core.progress import listening
     from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
     from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
+    from onnxopt.pruning.streamed import on_disk_size, prune_magnitude_file, streams
 
     plan = FilePlan.of(reads={"input model": model, "input model's external data": data_files(model), "--data": data},
                        writes={"-o": output, "-o's external data": data_file(output)})
     plan.check()  # before any work: the output may not clobber an input
-    proto = load_model(model)
-    _validate(proto, model)
+    proto = load_model(model, load_external_data=False)
+    from_file = method == "magnitude" and streams(model, proto)  # big: pruned tensor by tensor from the file
+    if not from_file and uses_external(proto):
+        proto = load_model(model)
+    _validate(proto, model, from_file)
     floor, feed, labels = _floor(proto, data, min_cosine, max_accuracy_drop, shapes)
     if method == "magnitude":
         cfg: Any = option_config(
@@ -112,20 +116,26 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
             ChannelConfig,
             ratio=opts["ratio"] if opts["ratio"] is not None else 0.3, importance=opts["importance"] or "l1",
             min_channels=opts["min_channels"] or 1, round_to=opts["round_to"] or 1, skip=skip)
-    with listening(progress_printer(as_json)):
-        if method == "magnitude":
-            result = prune_magnitude(proto, cfg, floor=floor, feed=feed, labels=labels)
-        else:
-            result = prune_channels(proto, cfg, floor=floor, feed=feed, labels=labels)
-    report = dict(result.report)
-    if not result.modified and strict:
-        raise OnnxoptError(f"{model}: nothing to prune ({report.get('message', 'no change')}); --strict")
-    if labels is not None and data is not None:
-        report["accuracy"] = _accuracy(proto, result.model, data)
     with staged(plan) as outputs:
-        outputs.model(output, result.model)
-    report["input_file_size"] = model.stat().st_size
-    report["output_file_size"] = output.stat().st_size
+        with listening(progress_printer(as_json)):
+            if from_file:  # written into the staged output as it goes
+                result = prune_magnitude_file(model, outputs.path(output), cfg, model=proto, floor=floor, feed=feed,
+                                              labels=labels)
+            elif method == "magnitude":
+                result = prune_magnitude(proto, cfg, floor=floor, feed=feed, labels=labels)
+            else:
+                result = prune_channels(proto, cfg, floor=floor, feed=feed, labels=labels)
+        report = dict(result.report)
+        if not result.modified and strict:
+            raise OnnxoptError(f"{model}: nothing to prune ({report.get('message', 'no change')}); --strict")
+        if labels is not None and data is not None:
+            report["accuracy"] = _accuracy(proto, model if from_file else proto,
+                                           result.path if from_file else result.model, data)
+        if not from_file:
+            outputs.model(output, result.model)
+    report["input_file_size"] = on_disk_size(model, proto)
+    report["output_file_size"] = output.stat().st_size + (data_file(output).stat().st_size
+                                                          if data_file(output).is_file() else 0)
     report["output"] = str(output)
     if as_json:
         echo_json(report)
@@ -133,9 +143,10 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
     _print(report, method)
 
 
-def _validate(proto: Any, path: Path) -> None:
+def _validate(proto: Any, path: Path, from_file: bool) -> None:
     """The ONNX checker, an onnxruntime load and, when every input is floating point with a fixed
-    sample shape (so random inputs are valid ones), one run: a model that fails them is not pruned."""
+    sample shape (so random inputs are valid ones), one run: a model that fails them is not pruned.
+    from_file: check and load the file at path (proto is its graph only)."""
     import numpy as np
 
     from onnxopt.core.errors import InvalidModelError
@@ -144,8 +155,8 @@ def _validate(proto: Any, path: Path) -> None:
     from onnxopt.core.runtime import SessionConfig, create_session, lean_session, run
 
     try:
-        validate_model(proto, check_runtime=False)
-        sess = create_session(proto, lean_session(proto, SessionConfig(intra_op_threads=1)))
+        validate_model(path if from_file else proto, check_runtime=False)
+        sess = create_session(path if from_file else proto, lean_session(proto, SessionConfig(intra_op_threads=1)))
         specs = graph_inputs(proto)
         if specs and all(
             np.issubdtype(s.numpy_dtype, np.floating) and all(isinstance(d, int) and d > 0 for d in s.shape[1:])
@@ -156,11 +167,12 @@ def _validate(proto: Any, path: Path) -> None:
         raise InvalidModelError(f"{path}: {e}") from e
 
 
-def _accuracy(before: Any, after: Any, data: Path) -> dict[str, float | None]:
+def _accuracy(proto: Any, before: Any, after: Any, data: Path) -> dict[str, float | None]:
+    """Top-1 accuracy of before and after (protos or paths) on labelled data; proto: before's graph."""
     from onnxopt.core.errors import InvalidInputError
     from onnxopt.measure.fidelity import accuracy, load_eval_data
 
-    feed, labels = load_eval_data(before, data)
+    feed, labels = load_eval_data(proto, data)
     if labels is None:
         raise InvalidInputError(f"{data}: no 'labels' array; accuracy needs labels")
     a0, a1 = accuracy(before, feed, labels), accuracy(after, feed, labels)

@@ -20,7 +20,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +102,19 @@ def _sizeof(t: TensorProto) -> int:
 
 
 def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold: int = 1024,
-                   base_dir: str | os.PathLike[str] | None = None) -> Path:
+                   base_dir: str | os.PathLike[str] | None = None,
+                   tensors: Iterable[TensorProto] | None = None) -> Path:
     """Write model to path, initializers of threshold bytes or more into `<path name>.data`; returns
-    the data file. model is not modified; base_dir resolves initializers already in external data."""
+    the data file. model is not modified; base_dir resolves initializers already in external data;
+    tensors, when given, are written as the initializers instead of model's (e.g. a generator
+    that makes them one at a time)."""
     out = Path(path)
     data = out.with_name(out.name + ".data")
     base = Path(base_dir) if base_dir is not None else None
     graph = onnx.GraphProto()
     _copy_fields(model.graph, graph, skip="initializer")
     with open(data, "wb") as f:
-        for t in model.graph.initializer:
+        for t in model.graph.initializer if tensors is None else tensors:
             if _sizeof(t) < threshold or t.data_type == TensorProto.STRING:  # strings: no external data in ONNX
                 graph.initializer.add().CopyFrom(t)
                 continue

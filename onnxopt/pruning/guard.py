@@ -25,6 +25,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,8 +131,8 @@ class _Meter:
     """
 
     def __init__(self, model: ModelProto, feed: Feed, labels: np.ndarray | None, floor: FidelityFloor,
-                 source: str) -> None:
-        self.floor, self.labels = floor, labels
+                 source: str, reference: ModelProto | Path | None = None) -> None:
+        self.floor, self.labels, self.proto = floor, labels, model
         self.cos_floor = floor.cosine_floor(source == "synthetic")
         wanted = {s.name for s in graph_inputs(model)}
         sub = {k: v for k, v in feed.items() if k in wanted}
@@ -143,7 +144,7 @@ class _Meter:
             self.chunks, self.sizes = self.chunks[:-1], self.sizes[:-1]
         self.samples = sum(self.sizes)
         try:
-            self.ref = self._run(model)
+            self.ref = self._run(model if reference is None else reference)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; one line for the user
             hint = "pass --data with real inputs" + (" or --shape NAME=dims" if source == "synthetic" else "")
             raise InvalidInputError(
@@ -152,8 +153,9 @@ class _Meter:
             ) from e
         self.acc_ref = self._accuracy(self.ref)
 
-    def _run(self, model: ModelProto) -> list[list[np.ndarray]]:
-        sess = create_session(model, lean_session(model, SessionConfig()))
+    def _run(self, model: ModelProto | Path) -> list[list[np.ndarray]]:
+        """The outputs of every chunk; the session (onnxruntime's copy of the weights) is freed on return."""
+        sess = create_session(model, lean_session(self.proto, SessionConfig()))
         return [list(sess.run(None, chunk)) for chunk in self.chunks]
 
     def _accuracy(self, outs: list[list[np.ndarray]]) -> float | None:
@@ -166,7 +168,7 @@ class _Meter:
         if not result.modified:
             return _Check(value, 1.0, self.acc_ref, False, True)
         try:
-            outs = self._run(result.model)
+            outs = self._run(result.model if result.path is None else result.path)
         except Exception as e:  # noqa: BLE001 - a pruned model that cannot run is a bug, not a measurement
             raise OnnxoptError(f"the pruned model fails to run ({short_message(e, 200)}); please report this") from e
         cos = 1.0
@@ -239,8 +241,13 @@ def guarded_prune(
     floor: FidelityFloor,
     feed: Feed | None = None,
     labels: np.ndarray | None = None,
+    reference: Path | None = None,
 ) -> PruneResult:
     """Prune with `prune(model, config)`, then hold the fidelity floor by lowering `config.<field>`.
+
+    reference: the file the reference outputs are computed from (default: `model`), for a model
+    pruned from a file whose `model` is its graph only (candidates are then measured from
+    their `PruneResult.path`).
 
     The search runs with sparse storage and gzip sizes off (they do not change the numbers);
     the returned result is built with the full config at the applied value, and its report has
@@ -261,7 +268,7 @@ def guarded_prune(
     if feed is None:
         source = "synthetic"
         feed, described = synthetic_feed(model, floor.samples, floor.seed, floor.shape_overrides)
-    meter = _Meter(model, feed, labels, floor, source)
+    meter = _Meter(model, feed, labels, floor, source, reference)
 
     def run(value: float) -> _Check:
         progress.report(f"prune: checking {field} {_pct(field, value)} against the floor")

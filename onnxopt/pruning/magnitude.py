@@ -84,7 +84,7 @@ def _resolve(name: str, producers: dict[str, NodeProto], inits: dict[str, Tensor
     return None
 
 
-def _candidates(model: ModelProto, config: MagnitudeConfig) -> tuple[dict[str, list[str]], list[dict]]:
+def prunable(model: ModelProto, config: MagnitudeConfig) -> tuple[dict[str, list[str]], list[dict]]:
     """Initializer name -> consuming node names, and the list of skipped tensors with reasons."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -134,7 +134,7 @@ def _candidates(model: ModelProto, config: MagnitudeConfig) -> tuple[dict[str, l
     return chosen, skipped
 
 
-def _smallest(absval: np.ndarray, k: int) -> np.ndarray:
+def smallest(absval: np.ndarray, k: int) -> np.ndarray:
     """Indices of exactly k smallest entries (ties broken deterministically by argpartition)."""
     if k <= 0:
         return np.empty(0, dtype=np.int64)
@@ -179,8 +179,39 @@ def _prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
     """prune_magnitude without a fidelity floor."""
     original = model
     model, moved = constants_to_initializers(model)
-    chosen, skipped = _candidates(model, config)
+    chosen, skipped = prunable(model, config)
     skipped += subgraph_skips(model, WEIGHT_INPUTS)
+    report = new_report(config, skipped, moved, bool(chosen))
+    if not chosen and not config.sparse_storage:
+        return PruneResult(copy_model(original), False, report)
+    out = copy_model(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    arrays = {name: numpy_helper.to_array(inits[name]) for name in chosen}
+    flats = {name: a.reshape(-1).copy() for name, a in arrays.items()}
+    zeros_before = {name: int(np.count_nonzero(f == 0)) for name, f in flats.items()}
+    _zero_smallest(flats, config)
+    rows = []
+    for name, f in flats.items():  # empty when only sparse storage is asked for
+        rows.append(TensorCount(name, chosen[name], list(arrays[name].shape), f.size, zeros_before[name],
+                                int(np.count_nonzero(f == 0))))
+        if rows[-1].zeros_after != rows[-1].zeros_before:
+            inits[name].CopyFrom(numpy_helper.from_array(f.reshape(arrays[name].shape), name))
+    modified = add_counts(report, rows)
+    encoded: list[dict] = []
+    if config.sparse_storage:
+        # every mostly-zero initializer, so an int8 model quantized after pruning shrinks too
+        out, storage = compress_initializers(out, None, gzip=False)
+        encoded = storage["encoded"]
+        modified = modified or bool(encoded)
+    if not modified:
+        out = copy_model(original)
+    report["storage"] = _storage(original, out, encoded, config.measure_gzip)
+    log.info("magnitude pruning: %d tensors, %s", len(rows), report["total"])
+    return PruneResult(out, modified, report)
+
+
+def new_report(config: MagnitudeConfig, skipped: list[dict], moved: int, found: bool) -> dict:
+    """The report of a magnitude pruning before any tensor is counted (found: any candidate)."""
     report: dict = {
         "method": "magnitude",
         "mode": config.mode,
@@ -191,48 +222,37 @@ def _prune_magnitude(model: ModelProto, config: MagnitudeConfig) -> PruneResult:
         "constants_to_initializers": moved,
         "note": ZEROS_NOTE,
     }
-    out = copy_model(model)
-    if not chosen:
+    if not found:
         report["message"] = "no prunable tensors (floating-point Conv/Gemm/MatMul weight initializers) found"
         report["total"] = {"elements": 0, "zeros_before": 0, "zeros_after": 0,
                            "sparsity_before": 0.0, "sparsity_after": 0.0}
-        if not config.sparse_storage:
-            return PruneResult(copy_model(original), False, report)
-    inits = {t.name: t for t in out.graph.initializer}
-    arrays = {name: numpy_helper.to_array(inits[name]) for name in chosen}
-    flats = {name: a.reshape(-1).copy() for name, a in arrays.items()}
-    zeros_before = {name: int(np.count_nonzero(f == 0)) for name, f in flats.items()}
-    _zero_smallest(flats, config)
-    modified = False
-    tot_n = tot_before = tot_after = 0
-    for name, f in flats.items():  # empty when only sparse storage is asked for
-        zeros_after = int(np.count_nonzero(f == 0))
-        tot_n, tot_before, tot_after = tot_n + f.size, tot_before + zeros_before[name], tot_after + zeros_after
-        if zeros_after != zeros_before[name]:
-            modified = True
-            inits[name].CopyFrom(numpy_helper.from_array(f.reshape(arrays[name].shape), name))
-        report["tensors"].append({
-            "name": name,
-            "nodes": chosen[name],
-            "shape": list(arrays[name].shape),
-            "elements": f.size,
-            "sparsity_before": zeros_before[name] / f.size,
-            "sparsity_after": zeros_after / f.size,
-        })
-    if tot_n:
-        report["total"] = {"elements": tot_n, "zeros_before": tot_before, "zeros_after": tot_after,
-                           "sparsity_before": tot_before / tot_n, "sparsity_after": tot_after / tot_n}
-    encoded: list[dict] = []
-    if config.sparse_storage:
-        # every mostly-zero initializer, so an int8 model quantized after pruning shrinks too
-        out, storage = compress_initializers(out, None, gzip=False)
-        encoded = storage["encoded"]
-        modified = modified or bool(encoded)
-    if not modified:
-        out = copy_model(original)
-    report["storage"] = _storage(original, out, encoded, config.measure_gzip)
-    log.info("magnitude pruning: %d tensors, %d zeros -> %d", len(flats), tot_before, tot_after)
-    return PruneResult(out, modified, report)
+    return report
+
+
+@dataclass(frozen=True)
+class TensorCount:
+    """One pruned tensor: where it is used, its shape and size, its zeros before and after."""
+
+    name: str
+    nodes: list[str]
+    shape: list[int]
+    elements: int
+    zeros_before: int
+    zeros_after: int
+
+
+def add_counts(report: dict, rows: list[TensorCount]) -> bool:
+    """Add the per-tensor rows and the total to a report; whether any tensor changed."""
+    for r in rows:
+        report["tensors"].append({"name": r.name, "nodes": r.nodes, "shape": r.shape, "elements": r.elements,
+                                  "sparsity_before": r.zeros_before / r.elements,
+                                  "sparsity_after": r.zeros_after / r.elements})
+    n = sum(r.elements for r in rows)
+    if n:
+        before, after = sum(r.zeros_before for r in rows), sum(r.zeros_after for r in rows)
+        report["total"] = {"elements": n, "zeros_before": before, "zeros_after": after,
+                           "sparsity_before": before / n, "sparsity_after": after / n}
+    return any(r.zeros_after != r.zeros_before for r in rows)
 
 
 def _zero_smallest(flats: dict[str, np.ndarray], config: MagnitudeConfig) -> None:
@@ -246,7 +266,7 @@ def _zero_smallest(flats: dict[str, np.ndarray], config: MagnitudeConfig) -> Non
         names = list(flats)
         sizes = np.array([flats[nm].size for nm in names])
         allabs = np.concatenate([np.abs(flats[nm]).astype(np.float32, copy=False) for nm in names])
-        idx = _smallest(allabs, int(round(config.sparsity * allabs.size)))
+        idx = smallest(allabs, int(round(config.sparsity * allabs.size)))
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         owner = np.searchsorted(offsets, idx, side="right") - 1
         for i, nm in enumerate(names):
@@ -254,7 +274,7 @@ def _zero_smallest(flats: dict[str, np.ndarray], config: MagnitudeConfig) -> Non
     else:
         assert config.sparsity is not None
         for f in flats.values():
-            f[_smallest(np.abs(f), int(round(config.sparsity * f.size)))] = 0
+            f[smallest(np.abs(f), int(round(config.sparsity * f.size)))] = 0
 
 
 def _storage(model: ModelProto, out: ModelProto, encoded: list[dict], gzip: bool) -> dict:

@@ -61,7 +61,7 @@ def encoded_size(n: int, nnz: int, itemsize: int) -> int:
 SHARED = "onnxopt.sparse/"
 
 
-def _shared_constants() -> list[TensorProto]:
+def shared_constants() -> list[TensorProto]:
     """Constants every decode chain uses; stored once per model."""
     return [
         numpy_helper.from_array((1 << np.arange(8, dtype=np.int32)).astype(np.int32), SHARED + "pow2"),
@@ -73,20 +73,25 @@ def _shared_constants() -> list[TensorProto]:
     ]
 
 
-def _decode_nodes(name: str, arr: np.ndarray) -> tuple[list, list[TensorProto]]:
+def encoded_inits(name: str, arr: np.ndarray) -> list[TensorProto]:
+    """The initializers of the bitmask form of arr, stored under name: mask, values, n, shape."""
     flat = arr.reshape(-1)
     mask = flat != 0
-    n = flat.size
     p = name + SUFFIX
-    c = SHARED
-    inits = [
+    return [
         numpy_helper.from_array(np.packbits(mask, bitorder="little"), f"{p}/mask"),
         numpy_helper.from_array(np.concatenate([np.zeros(1, flat.dtype), flat[mask]]), f"{p}/values"),
-        numpy_helper.from_array(np.array([n], np.int64), f"{p}/n"),
+        numpy_helper.from_array(np.array([flat.size], np.int64), f"{p}/n"),
         numpy_helper.from_array(np.array(arr.shape, np.int64), f"{p}/shape"),
     ]
+
+
+def decode_chain(name: str) -> list:
+    """The nodes that rebuild tensor `name` from its encoded_inits (and the shared constants)."""
+    p = name + SUFFIX
+    c = SHARED
     mk = helper.make_node
-    nodes = [
+    return [
         mk("Cast", [f"{p}/mask"], [f"{p}/m32"], name=f"{p}/cast", to=TensorProto.INT32),
         mk("Reshape", [f"{p}/m32", c + "col"], [f"{p}/m2"], name=f"{p}/col"),
         mk("Div", [f"{p}/m2", c + "pow2"], [f"{p}/shifted"], name=f"{p}/div"),
@@ -98,7 +103,18 @@ def _decode_nodes(name: str, arr: np.ndarray) -> tuple[list, list[TensorProto]]:
         mk("Gather", [f"{p}/values", f"{p}/index"], [f"{p}/dense"], name=f"{p}/gather"),
         mk("Reshape", [f"{p}/dense", f"{p}/shape"], [name], name=f"{p}/reshape"),
     ]
-    return nodes, inits
+
+
+def encoding(name: str, arr: np.ndarray, min_saving: float) -> dict | None:
+    """The report entry of arr's bitmask form when it is worth storing (saves at least
+    `min_saving` of the dense bytes, chain included), else None."""
+    if arr.size < 64 or arr.dtype == np.bool_ or arr.dtype.kind not in "fiu":
+        return None
+    dense = arr.size * arr.dtype.itemsize
+    enc = encoded_size(arr.size, int(np.count_nonzero(arr)), arr.dtype.itemsize)
+    if enc + CHAIN_OVERHEAD > (1.0 - min_saving) * dense:
+        return None
+    return {"name": name, "dtype": str(arr.dtype), "dense_bytes": dense, "stored_bytes": enc}
 
 
 # Bytes the decode chain of one tensor adds to the file (nodes, names, small constants), measured.
@@ -134,24 +150,19 @@ def compress_initializers(
             keep.append(t)
             continue
         arr = numpy_helper.to_array(t)
-        if arr.size < 64 or arr.dtype == np.bool_ or arr.dtype.kind not in "fiu":
+        entry = encoding(t.name, arr, min_saving)
+        if entry is None:
             keep.append(t)
             continue
-        dense = arr.size * arr.dtype.itemsize
-        enc = encoded_size(arr.size, int(np.count_nonzero(arr)), arr.dtype.itemsize)
-        if enc + CHAIN_OVERHEAD > (1.0 - min_saving) * dense:
-            keep.append(t)
-            continue
-        nodes, inits = _decode_nodes(t.name, arr)
-        new_nodes.extend(nodes)
-        new_inits.extend(inits)
-        tensors.append({"name": t.name, "dtype": str(arr.dtype), "dense_bytes": dense, "stored_bytes": enc})
+        new_nodes.extend(decode_chain(t.name))
+        new_inits.extend(encoded_inits(t.name, arr))
+        tensors.append(entry)
     if not tensors:
         return out, {"format": "bitmask", "encoded": [], "size_before": before.size,
                      "size_after": before.size, "size_ratio": 1.0, "gzip_before": before.gzip,
                      "gzip_after": before.gzip, "gzip_ratio": _ratio(before.gzip, before.gzip)}
     present = {t.name for t in keep}
-    shared = [t for t in _shared_constants() if t.name not in present]
+    shared = [t for t in shared_constants() if t.name not in present]
     del g.initializer[:]
     g.initializer.extend(keep + shared + new_inits)
     old_nodes = list(g.node)

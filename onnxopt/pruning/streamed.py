@@ -1,0 +1,476 @@
+"""Magnitude pruning of a model file, one tensor at a time: bounded memory for big models.
+
+`prune_magnitude` (onnxopt.pruning.magnitude) works on a ModelProto with every weight loaded and
+copies the weights several times per candidate (on an 8-layer 512 MiB MLP: 4.7 GB peak RSS).
+Here the model is read as its graph (weights stay in their file), every candidate the fidelity
+floor measures is written to a work file tensor by tensor (read one tensor, zero its smallest
+entries, write it, drop it), onnxruntime loads candidates from their files, and the last
+candidate becomes the output: inline up to 2 GB (loaded once and serialized, as `save_model`
+writes), else with `<output>.data` beside it. Memory: the graph, one tensor and its
+temporaries (argpartition's int64 indices: about 4x a tensor), and onnxruntime's copy of the
+weights while a candidate is measured; time: a constant number of reads and writes per
+candidate (at most 1 + steps + 1 candidates).
+
+Per tensor and threshold modes zero exactly what the in-memory path zeroes (same argpartition on
+the same array: the same bytes). The global mode needs the k-th smallest |w| over all N
+candidate entries (k = round(s N)) without concatenating them: a radix selection on the bit
+patterns of |w| as float32 (non-negative floats order like their bits read as uint32, NaN last).
+Pass 1 sums a 65536-bin histogram of the top 16 bits over the tensors (cached: it does not depend
+on s), which names the bucket b holding the k-th entry; pass 2 histograms the low 16 bits of the
+entries in bucket b, which gives the k-th value v exactly and c = #{|w| < v}. Every |w| < v is
+zeroed, and of the entries equal to v the first k - c in tensor order, then row-major order:
+exactly k in total, as in memory (where ties at v are broken in argpartition's own order, the
+only case where the two paths can zero different entries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto, numpy_helper
+
+from onnxopt.core.external import (
+    data_file,
+    external_info,
+    is_external,
+    load_external,
+    write_external,
+)
+from onnxopt.core.feeds import Feed
+from onnxopt.core.model import load_model
+from onnxopt.passes.graph import constants_to_initializers
+from onnxopt.pruning.guard import FidelityFloor, guarded_prune
+from onnxopt.pruning.magnitude import (
+    WEIGHT_INPUTS,
+    MagnitudeConfig,
+    TensorCount,
+    add_counts,
+    new_report,
+    prunable,
+    smallest,
+    subgraph_skips,
+)
+from onnxopt.pruning.result import PruneResult
+from onnxopt.pruning.sparse_storage import (
+    MIN_OPSET,
+    decode_chain,
+    encoded_inits,
+    encoding,
+    shared_constants,
+)
+
+log = logging.getLogger(__name__)
+
+# Models whose files (graph and external data) are above this many bytes are pruned from the file.
+STREAM_BYTES = 256 * 2**20
+INLINE_LIMIT = 2**31 - 2**20  # as core.model.save_model: bigger outputs get external data (protobuf: 2 GB)
+_HI = 16  # bits of the first radix pass
+
+
+def streams(path: str | os.PathLike[str], model: ModelProto | None = None) -> bool:
+    """Whether the model at path (model: its graph, if loaded) is above STREAM_BYTES on disk:
+    big enough to be pruned from its file."""
+    return on_disk_size(path, model) > STREAM_BYTES
+
+
+def on_disk_size(path: str | os.PathLike[str], model: ModelProto | None = None) -> int:
+    """Bytes of a model file and of the external-data files its graph (model, if loaded) refers to."""
+    p = Path(path)
+    graph = model if model is not None else _graph_of(p)
+    names = {external_info(t).get("location", "") for t in graph.graph.initializer if is_external(t)}
+    return p.stat().st_size + sum((p.parent / n).stat().st_size for n in names if n and (p.parent / n).is_file())
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _field_len(n: int) -> int:
+    """Bytes of a length-delimited field with a one-byte tag and n bytes of payload."""
+    return 1 + _varint_len(n) + n
+
+
+def _inline_tensor_size(t: TensorProto) -> int:
+    """t.ByteSize() once its external data is read in: the data_location field (2 bytes) and the
+    external_data entries go, raw_data comes (every tag involved is one byte)."""
+    if not is_external(t):
+        return t.ByteSize()
+    entries = sum(_field_len(e.ByteSize()) for e in t.external_data)
+    return t.ByteSize() - 2 - entries + _field_len(int(external_info(t).get("length", 0)))
+
+
+def serialized_size(model: ModelProto) -> int:
+    """len(SerializeToString()) of the model with every external initializer of its main graph read
+    in, computed from the graph alone (nothing is read or copied)."""
+    g_now = model.graph.ByteSize()
+    g_inline = g_now + sum(_field_len(_inline_tensor_size(t)) - _field_len(t.ByteSize())
+                           for t in model.graph.initializer if is_external(t))
+    return model.ByteSize() - _field_len(g_now) + _field_len(g_inline)
+
+
+def _graph_of(path: Path) -> ModelProto:
+    """The model at path without its external data."""
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _remove(path: Path) -> None:
+    """Delete a model file and its external data (a new file gets a new inode: a session that
+    still maps the old one keeps it)."""
+    path.unlink(missing_ok=True)
+    data_file(path).unlink(missing_ok=True)
+
+
+@dataclass
+class _Source:
+    """The input model file: its graph (names given, weights not loaded), the graph with Constant
+    nodes moved into initializers, the candidate tensors, and the global mode's cached histogram."""
+
+    path: Path
+    model: ModelProto
+    config: MagnitudeConfig
+    moved_model: ModelProto = field(init=False)
+    moved: int = field(init=False)
+    chosen: dict[str, list[str]] = field(init=False)
+    skipped: list[dict] = field(init=False)
+    inits: dict[str, TensorProto] = field(init=False)
+    hist: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.moved_model, self.moved = constants_to_initializers(self.model)
+        self.chosen, self.skipped = prunable(self.moved_model, self.config)
+        self.skipped += subgraph_skips(self.moved_model, WEIGHT_INPUTS)
+        self.inits = {t.name: t for t in self.moved_model.graph.initializer}
+
+    def flat(self, name: str) -> np.ndarray:
+        """The values of initializer `name` as a writable flat array (read from its file)."""
+        return numpy_helper.to_array(self.inits[name], str(self.path.parent)).reshape(-1).copy()
+
+    def shape(self, name: str) -> list[int]:
+        return [int(d) for d in self.inits[name].dims]
+
+
+def _abs_bits(f: np.ndarray) -> np.ndarray:
+    """|f| as float32 bit patterns (uint32): they order like the values (NaN last)."""
+    return np.abs(f).astype(np.float32, copy=False).view(np.uint32)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The global mode's cut: zero every |w| < value, and `ties[name]` of the entries equal to it."""
+
+    value: int  # float32 bits
+    ties: dict[str, int]
+
+
+def _select(src: _Source, k: int) -> _Selection:
+    """The k smallest |w| over every candidate tensor (module doc: two histogram passes)."""
+    names = list(src.chosen)
+    if src.hist is None:
+        hist = np.zeros(1 << _HI, np.int64)
+        for nm in names:
+            hist += np.bincount(_abs_bits(src.flat(nm)) >> (32 - _HI), minlength=1 << _HI)
+        src.hist = hist
+    cum = np.cumsum(src.hist)
+    bucket = int(np.searchsorted(cum, k))  # first bucket whose running count reaches k
+    below = int(cum[bucket - 1]) if bucket else 0
+    low = np.zeros(1 << (32 - _HI), np.int64)
+    for nm in names:
+        bits = _abs_bits(src.flat(nm))
+        low += np.bincount(bits[(bits >> (32 - _HI)) == bucket] & ((1 << (32 - _HI)) - 1), minlength=1 << (32 - _HI))
+    cum_low = np.cumsum(low)
+    lo = int(np.searchsorted(cum_low, k - below))
+    value = (bucket << (32 - _HI)) | lo
+    need = k - below - (int(cum_low[lo - 1]) if lo else 0)
+    ties: dict[str, int] = {}
+    for nm in names:  # the entries equal to value, first come first zeroed
+        if need <= 0:
+            break
+        ties[nm] = min(need, int(np.count_nonzero(_abs_bits(src.flat(nm)) == value)))
+        need -= ties[nm]
+    return _Selection(value, ties)
+
+
+def _zero(f: np.ndarray, name: str, config: MagnitudeConfig, cut: _Selection | None) -> None:
+    """Zero the entries of one flat tensor the mode selects (as magnitude._zero_smallest does)."""
+    if config.threshold is not None:
+        f[np.abs(f) < config.threshold] = 0
+    elif cut is not None:
+        bits = _abs_bits(f)
+        below = bits < cut.value
+        if cut.ties.get(name):
+            below[np.flatnonzero(bits == cut.value)[:cut.ties[name]]] = True
+        f[below] = 0
+    else:
+        assert config.sparsity is not None
+        f[smallest(np.abs(f), int(round(config.sparsity * f.size)))] = 0
+
+
+def _cut(src: _Source, config: MagnitudeConfig) -> _Selection | None:
+    """The global mode's selection (None in the other modes, or when it zeroes nothing / everything)."""
+    if config.mode != "global" or not src.chosen:
+        return None
+    assert config.sparsity is not None
+    total = sum(int(np.prod(src.shape(nm))) for nm in src.chosen)
+    k = int(round(config.sparsity * total))
+    if k <= 0:
+        return _Selection(0, {})  # nothing is below 0
+    if k >= total:
+        return _Selection(0xFFFFFFFF, {nm: int(np.prod(src.shape(nm))) for nm in src.chosen})
+    return _select(src, k)
+
+
+def _write_pruned(src: _Source, config: MagnitudeConfig, dst: Path) -> list[TensorCount]:
+    """Write the pruned model to dst tensor by tensor; the counts of the candidate tensors."""
+    cut = _cut(src, config)
+    rows: dict[str, TensorCount] = {}
+
+    def tensors() -> Iterator[TensorProto]:
+        for t in src.moved_model.graph.initializer:
+            if t.name not in src.chosen:
+                yield t
+                continue
+            f = src.flat(t.name)
+            before = int(np.count_nonzero(f == 0))
+            _zero(f, t.name, config, cut)
+            row = TensorCount(t.name, src.chosen[t.name], src.shape(t.name), f.size, before, int(np.count_nonzero(f == 0)))
+            rows[t.name] = row
+            yield numpy_helper.from_array(f.reshape(row.shape), t.name) if row.zeros_after != before else t
+            del f
+
+    _remove(dst)
+    write_external(src.moved_model, dst, base_dir=src.path.parent, tensors=tensors())
+    return [rows[nm] for nm in src.chosen]  # in the in-memory path's order
+
+
+def _write_encoded(dense: Path, dst: Path) -> list[dict]:
+    """Write dense's model to dst with every mostly-zero initializer in the bitmask form
+    (sparse_storage.compress_initializers, tensor by tensor); the report rows ([]: none was worth it,
+    nothing written)."""
+    from onnxopt.core.errors import UnsupportedModelError
+    from onnxopt.core.model import default_opset
+
+    model = _graph_of(dense)
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"sparse storage needs ai.onnx opset >= {MIN_OPSET}; the model has opset {opset}: "
+            "re-export with a newer opset or drop --sparse-storage"
+        )
+    base = str(dense.parent)
+    inputs = {i.name for i in model.graph.input}
+    entries: dict[str, dict] = {}
+    for t in model.graph.initializer:
+        if t.name not in inputs and (e := encoding(t.name, numpy_helper.to_array(t, base), 0.1)) is not None:
+            entries[t.name] = e
+    if not entries:
+        return []
+    keep = [t for t in model.graph.initializer if t.name not in entries]
+    present = {t.name for t in keep}
+    shared = [t for t in shared_constants() if t.name not in present]
+    by_name = {t.name: t for t in model.graph.initializer}
+    out = ModelProto()
+    out.CopyFrom(model)  # the graph: weights are in dense's external data
+    old = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend([n for nm in entries for n in decode_chain(nm)] + old)
+
+    def tensors() -> Iterator[TensorProto]:
+        yield from keep
+        yield from shared
+        for nm in entries:
+            yield from encoded_inits(nm, numpy_helper.to_array(by_name[nm], base))
+
+    _remove(dst)
+    write_external(out, dst, base_dir=dense.parent, tensors=tensors())
+    return list(entries.values())
+
+
+def _candidate(src: _Source, config: MagnitudeConfig, work: Path, name: str) -> PruneResult:
+    """One pruned model written to `work/name` (+ `.data`): magnitude._prune_magnitude from a file."""
+    dst = work / name
+    report = new_report(config, list(src.skipped), src.moved, bool(src.chosen))
+    if not src.chosen and not config.sparse_storage:
+        return _original(src, dst, report, None)
+    dense = work / "dense" / name if config.sparse_storage else dst
+    dense.parent.mkdir(exist_ok=True)
+    rows = _write_pruned(src, config, dense)
+    modified = add_counts(report, rows)
+    encoded: list[dict] = []
+    if config.sparse_storage:
+        encoded = _write_encoded(dense, dst)
+        if not encoded:
+            _remove(dst)
+            os.replace(dense, dst)
+            os.replace(data_file(dense), data_file(dst))
+        _remove(dense)
+        modified = modified or bool(encoded)
+    if not modified:
+        return _original(src, dst, report, config.measure_gzip)
+    report["storage"] = _storage(src, dst, encoded, config.measure_gzip)
+    log.info("magnitude pruning (from the file): %d tensors, %s", len(rows), report["total"])
+    return PruneResult(_graph_of(dst), True, report, path=dst)
+
+
+def _original(src: _Source, dst: Path, report: dict, gzip: bool | None) -> PruneResult:
+    """The input model, unchanged (with its node names), written to dst: nothing was pruned;
+    report["storage"] is set unless gzip is None."""
+    _remove(dst)
+    write_external(src.model, dst, base_dir=src.path.parent)
+    if gzip is not None:
+        report["storage"] = _storage(src, dst, [], gzip)
+    return PruneResult(_graph_of(dst), False, report, path=dst)
+
+
+def _storage(src: _Source, dst: Path, encoded: list[dict], gzip: bool) -> dict:
+    """magnitude._storage from the files: serialized sizes computed from the graphs; gzip sizes
+    (asked for) need each model loaded and serialized once."""
+    from onnxopt.pruning.sparse_storage import model_sizes
+
+    before, after = serialized_size(src.model), serialized_size(_graph_of(dst))
+    gz_before = gz_after = None
+    if gzip:
+        gz_before = model_sizes(load_model(src.path)).gzip
+        gz_after = model_sizes(load_external(dst)).gzip
+    return {
+        "format": "bitmask" if encoded else "dense",
+        "encoded": encoded,
+        "size_before": before,
+        "size_after": after,
+        "size_ratio": after / before,
+        "gzip_before": gz_before,
+        "gzip_after": gz_after,
+        "gzip_ratio": gz_after / gz_before if gz_after is not None and gz_before else None,
+    }
+
+
+@contextlib.contextmanager
+def _workdir(beside: Path) -> Iterator[Path]:
+    """A private folder beside the output (same file system: the result is moved, not copied)."""
+    work = Path(tempfile.mkdtemp(prefix=".onnxopt-prune-", dir=beside.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prune_magnitude_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    config: MagnitudeConfig,
+    *,
+    model: ModelProto | None = None,
+    floor: FidelityFloor | None = None,
+    feed: Feed | None = None,
+    labels: np.ndarray | None = None,
+) -> PruneResult:
+    """prune_magnitude for a model file, written to dst, in bounded memory (module doc).
+
+    model: src's graph as already loaded (`load_model(src, load_external_data=False)`), else
+    loaded here. dst is written inline when it fits protobuf's 2 GB, else with `<dst>.data`
+    beside it; nothing is written when the floor raises GateFailedError. The returned
+    PruneResult has `path=dst` and its `model` is dst's graph without the weights (read them
+    from dst). src and its external data are only read.
+    """
+    src_path, out = Path(src), Path(dst)
+    graph = model if model is not None else load_model(src_path, load_external_data=False)
+    source = _Source(src_path, graph, config)
+    with _workdir(out) as work:
+
+        def prune(_: ModelProto, cfg: MagnitudeConfig) -> PruneResult:
+            return _candidate(source, cfg, work, out.name)
+
+        if floor is not None:
+            field_name = "threshold" if config.threshold is not None else "sparsity"
+            result = guarded_prune(graph, config, prune, field_name, floor, feed, labels, reference=src_path)
+        else:
+            result = prune(graph, config)
+        assert result.path is not None
+        _place(result.path, out)
+    return PruneResult(result.model, result.modified, result.report, path=out)
+
+
+def _place(work: Path, dst: Path) -> None:
+    """Move the final candidate to dst: its files renamed when it is above INLINE_LIMIT, else
+    written inline by write_inline (atomically: a temporary file renamed onto dst)."""
+    graph = _graph_of(work)
+    if serialized_size(graph) > INLINE_LIMIT:
+        os.replace(data_file(work), data_file(dst))
+        os.replace(work, dst)
+        return
+    tmp = work.with_name(work.name + ".inline")
+    write_inline(graph, work.parent, tmp)
+    os.replace(tmp, dst)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _split(msg: Any, number: int) -> tuple[bytes, bytes]:
+    """msg serialized without field `number`, as (the fields numbered below it, those above):
+    protobuf writes fields in number order, so pre + <field number> + post is msg's serialization."""
+    pre, post = type(msg)(), type(msg)()
+    pre.CopyFrom(msg)
+    post.CopyFrom(msg)
+    for fd, _ in msg.ListFields():
+        if fd.number >= number:
+            pre.ClearField(fd.name)
+        if fd.number <= number:
+            post.ClearField(fd.name)
+    return pre.SerializeToString(), post.SerializeToString()
+
+
+_CHUNK = 64 * 2**20
+
+
+def write_inline(model: ModelProto, base_dir: Path, path: Path) -> None:
+    """Write model (main-graph initializers in external data under base_dir) to path as one file
+    with every weight inline, byte for byte what `load_external(...).SerializeToString()` gives,
+    streaming each tensor's bytes from its file: memory is a few copies of the graph (its
+    weights stay in their files) and a 64 MiB buffer."""
+    model_pre, model_post = _split(model, 7)  # ModelProto.graph = 7 (the weights are not in the copies)
+    graph_pre, graph_post = _split(model.graph, 5)  # GraphProto.initializer = 5
+    parts: list[tuple[bytes, bytes, TensorProto]] = []  # per tensor: fields before raw_data (9), after, the tensor
+    for t in model.graph.initializer:
+        if not is_external(t):
+            parts.append((t.SerializeToString(), b"", t))
+            continue
+        bare = TensorProto()
+        bare.CopyFrom(t)
+        bare.ClearField("external_data")
+        bare.ClearField("data_location")
+        parts.append((*_split(bare, 9), t))
+    sizes = [len(a) + len(b) + (_field_len(int(external_info(t)["length"])) if is_external(t) else 0)
+             for a, b, t in parts]
+    graph_len = len(graph_pre) + len(graph_post) + sum(_field_len(n) for n in sizes)
+    with open(path, "wb") as f:
+        f.write(model_pre + b"\x3a" + _varint(graph_len) + graph_pre)
+        for (pre, post, t), n in zip(parts, sizes):
+            f.write(b"\x2a" + _varint(n) + pre)
+            if is_external(t):
+                info = external_info(t)
+                length = int(info["length"])
+                f.write(b"\x4a" + _varint(length))
+                with open(base_dir / info["location"], "rb") as src:
+                    src.seek(int(info.get("offset", 0)))
+                    for done in range(0, length, _CHUNK):
+                        f.write(src.read(min(_CHUNK, length - done)))
+            f.write(post)
+        f.write(graph_post + model_post)
+        f.flush()
+        os.fsync(f.fileno())
