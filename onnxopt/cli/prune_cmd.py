@@ -163,8 +163,8 @@ def _validate(proto: Any, path: Path, from_file: bool) -> None:
             for s in specs
         ):
             run(sess, synthesize_feed(proto, batch=1))
-    except InvalidModelError as e:
-        raise InvalidModelError(f"{path}: {e}") from e
+    except InvalidModelError as e:  # checked from the file: the message names it already
+        raise InvalidModelError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
 
 
 def _accuracy(proto: Any, before: Any, after: Any, data: Path) -> dict[str, float | None]:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
@@ -103,19 +104,21 @@ def _sizeof(t: TensorProto) -> int:
 
 def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold: int = 1024,
                    base_dir: str | os.PathLike[str] | None = None,
-                   tensors: Iterable[TensorProto] | None = None) -> Path:
+                   tensors: Iterable[TensorProto | tuple[TensorProto, np.ndarray]] | None = None) -> Path:
     """Write model to path, initializers of threshold bytes or more into `<path name>.data`; returns
     the data file. model is not modified; base_dir resolves initializers already in external data;
     tensors, when given, are written as the initializers instead of model's (e.g. a generator
-    that makes them one at a time)."""
+    that makes them one at a time); a (header, array) pair is written as header (name, data_type,
+    dims) with the array's bytes as its data, external whatever its size (no protobuf copy)."""
     out = Path(path)
     data = out.with_name(out.name + ".data")
     base = Path(base_dir) if base_dir is not None else None
     graph = onnx.GraphProto()
     _copy_fields(model.graph, graph, skip="initializer")
     with open(data, "wb") as f:
-        for t in model.graph.initializer if tensors is None else tensors:
-            if _sizeof(t) < threshold or t.data_type == TensorProto.STRING:  # strings: no external data in ONNX
+        for item in model.graph.initializer if tensors is None else tensors:
+            t, values = item if isinstance(item, tuple) else (item, None)
+            if values is None and (_sizeof(t) < threshold or t.data_type == TensorProto.STRING):  # strings: inline
                 graph.initializer.add().CopyFrom(t)
                 continue
             new = graph.initializer.add()
@@ -125,7 +128,7 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
             offset = -f.tell() % ALIGN
             f.write(b"\0" * offset)
             start = f.tell()
-            blob = _tensor_bytes(t, base)
+            blob = _tensor_bytes(t, base) if values is None else np.ascontiguousarray(values).reshape(-1).view(np.uint8).data
             f.write(blob)
             new.data_location = TensorProto.EXTERNAL
             for key, value in (("location", data.name), ("offset", str(start)), ("length", str(len(blob)))):

@@ -71,10 +71,12 @@ from onnxopt.pruning.sparse_storage import (
 
 log = logging.getLogger(__name__)
 
-# Models whose files (graph and external data) are above this many bytes are pruned from the file.
-STREAM_BYTES = 256 * 2**20
+# Models whose files (graph and external data) are above this many bytes are pruned from the file
+# (the result is the same, byte for byte; below it the in-memory path costs little).
+STREAM_BYTES = 16 * 2**20
 INLINE_LIMIT = 2**31 - 2**20  # as core.model.save_model: bigger outputs get external data (protobuf: 2 GB)
 _HI = 16  # bits of the first radix pass
+_PLAIN: dict[int, np.dtype] = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"), TensorProto.DOUBLE: np.dtype("<f8")}
 
 
 def streams(path: str | os.PathLike[str], model: ModelProto | None = None) -> bool:
@@ -153,7 +155,15 @@ class _Source:
 
     def flat(self, name: str) -> np.ndarray:
         """The values of initializer `name` as a writable flat array (read from its file)."""
-        return numpy_helper.to_array(self.inits[name], str(self.path.parent)).reshape(-1).copy()
+        t = self.inits[name]
+        dtype = _PLAIN.get(t.data_type)
+        if is_external(t) and dtype is not None:  # one read straight into the array
+            info = external_info(t)
+            n = int(np.prod(self.shape(name)))
+            f = np.fromfile(self.path.parent / info["location"], dtype=dtype, count=n, offset=int(info.get("offset", 0)))
+            if f.size == n:
+                return f
+        return numpy_helper.to_array(t, str(self.path.parent)).reshape(-1).copy()
 
     def shape(self, name: str) -> list[int]:
         return [int(d) for d in self.inits[name].dims]
@@ -234,7 +244,7 @@ def _write_pruned(src: _Source, config: MagnitudeConfig, dst: Path) -> list[Tens
     cut = _cut(src, config)
     rows: dict[str, TensorCount] = {}
 
-    def tensors() -> Iterator[TensorProto]:
+    def tensors() -> Iterator[TensorProto | tuple[TensorProto, np.ndarray]]:
         for t in src.moved_model.graph.initializer:
             if t.name not in src.chosen:
                 yield t
@@ -244,7 +254,12 @@ def _write_pruned(src: _Source, config: MagnitudeConfig, dst: Path) -> list[Tens
             _zero(f, t.name, config, cut)
             row = TensorCount(t.name, src.chosen[t.name], src.shape(t.name), f.size, before, int(np.count_nonzero(f == 0)))
             rows[t.name] = row
-            yield numpy_helper.from_array(f.reshape(row.shape), t.name) if row.zeros_after != before else t
+            if row.zeros_after == before:
+                yield t
+            elif f.nbytes < 1024:  # write_external's threshold: stays inline
+                yield numpy_helper.from_array(f.reshape(row.shape), t.name)
+            else:  # the header as from_array makes it, the values written straight from the array
+                yield TensorProto(name=t.name, data_type=t.data_type, dims=row.shape), f
             del f
 
     _remove(dst)
