@@ -20,8 +20,9 @@ from onnxopt.core.external import load_external, write_external
 from onnxopt.core.model import load_model
 from onnxopt.core.runtime import create_session
 from onnxopt.pruning import magnitude, streamed
+from onnxopt.pruning.inline_file import serialized_size, write_inline
 from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
-from onnxopt.pruning.streamed import prune_magnitude_file, serialized_size, write_inline
+from onnxopt.pruning.streamed import prune_magnitude_file
 from tests.conftest import make_convnet
 
 
@@ -130,7 +131,19 @@ def test_write_inline_and_serialized_size_match_protobuf(tmp_path: Path) -> None
     write_inline(graph, tmp_path, tmp_path / "inline.onnx")
     full = load_external(src)
     assert (tmp_path / "inline.onnx").read_bytes() == full.SerializeToString()
-    assert serialized_size(graph) == full.ByteSize()
+    assert serialized_size(graph, tmp_path) == full.ByteSize()
+    # the last tensor of the data file without its `length` (optional in ONNX: to the end of the file)
+    last = max((t for t in graph.graph.initializer if t.external_data),
+               key=lambda t: int({e.key: e.value for e in t.external_data}["offset"]))
+    kept = [(e.key, e.value) for e in last.external_data if e.key != "length"]
+    del last.external_data[:]
+    for key, value in kept:
+        last.external_data.add(key=key, value=value)
+    onnx.save(graph, str(src))
+    graph = onnx.load(str(src), load_external_data=False)
+    write_inline(graph, tmp_path, tmp_path / "inline.onnx")
+    assert (tmp_path / "inline.onnx").read_bytes() == full.SerializeToString()
+    assert serialized_size(graph, tmp_path) == full.ByteSize()
 
 
 def _not_called(*args: object, **kwargs: object) -> None:

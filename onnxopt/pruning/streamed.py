@@ -2,25 +2,19 @@
 
 `prune_magnitude` (onnxopt.pruning.magnitude) works on a ModelProto with every weight loaded and
 copies the weights several times per candidate (on an 8-layer 512 MiB MLP: 4.7 GB peak RSS).
-Here the model is read as its graph (weights stay in their file), every candidate the fidelity
-floor measures is written to a work file tensor by tensor (read one tensor, zero its smallest
-entries, write it, drop it), onnxruntime loads candidates from their files, and the last
-candidate becomes the output: inline up to 2 GB (loaded once and serialized, as `save_model`
-writes), else with `<output>.data` beside it. Memory: the graph, one tensor and its
-temporaries (argpartition's int64 indices: about 4x a tensor), and onnxruntime's copy of the
-weights while a candidate is measured; time: a constant number of reads and writes per
-candidate (at most 1 + steps + 1 candidates).
+Here the model is read as its graph (weights stay in their file); every candidate the fidelity
+floor measures is written to a work folder beside the output tensor by tensor (read one weight,
+zero its smallest entries, write it, drop it) and onnxruntime loads it from there; the last
+candidate becomes the output: streamed into one inline file up to 2 GB (inline_file.write_inline,
+the bytes `save_model` would write), else renamed with its `<output>.data`. Memory: the graph,
+one tensor and its temporaries (argpartition's int64 indices: about 4x the tensor), and
+onnxruntime's copy of the weights while a candidate is measured. Time: a fixed number of reads
+and writes of the weights per candidate (at most 1 + steps + 1 candidates).
 
-Per tensor and threshold modes zero exactly what the in-memory path zeroes (same argpartition on
-the same array: the same bytes). The global mode needs the k-th smallest |w| over all N
-candidate entries (k = round(s N)) without concatenating them: a radix selection on the bit
-patterns of |w| as float32 (non-negative floats order like their bits read as uint32, NaN last).
-Pass 1 sums a 65536-bin histogram of the top 16 bits over the tensors (cached: it does not depend
-on s), which names the bucket b holding the k-th entry; pass 2 histograms the low 16 bits of the
-entries in bucket b, which gives the k-th value v exactly and c = #{|w| < v}. Every |w| < v is
-zeroed, and of the entries equal to v the first k - c in tensor order, then row-major order:
-exactly k in total, as in memory (where ties at v are broken in argpartition's own order, the
-only case where the two paths can zero different entries).
+Per tensor and threshold modes zero what the in-memory path zeroes (the same argpartition on the
+same array); the global mode selects the k smallest over all tensors with onnxopt.pruning.selection
+(the same entries unless several share the k-th magnitude). The written model is the in-memory
+path's, byte for byte (tests/test_prune_big.py).
 """
 
 from __future__ import annotations
@@ -33,7 +27,6 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -50,6 +43,7 @@ from onnxopt.core.feeds import Feed
 from onnxopt.core.model import load_model
 from onnxopt.passes.graph import constants_to_initializers
 from onnxopt.pruning.guard import FidelityFloor, guarded_prune
+from onnxopt.pruning.inline_file import serialized_size, write_inline
 from onnxopt.pruning.magnitude import (
     WEIGHT_INPUTS,
     MagnitudeConfig,
@@ -61,6 +55,7 @@ from onnxopt.pruning.magnitude import (
     subgraph_skips,
 )
 from onnxopt.pruning.result import PruneResult
+from onnxopt.pruning.selection import Cut, high_histogram, smallest_cut
 from onnxopt.pruning.sparse_storage import (
     MIN_OPSET,
     decode_chain,
@@ -75,8 +70,8 @@ log = logging.getLogger(__name__)
 # (the result is the same, byte for byte; below it the in-memory path costs little).
 STREAM_BYTES = 16 * 2**20
 INLINE_LIMIT = 2**31 - 2**20  # as core.model.save_model: bigger outputs get external data (protobuf: 2 GB)
-_HI = 16  # bits of the first radix pass
-_PLAIN: dict[int, np.dtype] = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"), TensorProto.DOUBLE: np.dtype("<f8")}
+_PLAIN: dict[int, np.dtype] = {  # read straight from the file
+    TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"), TensorProto.DOUBLE: np.dtype("<f8")}
 
 
 def streams(path: str | os.PathLike[str], model: ModelProto | None = None) -> bool:
@@ -91,33 +86,6 @@ def on_disk_size(path: str | os.PathLike[str], model: ModelProto | None = None) 
     graph = model if model is not None else _graph_of(p)
     names = {external_info(t).get("location", "") for t in graph.graph.initializer if is_external(t)}
     return p.stat().st_size + sum((p.parent / n).stat().st_size for n in names if n and (p.parent / n).is_file())
-
-
-def _varint_len(n: int) -> int:
-    return max(1, (n.bit_length() + 6) // 7)
-
-
-def _field_len(n: int) -> int:
-    """Bytes of a length-delimited field with a one-byte tag and n bytes of payload."""
-    return 1 + _varint_len(n) + n
-
-
-def _inline_tensor_size(t: TensorProto) -> int:
-    """t.ByteSize() once its external data is read in: the data_location field (2 bytes) and the
-    external_data entries go, raw_data comes (every tag involved is one byte)."""
-    if not is_external(t):
-        return t.ByteSize()
-    entries = sum(_field_len(e.ByteSize()) for e in t.external_data)
-    return t.ByteSize() - 2 - entries + _field_len(int(external_info(t).get("length", 0)))
-
-
-def serialized_size(model: ModelProto) -> int:
-    """len(SerializeToString()) of the model with every external initializer of its main graph read
-    in, computed from the graph alone (nothing is read or copied)."""
-    g_now = model.graph.ByteSize()
-    g_inline = g_now + sum(_field_len(_inline_tensor_size(t)) - _field_len(t.ByteSize())
-                           for t in model.graph.initializer if is_external(t))
-    return model.ByteSize() - _field_len(g_now) + _field_len(g_inline)
 
 
 def _graph_of(path: Path) -> ModelProto:
@@ -169,74 +137,32 @@ class _Source:
         return [int(d) for d in self.inits[name].dims]
 
 
-def _abs_bits(f: np.ndarray) -> np.ndarray:
-    """|f| as float32 bit patterns (uint32): they order like the values (NaN last)."""
-    return np.abs(f).astype(np.float32, copy=False).view(np.uint32)
-
-
-@dataclass(frozen=True)
-class _Selection:
-    """The global mode's cut: zero every |w| < value, and `ties[name]` of the entries equal to it."""
-
-    value: int  # float32 bits
-    ties: dict[str, int]
-
-
-def _select(src: _Source, k: int) -> _Selection:
-    """The k smallest |w| over every candidate tensor (module doc: two histogram passes)."""
-    names = list(src.chosen)
-    if src.hist is None:
-        hist = np.zeros(1 << _HI, np.int64)
-        for nm in names:
-            hist += np.bincount(_abs_bits(src.flat(nm)) >> (32 - _HI), minlength=1 << _HI)
-        src.hist = hist
-    cum = np.cumsum(src.hist)
-    bucket = int(np.searchsorted(cum, k))  # first bucket whose running count reaches k
-    below = int(cum[bucket - 1]) if bucket else 0
-    low = np.zeros(1 << (32 - _HI), np.int64)
-    for nm in names:
-        bits = _abs_bits(src.flat(nm))
-        low += np.bincount(bits[(bits >> (32 - _HI)) == bucket] & ((1 << (32 - _HI)) - 1), minlength=1 << (32 - _HI))
-    cum_low = np.cumsum(low)
-    lo = int(np.searchsorted(cum_low, k - below))
-    value = (bucket << (32 - _HI)) | lo
-    need = k - below - (int(cum_low[lo - 1]) if lo else 0)
-    ties: dict[str, int] = {}
-    for nm in names:  # the entries equal to value, first come first zeroed
-        if need <= 0:
-            break
-        ties[nm] = min(need, int(np.count_nonzero(_abs_bits(src.flat(nm)) == value)))
-        need -= ties[nm]
-    return _Selection(value, ties)
-
-
-def _zero(f: np.ndarray, name: str, config: MagnitudeConfig, cut: _Selection | None) -> None:
+def _zero(f: np.ndarray, name: str, config: MagnitudeConfig, cut: Cut | None) -> None:
     """Zero the entries of one flat tensor the mode selects (as magnitude._zero_smallest does)."""
     if config.threshold is not None:
         f[np.abs(f) < config.threshold] = 0
     elif cut is not None:
-        bits = _abs_bits(f)
-        below = bits < cut.value
-        if cut.ties.get(name):
-            below[np.flatnonzero(bits == cut.value)[:cut.ties[name]]] = True
-        f[below] = 0
+        cut.apply(f, name)
     else:
         assert config.sparsity is not None
         f[smallest(np.abs(f), int(round(config.sparsity * f.size)))] = 0
 
 
-def _cut(src: _Source, config: MagnitudeConfig) -> _Selection | None:
-    """The global mode's selection (None in the other modes, or when it zeroes nothing / everything)."""
+def _cut(src: _Source, config: MagnitudeConfig) -> Cut | None:
+    """The global mode's cut (onnxopt.pruning.selection); None in the other modes."""
     if config.mode != "global" or not src.chosen:
         return None
     assert config.sparsity is not None
-    total = sum(int(np.prod(src.shape(nm))) for nm in src.chosen)
+    names = list(src.chosen)
+    total = sum(int(np.prod(src.shape(nm))) for nm in names)
     k = int(round(config.sparsity * total))
     if k <= 0:
-        return _Selection(0, {})  # nothing is below 0
+        return Cut(0, {})  # nothing is below 0
     if k >= total:
-        return _Selection(0xFFFFFFFF, {nm: int(np.prod(src.shape(nm))) for nm in src.chosen})
-    return _select(src, k)
+        return Cut(0xFFFFFFFF, {nm: int(np.prod(src.shape(nm))) for nm in names})
+    if src.hist is None:  # the same for every sparsity tried
+        src.hist = high_histogram(src.flat(nm) for nm in names)
+    return smallest_cut(names, src.flat, k, src.hist)
 
 
 def _write_pruned(src: _Source, config: MagnitudeConfig, dst: Path) -> list[TensorCount]:
@@ -351,7 +277,7 @@ def _storage(src: _Source, dst: Path, encoded: list[dict], gzip: bool) -> dict:
     (asked for) need each model loaded and serialized once."""
     from onnxopt.pruning.sparse_storage import model_sizes
 
-    before, after = serialized_size(src.model), serialized_size(_graph_of(dst))
+    before, after = serialized_size(src.model, src.path.parent), serialized_size(_graph_of(dst), dst.parent)
     gz_before = gz_after = None
     if gzip:
         gz_before = model_sizes(load_model(src.path)).gzip
@@ -418,74 +344,10 @@ def _place(work: Path, dst: Path) -> None:
     """Move the final candidate to dst: its files renamed when it is above INLINE_LIMIT, else
     written inline by write_inline (atomically: a temporary file renamed onto dst)."""
     graph = _graph_of(work)
-    if serialized_size(graph) > INLINE_LIMIT:
+    if serialized_size(graph, work.parent) > INLINE_LIMIT:
         os.replace(data_file(work), data_file(dst))
         os.replace(work, dst)
         return
     tmp = work.with_name(work.name + ".inline")
     write_inline(graph, work.parent, tmp)
     os.replace(tmp, dst)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _split(msg: Any, number: int) -> tuple[bytes, bytes]:
-    """msg serialized without field `number`, as (the fields numbered below it, those above):
-    protobuf writes fields in number order, so pre + <field number> + post is msg's serialization."""
-    pre, post = type(msg)(), type(msg)()
-    pre.CopyFrom(msg)
-    post.CopyFrom(msg)
-    for fd, _ in msg.ListFields():
-        if fd.number >= number:
-            pre.ClearField(fd.name)
-        if fd.number <= number:
-            post.ClearField(fd.name)
-    return pre.SerializeToString(), post.SerializeToString()
-
-
-_CHUNK = 64 * 2**20
-
-
-def write_inline(model: ModelProto, base_dir: Path, path: Path) -> None:
-    """Write model (main-graph initializers in external data under base_dir) to path as one file
-    with every weight inline, byte for byte what `load_external(...).SerializeToString()` gives,
-    streaming each tensor's bytes from its file: memory is a few copies of the graph (its
-    weights stay in their files) and a 64 MiB buffer."""
-    model_pre, model_post = _split(model, 7)  # ModelProto.graph = 7 (the weights are not in the copies)
-    graph_pre, graph_post = _split(model.graph, 5)  # GraphProto.initializer = 5
-    parts: list[tuple[bytes, bytes, TensorProto]] = []  # per tensor: fields before raw_data (9), after, the tensor
-    for t in model.graph.initializer:
-        if not is_external(t):
-            parts.append((t.SerializeToString(), b"", t))
-            continue
-        bare = TensorProto()
-        bare.CopyFrom(t)
-        bare.ClearField("external_data")
-        bare.ClearField("data_location")
-        parts.append((*_split(bare, 9), t))
-    sizes = [len(a) + len(b) + (_field_len(int(external_info(t)["length"])) if is_external(t) else 0)
-             for a, b, t in parts]
-    graph_len = len(graph_pre) + len(graph_post) + sum(_field_len(n) for n in sizes)
-    with open(path, "wb") as f:
-        f.write(model_pre + b"\x3a" + _varint(graph_len) + graph_pre)
-        for (pre, post, t), n in zip(parts, sizes):
-            f.write(b"\x2a" + _varint(n) + pre)
-            if is_external(t):
-                info = external_info(t)
-                length = int(info["length"])
-                f.write(b"\x4a" + _varint(length))
-                with open(base_dir / info["location"], "rb") as src:
-                    src.seek(int(info.get("offset", 0)))
-                    for done in range(0, length, _CHUNK):
-                        f.write(src.read(min(_CHUNK, length - done)))
-            f.write(post)
-        f.write(graph_post + model_post)
-        f.flush()
-        os.fsync(f.fileno())
