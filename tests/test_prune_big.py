@@ -170,7 +170,7 @@ def test_cli_from_file_with_the_floor_writes_what_the_in_memory_path_writes(
     mem, got = json.loads(text), json.loads(text2)
     assert (tmp_path / "file.onnx").read_bytes() == (tmp_path / "mem.onnx").read_bytes()
     assert got["fidelity"]["tried"] == mem["fidelity"]["tried"] and got["fidelity"]["checked"]
-    assert got["total"] == mem["total"]
+    assert got["total"] == mem["total"] and got["input_file_size"] == mem["input_file_size"] > src.stat().st_size
     assert _digest(src, src.with_name("in.onnx.data")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.onnx", "in.onnx", "in.onnx.data", "mem.onnx"]
 
@@ -215,7 +215,9 @@ def test_output_above_the_inline_limit_gets_external_data(tmp_path: Path, monkey
     a = create_session(tmp_path / "out.onnx", custom_ops=False).run(None, {"input": x})[0]
     b = create_session(expected, custom_ops=False).run(None, {"input": x})[0]
     np.testing.assert_array_equal(a, b)
-    assert json.loads(text)["output_file_size"] == sum(p.stat().st_size for p in tmp_path.glob("out.onnx*"))
+    report = json.loads(text)
+    assert report["output_file_size"] == sum(p.stat().st_size for p in tmp_path.glob("out.onnx*"))
+    assert report["input_file_size"] == sum(p.stat().st_size for p in tmp_path.glob("in.onnx*"))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float64", "bfloat16"])

@@ -133,7 +133,7 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
                                            result.path if from_file else result.model, data)
         if not from_file:
             outputs.model(output, result.model)
-    report["input_file_size"] = on_disk_size(model, proto)
+    report["input_file_size"] = on_disk_size(model, proto if from_file else None)  # with its external data
     report["output_file_size"] = output.stat().st_size + (data_file(output).stat().st_size
                                                           if data_file(output).is_file() else 0)
     report["output"] = str(output)
