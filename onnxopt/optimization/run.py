@@ -21,6 +21,7 @@ from onnx import ModelProto, StringStringEntryProto
 
 from onnxopt.core import progress as progress_channel
 from onnxopt.core.errors import GateFailedError
+from onnxopt.core.external import initializers_only, loaded_sha256, loaded_size, uses_external
 from onnxopt.core.feeds import Feed, feed_samples, first_batch, synthesize_feed
 from onnxopt.core.model import (
     batch_axes,
@@ -47,7 +48,7 @@ from onnxopt.optimization.decisions import (
     replay_specs,
 )
 from onnxopt.optimization.recipe import PassSpec, Recipe
-from onnxopt.optimization.store import StageStore, load_full
+from onnxopt.optimization.store import KEEP_BYTES, StageStore, load_full
 from onnxopt.optimization.types import (
     GATE_FAILED_KEY,
     RECIPE_KEY,
@@ -291,10 +292,18 @@ def _decide(
 
 
 def _put_input(store: StageStore, source: Path) -> tuple[ModelProto, str, int, tuple[Path, Callable[[], ModelProto]]]:
-    """Load the model file (core.model.load_model, as the CLI always did), hash it and write it into
-    the store as the input stage: (what the store kept of it, its model_sha256, its size, (its
+    """Hash the model file as loaded (core.model.load_model, as the CLI always did) and write it
+    into the store as the input stage: (what the store kept of it, its model_sha256, its size, (its
     file, how Pipeline.run loads it again for the first pass)). Only the kept proto (the graph, for
-    a big model) outlives this call."""
+    a big model) outlives this call. A model above KEEP_BYTES with its weights in external data
+    is not loaded whole: hash and size are computed from its graph and files tensor by tensor
+    (core.external.loaded_sha256: the same hash; protobuf cannot serialize a model above 2 GB)."""
+    graph = load_model(source, load_external_data=False)
+    if uses_external(graph) and initializers_only(graph) and loaded_size(graph, source.parent) > KEEP_BYTES:
+        sha, size = loaded_sha256(graph, source.parent), loaded_size(graph, source.parent)
+        path, kept = store.put_graph(graph, source.parent, "input")
+        return kept, sha, size, (path, lambda: load_model(source))
+    del graph
     full = load_model(source)
     sha, size = model_sha256(full), full.ByteSize()
     path, kept = store.put(full, "input")

@@ -15,7 +15,14 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.core.external import LARGE, load_external, needs_file, write_external
+from onnxopt.core.external import (
+    LARGE,
+    data_file,
+    load_external,
+    loaded_size,
+    needs_file,
+    write_external,
+)
 from onnxopt.core.feeds import Feed, first_batch
 from onnxopt.core.files import scratch_cwd
 from onnxopt.core.model import (
@@ -246,12 +253,16 @@ def _skip_torch_import() -> None:
     sys.modules["onnxruntime.tools"] = importlib.util.module_from_spec(spec)
 
 
-def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimized: bool = False) -> list[Prepared]:
+def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimized: bool = False,
+            path: Path | None = None) -> list[Prepared]:
     """Float starting points in order of preference: quant_pre_process output, then constants folded only.
 
     The folded model is onnxruntime's basic (portable) graph optimization of the input: constant
     folding, redundant node removal. graph_optimized: the input already is that (an optimize_graph
     stage ran just before), so it is used as it is rather than optimized a second time.
+    path: `model` is the graph of this file, whose weights stay there (a big model, see
+    quantization.api): onnxruntime optimizes the file into the work directory and no variant's
+    weights are ever held in memory.
     """
     _skip_torch_import()
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -263,11 +274,14 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
         log.info("moved %d Constant node(s) into initializers before quantizing", moved)
     notes.extend(subgraph_notes(model, COMPUTE_OPS, "left in float (onnxruntime's quantizer does not enter "
                                                    "If/Loop/Scan subgraphs)"))
-    folded = _opsets_pruned(model) if graph_optimized else ort_optimize(model, "basic")
-    name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
-    # Weights in external data beside the file: the variants hold graphs only (not a copy of the model each).
-    folded_prep = _prepared("folded", folded, workdir / "float_folded.onnx")
-    del folded
+    if path is not None:
+        folded_prep = _folded_from_file(model, path, workdir, moved=bool(moved), graph_optimized=graph_optimized)
+    else:
+        folded = _opsets_pruned(model) if graph_optimized else ort_optimize(model, "basic")
+        name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
+        # Weights in external data beside the file: the variants hold graphs only (not a copy of the model each).
+        folded_prep = _prepared("folded", folded, workdir / "float_folded.onnx")
+        del folded
     folded_path = folded_prep.path
     variants: list[Prepared] = []
     pre_path = workdir / "float_preprocessed.onnx"
@@ -298,6 +312,58 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
                 notes.append(f"quant_pre_process failed ({_short(e)}); quantizing the constant-folded model")
     variants.append(folded_prep)
     return variants
+
+
+def _folded_from_file(graph: ModelProto, path: Path, workdir: Path, *, moved: bool, graph_optimized: bool) -> Prepared:
+    """prepare()'s folded variant of the model at path (graph: its graph, Constant nodes moved
+    when `moved`), never loaded with its weights: onnxruntime reads the file and writes the
+    optimized model into the work directory with its weights in external data; the graph is then
+    named and its unused opset imports dropped as ort_optimize does. graph_optimized: the file is
+    used as it is (a new file only when the graph changed)."""
+    out = workdir / "float_folded.onnx"
+    if graph_optimized:
+        pruned = _opsets_pruned(graph)
+        name_nodes(pruned)
+        if pruned is graph and not moved:
+            return Prepared("folded", path, graph, size=loaded_size(graph, path.parent), big=True)
+        write_external(pruned, out, base_dir=path.parent)
+        return Prepared("folded", out, onnx.load(str(out), load_external_data=False),
+                        size=loaded_size(pruned, path.parent), big=True)
+    src = path
+    if moved:  # the graph to optimize differs from the file's: written beside the output, weights copied
+        src = workdir / "float_start.onnx"
+        write_external(graph, src, base_dir=path.parent)
+    ort_optimize_file(src, out, graph, "basic")
+    if src != path:
+        src.unlink()
+        data_file(src).unlink(missing_ok=True)
+    folded = onnx.load(str(out), load_external_data=False)
+    name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
+    out.write_bytes(folded.SerializeToString())  # the graph only: the weights stay in its data file
+    return Prepared("folded", out, folded, size=loaded_size(folded, workdir), big=True)
+
+
+def ort_optimize_file(src: Path, out: Path, graph: ModelProto, level: str = "basic") -> None:
+    """passes.graph.ort_optimize from file to file: onnxruntime reads src (graph: its graph) and
+    writes the model optimized at `level` to out, weights in `<out name>.data`; unused opset
+    imports dropped and the input's identity (producer, metadata) kept, as ort_optimize does.
+    Raises InvalidModelError when onnxruntime cannot load the model."""
+    import onnxruntime as ort
+
+    from onnxopt.core.runtime import needs_custom_ops, session_options
+    from onnxopt.passes.graph import _copy_model_info
+
+    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(graph)))
+    so.optimized_model_filepath = str(out)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file(out).name)
+    try:
+        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {_short(e)}") from e
+    result = onnx.load(str(out), load_external_data=False)
+    prune_opset_imports(result)
+    _copy_model_info(graph, result)
+    out.write_bytes(result.SerializeToString())
 
 
 def _opsets_pruned(model: ModelProto) -> ModelProto:

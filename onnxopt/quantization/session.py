@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import ModelProto
 
-from onnxopt.core.external import data_file, write_external
-from onnxopt.core.model import op_histogram
+from onnxopt.core.external import data_file, same_computation, write_external
+from onnxopt.core.model import copy_model, op_histogram
 from onnxopt.quantization.calibration import (
     CalibrationSource,
 )
@@ -36,19 +38,69 @@ log = logging.getLogger(__name__)
 KEEP_BYTES = 16 * 2**20  # candidates above this size are kept in a file, not in memory
 
 
+@dataclass(frozen=True)
+class InputModel:
+    """The model quantize() was given, as its sessions and report see it.
+
+    graph: the model with every node named: the whole model, or in file mode (a big model) its
+    graph only; source: what sessions load (the model, or its file); size: the whole model's
+    serialized size; path: file mode: the file the quantizer starts from (named nodes, weights in
+    external data), else None; load: the whole model (a fresh copy), for when it is returned.
+    """
+
+    graph: ModelProto
+    source: ModelProto | Path
+    size: int
+    path: Path | None
+    load: Callable[[], ModelProto]
+
+    @staticmethod
+    def in_memory(model: ModelProto) -> InputModel:
+        """A model held whole (named already): sessions load the proto."""
+        return InputModel(model, model, model_size(model), None, lambda: copy_model(model))
+
+
 class QuantSession:
-    """Shared state of one quantize() call: prepared models, evaluator, work directory, notes."""
+    """Shared state of one quantize() call: prepared models, evaluator, work directory, notes.
+
+    original: the input's graph (InputModel.graph); input_source / input_size / input_model():
+    the input for sessions, its size, and the whole model to return (InputModel)."""
 
     def __init__(self, original: ModelProto, variants: list[Prepared], source: CalibrationSource | None,
-                 evaluator: Evaluator, workdir: Path, notes: list[str]) -> None:
+                 evaluator: Evaluator, workdir: Path, notes: list[str], given: InputModel | None = None) -> None:
         self.original = original
         self.variants = variants
         self.source = source
         self.evaluator = evaluator
         self.workdir = workdir
         self.notes = notes
+        self.given = given or InputModel.in_memory(original)
         self._hist_before = quant_ops_in(original)
         self._count = 0
+        self._float_is_input: bool | None = None
+
+    @property
+    def input_source(self) -> ModelProto | Path:
+        """The input for a session: the proto, or in file mode its file."""
+        return self.given.source
+
+    @property
+    def input_size(self) -> int:
+        """The input's model_size(), without loading it."""
+        return self.given.size
+
+    def input_model(self) -> ModelProto:
+        """The input with its weights (a fresh copy), to return."""
+        return self.given.load()
+
+    @property
+    def float_is_input(self) -> bool:
+        """File mode only: the float model computes what the input does (same nodes, same weights:
+        core.external.same_computation), so one session times both. Checked once."""
+        if self._float_is_input is None:
+            self._float_is_input = self.given.path is not None and (
+                self.float_path == self.given.path or same_computation(self.given.path, self.float_path))
+        return self._float_is_input
 
     @property
     def float_path(self) -> Path:
