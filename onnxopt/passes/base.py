@@ -221,7 +221,7 @@ def check_model(model: ModelProto | Path) -> None:
             onnx.checker.check_model(checked)
         except Exception as e:
             raise InvalidModelError(f"the result fails the ONNX checker: {e}") from e
-    create_session(model, opt_level="disable", intra_op_threads=1, custom_ops=needs_custom_ops(graph))
+    create_session(model, opt_level="disable", intra_op_threads=1, custom_ops=needs_custom_ops(graph), prepack=False)
 
 
 # ---------------------------------------------------------------- registry

@@ -72,7 +72,8 @@ def ort_optimize(model: ModelProto, level: str = "basic") -> ModelProto:
 
     if level not in GRAPH_LEVELS:
         raise InvalidInputError(f"unknown graph level {level!r}; choose one of {', '.join(GRAPH_LEVELS)}")
-    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(model)))
+    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(model),
+                                       prepack=False))  # the session only writes the optimized model
     with tempfile.TemporaryDirectory(prefix="onnxopt-graph-") as tmp:
         out = Path(tmp) / "optimized.onnx"
         so.optimized_model_filepath = str(out)

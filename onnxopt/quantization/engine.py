@@ -353,7 +353,8 @@ def ort_optimize_file(src: Path, out: Path, graph: ModelProto, level: str = "bas
     from onnxopt.core.runtime import needs_custom_ops, session_options
     from onnxopt.passes.graph import _copy_model_info
 
-    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(graph)))
+    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(graph),
+                                       prepack=False))  # the session only writes the optimized model
     so.optimized_model_filepath = str(out)
     so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file(out).name)
     try:
