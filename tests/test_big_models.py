@@ -450,3 +450,35 @@ def test_pipeline_hands_a_file_reading_pass_the_graph_and_reloads_for_the_next(t
         x = np.ones((1, 128), np.float32)
         want = create_session(src).run(None, {"input": x})[0]
         np.testing.assert_allclose(create_session(last).run(None, {"input": x})[0], want, rtol=1e-5)
+
+
+def test_optimize_a_big_model_from_files_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """optimize(path) with every threshold at 0 (as for a big model): the input is hashed without
+    loading it (the hash of the loaded model), the quantize pass works from the stage file (its
+    float model is that file: timed once), a stage computing what an earlier one does is timed
+    once, as it, and the result answers like the input."""
+    import onnxopt.optimization.run as run
+    import onnxopt.optimization.store as store
+    import onnxopt.quantization.api as api
+    from onnxopt.optimization.decisions import model_sha256
+    from onnxopt.optimization.types import OptimizeConfig
+
+    for module, name in ((store, "KEEP_BYTES"), (api, "FROM_FILE_BYTES"), (run, "TWIN_BYTES")):
+        monkeypatch.setattr(module, name, 0)
+    scratch = _scratch(monkeypatch, tmp_path)
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=2)
+    said: list[str] = []
+    r = run.optimize(src, None, OptimizeConfig(bench_runs=5, bench_seconds=0.2, warmup=1), progress=said.append)
+    assert list(scratch.iterdir()) == []
+    assert r.decisions.input_sha256 == model_sha256(load_model(src))
+    q = next(s for s in r.stages if s.pass_name == "quantize")
+    assert any("timed once, as the input" in n for n in q.report["notes"])
+    graph = next(s for s in r.stages if s.pass_name == "optimize_graph")
+    assert graph.modified  # onnxruntime rewrote the file (the computation is the input's)
+    assert any(line.startswith(f"{graph.name} computes what original does") for line in said)
+    assert graph.bench is not None and r.stages[0].bench is not None
+    assert graph.bench.samples_ms == r.stages[0].bench.samples_ms
+    x = np.random.default_rng(2).standard_normal((8, 256)).astype(np.float32)
+    a = create_session(src).run(None, {"input": x})[0].astype(np.float64)
+    b = create_session(r.model).run(None, {"input": x})[0].astype(np.float64)
+    assert ((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min() >= 0.99

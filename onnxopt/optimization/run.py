@@ -21,7 +21,14 @@ from onnx import ModelProto, StringStringEntryProto
 
 from onnxopt.core import progress as progress_channel
 from onnxopt.core.errors import GateFailedError
-from onnxopt.core.external import initializers_only, loaded_sha256, loaded_size, uses_external
+from onnxopt.core.external import (
+    LARGE,
+    initializers_only,
+    loaded_sha256,
+    loaded_size,
+    same_computation,
+    uses_external,
+)
 from onnxopt.core.feeds import Feed, feed_samples, first_batch, synthesize_feed
 from onnxopt.core.model import (
     batch_axes,
@@ -60,6 +67,8 @@ from onnxopt.optimization.types import (
 from onnxopt.passes.base import PassContext, PipelineResult, StageResult, model_has_weights
 
 log = logging.getLogger(__name__)
+
+TWIN_BYTES = LARGE  # stages at least this big that compute what an earlier stage does are timed once (_twins)
 
 STAGE_LABELS = {
     "optimize_graph": "graph-optimized",
@@ -398,8 +407,11 @@ def _benchmark(
     """The stages with their latency (every stage that changed the model, interleaved) attached."""
     measured = [s for s in stages if s.modified or s.pass_name is None]
     t0 = time.perf_counter()
-    say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
-    bench_by_name = _bench(measured, feed, cfg)
+    twins = _twins(measured)
+    say(f"benchmarking {len(measured) - len(twins)} models interleaved ({cfg.bench_runs} runs each)")
+    for i, j in twins.items():
+        say(f"{measured[i].name} computes what {measured[j].name} does (same nodes and weights): timed once, as it")
+    bench_by_name = _bench(measured, feed, cfg, twins)
     timings["benchmark"] = timings.get("benchmark", 0.0) + time.perf_counter() - t0
     return [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
 
@@ -452,13 +464,37 @@ def _verify(
     return reports
 
 
-def _bench(measured: list[Stage], timed: Feed, cfg: OptimizeConfig) -> dict[str, Any]:
-    """Every measured stage timed side by side on the same feed (timing_feed: the deployment shape)."""
+def _twins(measured: list[Stage]) -> dict[int, int]:
+    """{i: j}: measured[i], a stage of TWIN_BYTES or more in a file, computes what the earlier
+    measured[j] does (core.external.same_computation: same nodes, same weights, e.g. a graph
+    optimization that changed nothing that runs). Such a stage is timed once, as its twin: one
+    session of the model's size less, and no noise between two equal models."""
+    out: dict[int, int] = {}
+    for i, s in enumerate(measured):
+        if s.path is None or s.size_bytes < TWIN_BYTES:
+            continue
+        for j in range(i):
+            t = measured[j]
+            if j not in out and t.path is not None and same_computation(t.path, s.path):
+                out[i] = j
+                break
+    return out
+
+
+def _bench(measured: list[Stage], timed: Feed, cfg: OptimizeConfig, twins: dict[int, int] | None = None
+           ) -> dict[str, Any]:
+    """Every measured stage timed side by side on the same feed (timing_feed: the deployment shape);
+    twins (see _twins) get their twin's result."""
     from onnxopt.measure.benchmark import benchmark
 
+    twins = twins or {}
     bcfg = replace(_bench_config(cfg), batch=feed_samples(timed, batch_axes(measured[0].model)))
-    results = benchmark([s.source for s in measured], bcfg, feed=timed, names=[s.name for s in measured])
-    return {s.name: r for s, r in zip(measured, results)}
+    alone = [s for i, s in enumerate(measured) if i not in twins]
+    results = benchmark([s.source for s in alone], bcfg, feed=timed, names=[s.name for s in alone])
+    by_name = {s.name: r for s, r in zip(alone, results)}
+    for i, j in twins.items():
+        by_name[measured[i].name] = replace(by_name[measured[j].name], name=measured[i].name)
+    return by_name
 
 
 def _with_metadata(m: ModelProto, recipe: Recipe, decisions: Decisions) -> ModelProto:
