@@ -149,7 +149,7 @@ def quantize(
     cpu = detect_cpu()
     with tempfile.TemporaryDirectory(prefix="onnxopt-quantize-") as tmp:
         wd = Path(tmp)
-        inp = _open_input(model, given, wd, notes)
+        inp = _open_input(model, given, wd, notes, in_place=not graph_optimized or _scratch_file(model))
         del given  # an input loaded here: only what inp holds of it stays
         original = inp.graph  # never modified below
         source = _as_source(original, calib, cfg)
@@ -191,13 +191,24 @@ def quantize(
     return QuantizeResult(result_model, quantized, meets, report, runner_up)
 
 
+def _scratch_file(model: ModelProto | str | os.PathLike[str]) -> bool:
+    """True for a stage file of optimize's work directory (optimization.store), which onnxruntime's
+    quantizer may write beside (its shape inference writes `<name>-inferred.onnx` next to the
+    model it reads); never for a user's file."""
+    from onnxopt.optimization.store import PREFIX
+
+    return not isinstance(model, ModelProto) and Path(model).parent.name.startswith(PREFIX)
+
+
 def _open_input(model: ModelProto | str | os.PathLike[str], given: ModelProto, workdir: Path,
-                notes: list[str]) -> InputModel:
+                notes: list[str], *, in_place: bool = True) -> InputModel:
     """The input as quantize() works on it: held whole (nodes named: a copy only when some were
     unnamed, with a note), or, for a model of FROM_FILE_BYTES or more at opset >= 13, in file
     mode: its graph only, sessions and the quantizer reading its weights from a file. That file is
-    the input's own when its weights are in external data and every node is named; otherwise the
-    named model is written into the work directory (tensor by tensor, core.external.write_external).
+    the input's own when its weights are in external data and every node is named (and in_place:
+    with graph_optimized the quantizer reads it as its float model, so a user's file is copied);
+    otherwise the named model is written into the work directory (tensor by tensor,
+    core.external.write_external).
     given: model itself, or the graph loaded from its path (onnx's loader: the weights of a model
     without external data are in it)."""
     path = None if isinstance(model, ModelProto) else Path(model)
@@ -215,7 +226,7 @@ def _open_input(model: ModelProto | str | os.PathLike[str], given: ModelProto, w
         n = unnamed_count(given)
         if n:
             notes.append(f"{n} unnamed node(s) given stable names: <op type>_<position>_<hash>")
-    if external and path is not None and named is given:  # sessions and the quantizer read the input's own file
+    if external and path is not None and named is given and in_place:  # sessions and the quantizer read it
         start = path
     else:
         start = workdir / "input.onnx"
