@@ -426,9 +426,23 @@ class _FilePass:
         return PassResult(model, False, {})
 
 
+@dataclass(frozen=True)
+class _WeightsPass:
+    """A pass that needs the weights (records whether it got them)."""
+
+    name: ClassVar[str] = "weights_pass_for_test"
+    got: list = dataclasses.field(default_factory=list, compare=False)
+
+    def __call__(self, model: onnx.ModelProto, context: object) -> object:
+        from onnxopt.passes.base import PassResult, model_has_weights
+
+        self.got.append(model_has_weights(model))
+        return PassResult(model, False, {})
+
+
 def test_pipeline_hands_a_file_reading_pass_the_graph_and_reloads_for_the_next(tmp_path: Path) -> None:
-    """With a store that keeps graphs only, a reads_file pass gets the stage's graph and its file;
-    the pass after it gets the weights back from the file."""
+    """With a store that keeps graphs only, a reads_file pass (optimize_graph too) gets the stage's
+    graph and its file; a pass that needs the weights after it gets them back from the file."""
     from onnxopt.optimization.store import StageStore
     from onnxopt.passes.base import PassContext, Pipeline, model_has_weights
     from onnxopt.passes.graph import OptimizeGraphPass
@@ -441,11 +455,13 @@ def test_pipeline_hands_a_file_reading_pass_the_graph_and_reloads_for_the_next(t
             write_external(model, path)
             return path, onnx.load(str(path), load_external_data=False)
 
-        result = Pipeline([OptimizeGraphPass(), file_pass, OptimizeGraphPass()]).run(
+        weights_pass = _WeightsPass()
+        result = Pipeline([OptimizeGraphPass(), file_pass, weights_pass, OptimizeGraphPass()]).run(
             load_model(src), PassContext(), store=keep_graph)
         (model, path), = file_pass.got
         assert not model_has_weights(model) and path == result.stages[0].path and path.exists()
-        last = result.stages[-1].path  # the second optimize_graph got the weights back (or it fails)
+        assert weights_pass.got == [True]  # loaded again from the file
+        last = result.stages[-1].path
         assert last is not None
         x = np.ones((1, 128), np.float32)
         want = create_session(src).run(None, {"input": x})[0]
@@ -482,3 +498,22 @@ def test_optimize_a_big_model_from_files_end_to_end(tmp_path: Path, monkeypatch:
     a = create_session(src).run(None, {"input": x})[0].astype(np.float64)
     b = create_session(r.model).run(None, {"input": x})[0].astype(np.float64)
     assert ((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min() >= 0.99
+
+
+def test_optimize_graph_from_the_file_gives_what_it_gives_from_the_proto(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """optimize_graph handed the file (graph only + context.model_path) writes the same model and
+    the same report as when handed the loaded model (which, above LARGE, it writes to a file too)."""
+    import onnxopt.core.external as ext
+    from onnxopt.passes.base import PassContext
+    from onnxopt.passes.graph import OptimizeGraphPass
+
+    monkeypatch.setattr(ext, "LARGE", 1024)
+    src = save_model(load_model(external_mlp(tmp_path / "m.onnx", width=128, layers=2)),  # named, as stages are
+                     tmp_path / "named" / "n.onnx", external_data=True)
+    by_proto = OptimizeGraphPass()(load_model(src), PassContext())
+    graph = load_model(src, load_external_data=False)
+    by_file = OptimizeGraphPass()(graph, PassContext(model_path=src))
+    assert by_file.model.SerializeToString() == by_proto.model.SerializeToString()
+    assert (by_file.modified, by_file.report) == (by_proto.modified, by_proto.report)
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in by_file.model.graph.initializer)

@@ -170,9 +170,10 @@ def as_file(model: ModelProto, base_dir: str | os.PathLike[str] | None = None) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def same_graph(a: onnx.GraphProto, b: onnx.GraphProto) -> bool:
+def same_graph(a: onnx.GraphProto, b: onnx.GraphProto, *, b_dir: str | os.PathLike[str] | None = None) -> bool:
     """a == b compared initializer by initializer (no whole-graph serialization: peak extra memory
-    is two tensors, not two models)."""
+    is two tensors, not two models). b_dir: b is a graph-only proto whose weights are in external
+    data there; they are compared as onnx's loader loads them (load_external_data_for_tensor)."""
     if len(a.initializer) != len(b.initializer):
         return False
     ga, gb = onnx.GraphProto(), onnx.GraphProto()
@@ -180,6 +181,11 @@ def same_graph(a: onnx.GraphProto, b: onnx.GraphProto) -> bool:
     _copy_fields(b, gb, skip="initializer")
     if ga.SerializeToString() != gb.SerializeToString():
         return False
+    if b_dir is not None:
+        base = Path(b_dir)
+        return all(x.SerializeToString() == (_loaded_tensor(y, base, default_location=True, data=_tensor_bytes(y, base))
+                                             if is_external(y) else y).SerializeToString()
+                   for x, y in zip(a.initializer, b.initializer))
     return all(x.SerializeToString() == y.SerializeToString() for x, y in zip(a.initializer, b.initializer))
 
 

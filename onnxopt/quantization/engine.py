@@ -329,11 +329,13 @@ def _folded_from_file(graph: ModelProto, path: Path, workdir: Path, *, moved: bo
         write_external(pruned, out, base_dir=path.parent)
         return Prepared("folded", out, onnx.load(str(out), load_external_data=False),
                         size=loaded_size(pruned, path.parent), big=True)
+    from onnxopt.passes.graph import optimize_file
+
     src = path
     if moved:  # the graph to optimize differs from the file's: written beside the output, weights copied
         src = workdir / "float_start.onnx"
         write_external(graph, src, base_dir=path.parent)
-    ort_optimize_file(src, out, graph, "basic")
+    optimize_file(src, out, graph, "basic")
     if src != path:
         src.unlink()
         data_file(src).unlink(missing_ok=True)
@@ -341,30 +343,6 @@ def _folded_from_file(graph: ModelProto, path: Path, workdir: Path, *, moved: bo
     name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
     out.write_bytes(folded.SerializeToString())  # the graph only: the weights stay in its data file
     return Prepared("folded", out, folded, size=loaded_size(folded, workdir), big=True)
-
-
-def ort_optimize_file(src: Path, out: Path, graph: ModelProto, level: str = "basic") -> None:
-    """passes.graph.ort_optimize from file to file: onnxruntime reads src (graph: its graph) and
-    writes the model optimized at `level` to out, weights in `<out name>.data`; unused opset
-    imports dropped and the input's identity (producer, metadata) kept, as ort_optimize does.
-    Raises InvalidModelError when onnxruntime cannot load the model."""
-    import onnxruntime as ort
-
-    from onnxopt.core.runtime import needs_custom_ops, session_options
-    from onnxopt.passes.graph import _copy_model_info
-
-    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(graph),
-                                       prepack=False))  # the session only writes the optimized model
-    so.optimized_model_filepath = str(out)
-    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file(out).name)
-    try:
-        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {_short(e)}") from e
-    result = onnx.load(str(out), load_external_data=False)
-    prune_opset_imports(result)
-    _copy_model_info(graph, result)
-    out.write_bytes(result.SerializeToString())
 
 
 def _opsets_pruned(model: ModelProto) -> ModelProto:
