@@ -329,7 +329,7 @@ def _opsets_used(model: ModelProto) -> dict[str, int]:
 def same_computation(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """True when the model files a and b compute the same thing: the same nodes in the same order
     (names and docs aside), graph inputs and outputs, opset versions of the domains the nodes
-    use, and initializers (name, type, dims and bytes; the bytes compared tensor by tensor, read
+    use, model-local functions, and initializers (name, type, dims and bytes; the bytes compared tensor by tensor, read
     from each model's files). Shape annotations (value_info), names, docs and metadata do not count.
     Subgraphs are compared as parts of their nodes."""
     pa, pb = Path(a), Path(b)
@@ -340,6 +340,7 @@ def same_computation(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bo
             or [i.SerializeToString() for i in ga.input] != [i.SerializeToString() for i in gb.input]
             or [o.SerializeToString() for o in ga.output] != [o.SerializeToString() for o in gb.output]
             or _opsets_used(ma) != _opsets_used(mb)
+            or [f.SerializeToString() for f in ma.functions] != [f.SerializeToString() for f in mb.functions]
             or any(_node_key(x) != _node_key(y) for x, y in zip(ga.node, gb.node))):
         return False
     by_name = {t.name: t for t in gb.initializer}
