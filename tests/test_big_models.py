@@ -385,6 +385,9 @@ def test_quantize_in_file_mode_holds_the_graph_only_and_answers_like_memory_mode
     r = _quantize_in_file_mode(tmp_path, monkeypatch, named, "auto", seen)
     assert (_digest(named), _digest(named.with_name("n.onnx.data"))) == before
     assert seen and "input.onnx" not in seen[0] and "float_folded.onnx.data" in seen[0]  # the input read in place
+    kept = [n for n in seen[0] if n.endswith(".onnx") and n != "float_folded.onnx"]  # candidates: the quantizer's files
+    assert kept and all(f"{n}.data" in seen[0] for n in kept)
+    assert all(n[: -len(".data")] in seen[0] for n in seen[0] if n.endswith(".data"))  # no data file left alone
     full = load_model(named)
     assert r.report["size_before"] == full.ByteSize() and r.report["int8_floor"] == int8_floor(full)
     assert any("timed once" in n for n in r.report["notes"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from onnxopt.core.errors import short_message as _short
 from onnxopt.core.external import (
     LARGE,
     data_file,
+    initializers_only,
     load_external,
     loaded_size,
     needs_file,
@@ -386,11 +387,71 @@ def _qtype(name: str) -> Any:
 
 def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) -> ModelProto:
     """Run onnxruntime's quantizer for one candidate on a prepared model; raise CandidateFailed."""
+    out = _output_path(prep, cand, workdir)
+    got: list[ModelProto] = []
+    try:
+        _quantize_to(prep, cand, out, workdir, source, lambda: got.append(_finish(onnx.load(str(out)))))
+        return got[0]
+    finally:
+        remove_model_file(out)
+
+
+def build_file(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) -> tuple[ModelProto, Path, int]:
+    """build() for a big prepared model (Prepared.big: the quantizer writes external data), whose
+    weights never pass through a proto here: the quantized model stays in the file the quantizer
+    wrote, its graph sorted and named there. (its graph, the file, the whole model's model_size);
+    the caller removes the file (remove_model_file). Raises CandidateFailed."""
+    out = _output_path(prep, cand, workdir)
+    got: list[tuple[ModelProto, Path, int]] = []
+    try:
+        _quantize_to(prep, cand, out, workdir, source, lambda: got.append(_graph_in_place(out)))
+    except BaseException:
+        remove_model_file(out)
+        raise
+    return got[0]
+
+
+def _graph_in_place(out: Path) -> tuple[ModelProto, Path, int]:
+    """build_file's result from the quantizer's file: its graph finished (_finish) and written back."""
+    q = _finish(onnx.load(str(out), load_external_data=False))
+    if initializers_only(q):
+        out.write_bytes(q.SerializeToString())  # the graph only: the weights stay in the data file
+        return q, out, loaded_size(q, out.parent)
+    full = _finish(onnx.load(str(out)))  # tensors in attributes too: written again, one by one
+    size = model_size(full)
+    write_external(full, out)
+    return onnx.load(str(out), load_external_data=False), out, size
+
+
+def remove_model_file(path: Path) -> None:
+    """Delete a model file and its external data (`<name>.data`, core.external.data_file)."""
+    path.unlink(missing_ok=True)
+    data_file(path).unlink(missing_ok=True)
+
+
+def _output_path(prep: Prepared, cand: Candidate, workdir: Path) -> Path:
+    out = workdir / f"{prep.variant}-{cand.name}-{abs(hash(cand)) % 10**8}.onnx"
+    remove_model_file(out)  # onnx appends external data to an existing data file
+    return out
+
+
+def _finish(q: ModelProto) -> ModelProto:
+    """A quantizer's output made ready: nodes sorted (subgraph inputs counted), unused opsets dropped,
+    nodes named (the quantizer leaves some of the nodes it adds unnamed)."""
+    q = prune_opset_imports(sort_nodes(q))
+    name_nodes(q)
+    return q
+
+
+def _quantize_to(prep: Prepared, cand: Candidate, out: Path, workdir: Path, source: Any,
+                 check: Callable[[], object]) -> None:
+    """Run onnxruntime's quantizer for cand on prep, writing out (external data when prep.big), then
+    `check` (what the caller reads back, so that its failure is the quantizer's); raise CandidateFailed."""
     from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 
-    out = workdir / f"{prep.variant}-{cand.name}-{abs(hash(cand)) % 10**8}.onnx"
     if cand.mode == "weight-only":
-        return _build_weight_only(prep, cand, out)
+        _weight_only_to(prep, cand, out, check)
+        return
     common: dict[str, Any] = {
         "op_types_to_quantize": list(cand.op_types) or None,
         "per_channel": cand.per_channel,
@@ -415,32 +476,25 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
                     calibration_cache_path=str(cache),
                     **common,
                 )
-        q = prune_opset_imports(sort_nodes(onnx.load(str(out))))
-        name_nodes(q)  # the quantizer leaves some of the nodes it adds unnamed
-        return q
+        check()
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's quantizer failed: {_short(e)}") from e
-    finally:
-        out.unlink(missing_ok=True)
 
 
-def _build_weight_only(prep: Prepared, cand: Candidate, out: Path) -> ModelProto:
-    """build() for mode weight-only: onnxruntime's MatMulNBitsQuantizer on the prepared model."""
+def _weight_only_to(prep: Prepared, cand: Candidate, out: Path, check: Callable[[], object]) -> None:
+    """_quantize_to for mode weight-only: onnxruntime's MatMulNBitsQuantizer on the prepared model."""
     from onnxopt.quantization.weight_only import quantize_file
 
     try:
         with quiet_quantizer():
             quantize_file(prep.path, out, bits=cand.bits, block_size=cand.block_size, algorithm=cand.algorithm,
-                          accuracy_level=cand.accuracy_level, exclude_nodes=cand.exclude_nodes)
-        q = prune_opset_imports(sort_nodes(onnx.load(str(out))))
-        name_nodes(q)
-        return q
+                          accuracy_level=cand.accuracy_level, exclude_nodes=cand.exclude_nodes,
+                          external_data=prep.big)
+        check()
     except OnnxoptError:
         raise
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's MatMulNBits quantizer failed: {_short(e)}") from e
-    finally:
-        out.unlink(missing_ok=True)
 
 
 def _calib_method(name: str) -> Any:

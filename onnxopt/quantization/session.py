@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 from onnx import ModelProto
 
-from onnxopt.core.external import data_file, same_computation, write_external
+from onnxopt.core.external import same_computation, write_external
 from onnxopt.core.model import copy_model, op_histogram
 from onnxopt.quantization.calibration import (
     CalibrationSource,
@@ -24,11 +24,13 @@ from onnxopt.quantization.engine import (
     CandidateFailed,
     Prepared,
     build,
+    build_file,
     check_runs,
     drop_quant_metadata,
     model_size,
     node_changes,
     quant_ops_in,
+    remove_model_file,
 )
 from onnxopt.quantization.evaluate import Evaluator
 from onnxopt.quantization.fallback import Built
@@ -122,9 +124,10 @@ class QuantSession:
 
         allow_unquantized: score it even when no compute node was quantized (the fallback's bound:
         what the quantizer adds around the nodes); otherwise that is a CandidateFailed.
-        A candidate above KEEP_BYTES is kept in a file of the work directory (removed with the
-        Built, or with the directory): it is checked and scored from there and the Built holds its
-        graph only (Built.full() loads it)."""
+        A candidate above KEEP_BYTES, or of a big prepared model (Prepared.big: the file the quantizer
+        wrote, engine.build_file), is kept in a file of the work directory (removed with the Built,
+        or with the directory): it is checked and scored from there and the Built holds its graph
+        only (Built.full() loads it)."""
         ev = evaluator or self.evaluator
         reasons: list[str] = []
         for prep in self.variants:
@@ -132,10 +135,13 @@ class QuantSession:
             path = None
             try:
                 t0 = time.perf_counter()
-                q = build(prep, cand_p, self.workdir, self.source)
+                if prep.big:  # kept in the quantizer's own file, its weights never loaded here
+                    q, path, size = build_file(prep, cand_p, self.workdir, self.source)
+                else:
+                    q = build(prep, cand_p, self.workdir, self.source)
+                    size = model_size(q)
+                    q, path = self._keep(q, size)
                 log.debug("built %s on %s in %.2f s", cand.name, prep.variant, time.perf_counter() - t0)
-                size = model_size(q)
-                q, path = self._keep(q, size)
                 check_runs(q, ev.feed, path)
                 quantized, left = node_changes(prep.model, q, cand_p)
                 if not allow_unquantized and (quant_ops_in(q) == self._hist_before or not quantized):
@@ -169,8 +175,7 @@ class QuantSession:
 def _remove(path: Path | None) -> None:
     """Delete a kept candidate's file and its external data."""
     if path is not None:
-        path.unlink(missing_ok=True)
-        data_file(path).unlink(missing_ok=True)
+        remove_model_file(path)
 
 
 def _metadata_bytes(model: ModelProto, key: str) -> int:
