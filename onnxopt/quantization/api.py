@@ -14,7 +14,14 @@ from onnx import ModelProto
 
 from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
-from onnxopt.core.external import LARGE, field_len, loaded_size, uses_external, write_external
+from onnxopt.core.external import (
+    LARGE,
+    field_len,
+    initializers_only,
+    loaded_size,
+    uses_external,
+    write_external,
+)
 from onnxopt.core.feeds import Feed, synthesize_feed
 from onnxopt.core.model import copy_model, default_opset, fixed_batch, load_model, model_family
 from onnxopt.core.names import unnamed_count, with_node_names
@@ -204,7 +211,8 @@ def _open_input(model: ModelProto | str | os.PathLike[str], given: ModelProto, w
                 notes: list[str], *, in_place: bool = True) -> InputModel:
     """The input as quantize() works on it: held whole (nodes named: a copy only when some were
     unnamed, with a note), or, for a model of FROM_FILE_BYTES or more at opset >= 13, in file
-    mode: its graph only, sessions and the quantizer reading its weights from a file. That file is
+    mode (external data, if any, in the main graph's initializers only: core.external.initializers_only):
+    its graph only, sessions and the quantizer reading its weights from a file. That file is
     the input's own when its weights are in external data and every node is named (and in_place:
     with graph_optimized the quantizer reads it as its float model, so a user's file is copied);
     otherwise the named model is written into the work directory (tensor by tensor,
@@ -215,7 +223,7 @@ def _open_input(model: ModelProto | str | os.PathLike[str], given: ModelProto, w
     external = path is not None and uses_external(given)
     named = with_node_names(given) if external else given  # a graph: a cheap copy
     size = loaded_size(named, path.parent) if external and path is not None else given.ByteSize()
-    if size < FROM_FILE_BYTES or default_opset(given) < PER_CHANNEL_QDQ_OPSET:
+    if size < FROM_FILE_BYTES or default_opset(given) < PER_CHANNEL_QDQ_OPSET or not initializers_only(given):
         if path is None:
             original = with_node_names(given)
             if original is not given:
