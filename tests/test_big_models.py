@@ -3,6 +3,7 @@ loadable outputs, keep peak memory bounded, and never write onto the input's dat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -520,3 +521,30 @@ def test_optimize_graph_from_the_file_gives_what_it_gives_from_the_proto(tmp_pat
     assert by_file.model.SerializeToString() == by_proto.model.SerializeToString()
     assert (by_file.modified, by_file.report) == (by_proto.modified, by_proto.report)
     assert not any(t.data_location == TensorProto.EXTERNAL for t in by_file.model.graph.initializer)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_lean_shape_inference_writes_what_onnxruntime_writes(tmp_path: Path, per_channel: bool) -> None:
+    """Dynamic int8 of onnxruntime with its shape re-inference done on the graph (big models,
+    engine.lean_shape_inference) writes the same files, byte for byte, as with its deep-copy
+    save-and-reload."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from onnxopt.quantization.engine import lean_shape_inference, quiet_quantizer
+
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=3)
+    outs = []
+    for lean in (False, True):
+        out = tmp_path / ("lean" if lean else "plain") / "q.onnx"
+        out.parent.mkdir()
+        with quiet_quantizer(), lean_shape_inference() if lean else contextlib.nullcontext():
+            quantize_dynamic(str(src), str(out), per_channel=per_channel, use_external_data_format=True,
+                             extra_options={"MatMulConstBOnly": True})
+        outs.append((out.read_bytes(), out.with_name("q.onnx.data").read_bytes()))
+    assert outs[0] == outs[1]
+    from onnxruntime.quantization import (  # the block restored onnxruntime's function
+        onnx_quantizer,
+        quant_utils,
+    )
+
+    assert onnx_quantizer.save_and_reload_model_with_shape_infer is quant_utils.save_and_reload_model_with_shape_infer

@@ -85,8 +85,8 @@ def _tensor_bytes(t: TensorProto, base_dir: Path | None) -> bytes:
     return numpy_helper.to_array(t).tobytes()
 
 
-def _copy_fields(src: onnx.message.Message, dst: onnx.message.Message, skip: str) -> None:  # type: ignore[name-defined]
-    """Copy every set field of src to dst but `skip` (a shallow, field by field copy)."""
+def copy_fields(src: onnx.message.Message, dst: onnx.message.Message, skip: str) -> None:  # type: ignore[name-defined]
+    """Copy every set field of src to dst but `skip` (field by field: `skip`'s content is never copied)."""
     for fd, value in src.ListFields():
         if fd.name != skip:
             _copy_field(dst, fd, value)
@@ -115,7 +115,7 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
     data = out.with_name(out.name + ".data")
     base = Path(base_dir) if base_dir is not None else None
     graph = onnx.GraphProto()
-    _copy_fields(model.graph, graph, skip="initializer")
+    copy_fields(model.graph, graph, skip="initializer")
     with open(data, "wb") as f:
         for t in model.graph.initializer:
             if _sizeof(t) < threshold or t.data_type == TensorProto.STRING:  # strings: no external data in ONNX
@@ -136,7 +136,7 @@ def write_external(model: ModelProto, path: str | os.PathLike[str], *, threshold
                 entry.key, entry.value = key, value
             del blob
     shallow = ModelProto()
-    _copy_fields(model, shallow, skip="graph")
+    copy_fields(model, shallow, skip="graph")
     shallow.graph.CopyFrom(graph)
     with open(out, "wb") as f:
         f.write(shallow.SerializeToString())
@@ -177,8 +177,8 @@ def same_graph(a: onnx.GraphProto, b: onnx.GraphProto, *, b_dir: str | os.PathLi
     if len(a.initializer) != len(b.initializer):
         return False
     ga, gb = onnx.GraphProto(), onnx.GraphProto()
-    _copy_fields(a, ga, skip="initializer")
-    _copy_fields(b, gb, skip="initializer")
+    copy_fields(a, ga, skip="initializer")
+    copy_fields(b, gb, skip="initializer")
     if ga.SerializeToString() != gb.SerializeToString():
         return False
     if b_dir is not None:
@@ -220,7 +220,7 @@ def _loaded_tensor(t: TensorProto, base_dir: Path, *, default_location: bool, da
     cleared, data_location DEFAULT (cleared instead with default_location=False), raw_data `data`
     (left unset when None: for its size only)."""
     proxy = TensorProto()
-    _copy_fields(t, proxy, skip="external_data")
+    copy_fields(t, proxy, skip="external_data")
     proxy.ClearField("raw_data")
     proxy.ClearField("data_location")
     if default_location:

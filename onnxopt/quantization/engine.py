@@ -17,6 +17,7 @@ from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptErr
 from onnxopt.core.errors import short_message as _short
 from onnxopt.core.external import (
     LARGE,
+    copy_fields,
     data_file,
     initializers_only,
     load_external,
@@ -379,6 +380,55 @@ def quiet_quantizer() -> Iterator[None]:
             logging.getLogger(n).setLevel(lv)
 
 
+INFER_DATA_BYTES = 2**20  # lean_shape_inference keeps the data of initializers up to this size (shape tensors)
+
+
+@contextlib.contextmanager
+def lean_shape_inference() -> Iterator[None]:
+    """onnxruntime's dynamic quantizer infers shapes again by saving a deep copy of the whole model
+    and loading it back (quant_utils.save_and_reload_model_with_shape_infer, called by
+    ONNXQuantizer.__init__): three copies of the weights at once (measured on a 512 MB MLP:
+    580 MB -> 1613 MB). Inside this block that function infers the shapes of a copy without the
+    data of initializers above INFER_DATA_BYTES (shape inference reads only their type and dims)
+    and sets the result on the model itself (value_info, graph outputs, the 'onnx.infer' marker),
+    which it returns: what the reload gives, with the weights held once."""
+    from onnxruntime.quantization import base_quantizer, onnx_quantizer
+
+    name = "save_and_reload_model_with_shape_infer"
+    modules = [m for m in (onnx_quantizer, base_quantizer) if hasattr(m, name)]
+    saved = [getattr(m, name) for m in modules]
+    for m in modules:
+        setattr(m, name, _infer_in_place)
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, saved):
+            setattr(m, name, f)
+
+
+def _infer_in_place(model: ModelProto) -> ModelProto:
+    """lean_shape_inference's replacement of save_and_reload_model_with_shape_infer."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    probe = ModelProto()  # shallow, field by field: no copy of the weights
+    copy_fields(model, probe, skip="graph")
+    copy_fields(model.graph, probe.graph, skip="initializer")
+    for t in model.graph.initializer:
+        if t.ByteSize() <= INFER_DATA_BYTES:
+            probe.graph.initializer.add().CopyFrom(t)
+            continue
+        stub = probe.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="not-loaded")
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    add_infer_metadata(model)
+    return model
+
+
 def _qtype(name: str) -> Any:
     from onnxruntime.quantization import QuantType
 
@@ -463,7 +513,7 @@ def _quantize_to(prep: Prepared, cand: Candidate, out: Path, workdir: Path, sour
     }
     cache = calibration_cache(prep, cand.calib_method, source, workdir) if cand.mode == "static" else None
     try:
-        with quiet_quantizer():
+        with quiet_quantizer(), lean_shape_inference() if prep.big else contextlib.nullcontext():
             if cand.mode == "dynamic":
                 quantize_dynamic(str(prep.path), str(out), **common)
             else:
