@@ -548,3 +548,18 @@ def test_lean_shape_inference_writes_what_onnxruntime_writes(tmp_path: Path, per
     )
 
     assert onnx_quantizer.save_and_reload_model_with_shape_infer is quant_utils.save_and_reload_model_with_shape_infer
+
+
+def test_sizes_and_writes_of_a_whole_proto_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """byte_size equals ByteSize() and a big model's inline save writes SerializeToString()'s bytes,
+    both without protobuf serializing the whole model (upb's ByteSize() does)."""
+    import onnxopt.core.external as ext
+
+    m = load_model(external_mlp(tmp_path / "m.onnx", width=200, layers=3))
+    m.graph.initializer.append(numpy_helper.from_array(np.arange(3, dtype=np.int64), "small"))
+    m.metadata_props.add(key="k", value="v")
+    assert ext.byte_size(m) == m.ByteSize() and ext.graph_byte_size(m.graph) == m.graph.ByteSize()
+    assert ext.byte_size(onnx.ModelProto()) == 0
+    monkeypatch.setattr(ext, "LARGE", 1024)  # save_model writes above LARGE piece by piece
+    out = save_model(m, tmp_path / "out" / "m.onnx", external_data=False)
+    assert out.read_bytes() == m.SerializeToString()

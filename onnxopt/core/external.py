@@ -153,9 +153,30 @@ def load_external(path: str | os.PathLike[str]) -> ModelProto:
     return model
 
 
+def graph_byte_size(graph: onnx.GraphProto) -> int:
+    """graph.ByteSize(), the initializers sized one at a time: protobuf's upb backend serializes a
+    message to size it, so ByteSize() of a whole model holds a transient copy of up to twice its
+    size (measured: +960 MB on a 512 MB model)."""
+    if not graph.initializer:
+        return graph.ByteSize()
+    shell = onnx.GraphProto()
+    copy_fields(graph, shell, skip="initializer")
+    return shell.ByteSize() + sum(field_len(t.ByteSize()) for t in graph.initializer)
+
+
+def byte_size(model: ModelProto) -> int:
+    """model.ByteSize() without a whole-model serialization (see graph_byte_size); the tag of
+    ModelProto.graph (field 7) takes one byte."""
+    if not model.HasField("graph") or not model.graph.initializer:
+        return model.ByteSize()
+    shell = ModelProto()
+    copy_fields(model, shell, skip="graph")
+    return shell.ByteSize() + field_len(graph_byte_size(model.graph))
+
+
 def needs_file(model: ModelProto) -> bool:
     """True when onnxruntime should get this proto through a file: big, or with external references."""
-    return uses_external(model) or model.ByteSize() > LARGE
+    return uses_external(model) or byte_size(model) > LARGE
 
 
 @contextlib.contextmanager
@@ -290,24 +311,49 @@ def _split(message: onnx.message.Message, skip: str, number: int, empty: Any) ->
     return head.SerializeToString(deterministic=True), tail.SerializeToString(deterministic=True)
 
 
+def _serialized(model: ModelProto, graph_size: int, tensors: Iterator[bytes]) -> Iterator[bytes]:
+    """model's serialization in pieces, its graph's initializers given one by one (`tensors`, each
+    serialized; graph_size: the graph's serialized size with them). Protobuf writes known fields
+    in field-number order: ModelProto.graph is field 7, GraphProto.initializer 5 (one-byte tags)."""
+    head, tail = _split(model, "graph", 7, ModelProto)
+    ghead, gtail = _split(model.graph, "initializer", 5, onnx.GraphProto)
+    yield head
+    yield b"\x3a" + _varint(graph_size) + ghead
+    for t in tensors:
+        yield b"\x2a" + _varint(len(t)) + t
+    yield gtail + tail
+
+
 def loaded_sha256(model: ModelProto, base_dir: str | os.PathLike[str]) -> str:
     """sha256 of the deterministic serialization model (a graph-only proto, initializers_only) would
     have loaded as core.model.load_model loads it (weights read in, data_location DEFAULT), one
     initializer at a time: equal to sha256(loaded.SerializeToString(deterministic=True)) without
-    the loaded model in memory (protobuf cannot serialize one above 2 GB at all). Protobuf writes
-    known fields in field-number order: ModelProto.graph is field 7, GraphProto.initializer 5."""
+    the loaded model in memory (protobuf cannot serialize one above 2 GB at all)."""
     base = Path(base_dir)
-    sizes, graph_size = _loaded_sizes(model, base, True)
-    head, tail = _split(model, "graph", 7, ModelProto)
-    ghead, gtail = _split(model.graph, "initializer", 5, onnx.GraphProto)
-    h = hashlib.sha256(head)
-    h.update(b"\x3a" + _varint(graph_size) + ghead)
-    for t, n in zip(model.graph.initializer, sizes):
-        if is_external(t):
-            t = _loaded_tensor(t, base, default_location=True, data=_tensor_bytes(t, base))
-        h.update(b"\x2a" + _varint(n) + t.SerializeToString(deterministic=True))
-    h.update(gtail + tail)
+    _, graph_size = _loaded_sizes(model, base, True)
+
+    def tensors() -> Iterator[bytes]:
+        for t in model.graph.initializer:
+            if is_external(t):
+                t = _loaded_tensor(t, base, default_location=True, data=_tensor_bytes(t, base))
+            yield t.SerializeToString(deterministic=True)
+
+    h = hashlib.sha256()
+    for piece in _serialized(model, graph_size, tensors()):
+        h.update(piece)
     return h.hexdigest()
+
+
+def write_serialized(model: ModelProto, path: str | os.PathLike[str]) -> None:
+    """Write model.SerializeToString() to path, the graph's initializers serialized one at a time
+    (the same bytes; whole, protobuf's upb backend holds up to twice the model in its encoder)."""
+    with open(path, "wb") as f:
+        if not model.HasField("graph") or not model.graph.initializer:
+            f.write(model.SerializeToString())
+            return
+        tensors = (t.SerializeToString() for t in model.graph.initializer)
+        for piece in _serialized(model, graph_byte_size(model.graph), tensors):
+            f.write(piece)
 
 
 def _node_key(node: onnx.NodeProto) -> bytes:

@@ -23,6 +23,7 @@ from onnxopt.core import progress as progress_channel
 from onnxopt.core.errors import GateFailedError
 from onnxopt.core.external import (
     LARGE,
+    byte_size,
     initializers_only,
     loaded_sha256,
     loaded_size,
@@ -256,7 +257,7 @@ def run_plan(
         final_model = _with_metadata(_final_model(final_stage, model), rec, made)
     stages = [replace(s, path=None) for s in stages]  # the files are gone
     final_stage = next(s for s in stages if s.name == final_stage.name)
-    gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize(), made.measured if decisions else None)
+    gates = check_gates(cfg.gates, final_stage, stages[0], byte_size(final_model), made.measured if decisions else None)
     timings["total"] = time.perf_counter() - t_start
     return OptimizeResult(
         model=final_model,
@@ -314,7 +315,7 @@ def _put_input(store: StageStore, source: Path) -> tuple[ModelProto, str, int, t
         return kept, sha, size, (path, lambda: load_model(source))
     del graph
     full = load_model(source)
-    sha, size = model_sha256(full), full.ByteSize()
+    sha, size = model_sha256(full), byte_size(full)
     path, kept = store.put(full, "input")
     return kept, sha, size, (path, lambda: load_model(source))
 
@@ -427,7 +428,7 @@ def _stage_from(sr: StageResult, seen: set[str]) -> Stage:
         options=sr.options,
         modified=r.modified,
         model=r.model,
-        size_bytes=sr.size_bytes if sr.size_bytes is not None else r.model.ByteSize(),
+        size_bytes=sr.size_bytes if sr.size_bytes is not None else byte_size(r.model),
         wall_s=sr.wall_s,
         report={**r.report, "keep_if_faster": r.keep_if_faster, "changes_outputs": r.changes_outputs},
         note=note,

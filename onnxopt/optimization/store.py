@@ -22,7 +22,7 @@ from types import TracebackType
 import onnx
 from onnx import ModelProto
 
-from onnxopt.core.external import load_external, write_external
+from onnxopt.core.external import byte_size, load_external, write_external
 
 PREFIX = "onnxopt-optimize-"
 KEEP_BYTES = 16 * 2**20  # stage models up to this size are kept in memory too
@@ -46,7 +46,7 @@ class StageStore:
         itself when it is KEEP_BYTES or less)."""
         path = self.dir / f"{name}.onnx"
         write_external(model, path)
-        return path, (model if model.ByteSize() <= KEEP_BYTES else graph_of(path))
+        return path, (model if byte_size(model) <= KEEP_BYTES else graph_of(path))
 
     def put_graph(self, graph: ModelProto, base_dir: Path, name: str) -> tuple[Path, ModelProto]:
         """Write the model whose graph-only proto is `graph` (weights in external data under

@@ -16,7 +16,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, PassError
-from onnxopt.core.external import load_external
+from onnxopt.core.external import byte_size, load_external
 from onnxopt.core.feeds import Feed
 from onnxopt.core.names import with_node_names
 
@@ -172,7 +172,7 @@ class Pipeline:
                     raise TypeError(f"returned {type(result).__name__}, not PassResult")
                 current = result.model  # the pass's input is not held while its output is stored and checked
                 if store is not None and last is not None:
-                    size = result.model.ByteSize()
+                    size = byte_size(result.model)
                     if result.modified:
                         last = store(result.model, f"{i + 1}-{p.name}")
                         reload = functools.partial(load_external, last[0])
@@ -215,7 +215,7 @@ def check_model(model: ModelProto | Path) -> None:
         checked: ModelProto | str | None = str(model)
     else:
         graph = model
-        checked = model if model.ByteSize() < 2**31 - 2**20 else None
+        checked = model if byte_size(model) < 2**31 - 2**20 else None
     if checked is not None:
         try:
             onnx.checker.check_model(checked)

@@ -16,7 +16,9 @@ from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
 from onnxopt.core.external import (
     LARGE,
+    byte_size,
     field_len,
+    graph_byte_size,
     initializers_only,
     loaded_size,
     uses_external,
@@ -222,7 +224,7 @@ def _open_input(model: ModelProto | str | os.PathLike[str], given: ModelProto, w
     path = None if isinstance(model, ModelProto) else Path(model)
     external = path is not None and uses_external(given)
     named = with_node_names(given) if external else given  # a graph: a cheap copy
-    size = loaded_size(named, path.parent) if external and path is not None else given.ByteSize()
+    size = loaded_size(named, path.parent) if external and path is not None else byte_size(given)
     if size < FROM_FILE_BYTES or default_opset(given) < PER_CHANNEL_QDQ_OPSET or not initializers_only(given):
         if path is None:
             original = with_node_names(given)
@@ -256,7 +258,7 @@ def _graph_growth(model: ModelProto, named: ModelProto) -> int:
     bare.graph.node.extend(model.graph.node)
     now = ModelProto()
     now.graph.node.extend(named.graph.node)
-    g = model.graph.ByteSize()
+    g = graph_byte_size(model.graph)
     grown = g + now.graph.ByteSize() - bare.graph.ByteSize()
     return field_len(grown) - field_len(g)
 

@@ -17,6 +17,7 @@ from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptErr
 from onnxopt.core.errors import short_message as _short
 from onnxopt.core.external import (
     LARGE,
+    byte_size,
     copy_fields,
     data_file,
     initializers_only,
@@ -144,7 +145,7 @@ class Prepared:
 
 def _prepared(variant: str, model: ModelProto, path: Path) -> Prepared:
     """Write model to path with its weights in external data; the Prepared that holds its graph only."""
-    size, big = model.ByteSize(), needs_file(model)
+    size, big = byte_size(model), needs_file(model)
     write_external(model, path)
     return Prepared(variant, path, onnx.load(str(path), load_external_data=False), size=size, big=big)
 
@@ -646,7 +647,7 @@ def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) 
 
 def model_size(model: ModelProto) -> int:
     """Serialized size in bytes (the file size when saved without external data)."""
-    return int(model.ByteSize())
+    return byte_size(model)
 
 
 def strip_quant_metadata(model: ModelProto) -> ModelProto:
