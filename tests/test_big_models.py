@@ -3,6 +3,8 @@ loadable outputs, keep peak memory bounded, and never write onto the input's dat
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -304,3 +306,260 @@ def test_optimize_from_a_path_holds_the_graph_only_and_gives_the_same_result(
     final = next(s for s in by_path.stages if s.name == by_path.final)
     assert (final.pass_name is None) == ("fold_constants" in recipe_text)  # the input kept: loaded again
     assert final.pass_name is None or final.fidelity.min_cosine > 0.9999
+
+
+def test_loaded_size_and_hash_without_loading_the_weights(tmp_path: Path) -> None:
+    """A graph-only proto gives the size and model_sha256 its loaded model has (the decisions
+    record's hash, computed tensor by tensor), and same_computation compares two files' models."""
+    from onnxopt.core.external import (
+        initializers_only,
+        load_external,
+        loaded_sha256,
+        loaded_size,
+        same_computation,
+    )
+    from onnxopt.optimization.decisions import model_sha256
+
+    m = load_model(external_mlp(tmp_path / "m.onnx", width=128, layers=2))
+    m.metadata_props.add(key="k", value="v")
+    m.doc_string, m.graph.doc_string = "doc", "graph doc"
+    m.graph.initializer.append(numpy_helper.from_array(np.arange(5, dtype=np.float32), "small"))
+    for threshold in (0, 1024):  # every tensor external, or the small ones inline
+        path = tmp_path / f"t{threshold}.onnx"
+        onnx.save(m, str(path), save_as_external_data=True, location=f"t{threshold}.data", size_threshold=threshold)
+        graph = load_model(path, load_external_data=False)
+        assert initializers_only(graph)
+        assert loaded_size(graph, tmp_path) == load_model(path).ByteSize()
+        assert loaded_size(graph, tmp_path, default_location=False) == load_external(path).ByteSize()
+        assert loaded_sha256(graph, tmp_path) == model_sha256(load_model(path))
+    assert same_computation(tmp_path / "m.onnx", tmp_path / "t0.onnx") is False  # an extra initializer
+    assert same_computation(tmp_path / "t0.onnx", tmp_path / "t1024.onnx")  # same model, other layout and names
+    changed = load_model(tmp_path / "t0.onnx")
+    w = numpy_helper.to_array(changed.graph.initializer[1]).copy()
+    w[3, 4] += 1e-3
+    changed.graph.initializer[1].CopyFrom(numpy_helper.from_array(w, changed.graph.initializer[1].name))
+    write_external(changed, tmp_path / "changed.onnx")
+    assert not same_computation(tmp_path / "t0.onnx", tmp_path / "changed.onnx")  # one weight differs
+
+
+def _quantize_in_file_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, src: Path | onnx.ModelProto,
+                           mode: str, seen: list[list[str]]) -> object:
+    """quantize() with the file-mode threshold at 0, the quantize work directory's files listed at
+    the first timing (or at the end of a single-mode run)."""
+    import tempfile
+
+    import onnxopt.quantization.api as api
+    import onnxopt.quantization.auto as auto
+    from onnxopt.core.progress import listening
+    from onnxopt.measure.benchmark import BenchConfig
+    from onnxopt.quantization.config import QuantizeConfig
+
+    monkeypatch.setattr(api, "FROM_FILE_BYTES", 0)
+    monkeypatch.setattr(auto, "GROUP_SHARE", 0.0)  # the brief round: one candidate per group
+    scratch = _scratch(monkeypatch, tmp_path)
+
+    def listen(line: str) -> None:
+        if "timing" in line and not seen:
+            seen.extend(sorted(p.name for p in d.iterdir() if p.is_file()) for d in scratch.glob("onnxopt-quantize-*"))
+
+    bench = BenchConfig(runs=3, warmup=1)
+    with listening(listen):
+        result = api.quantize(src, QuantizeConfig(mode=mode, quick_runs=3, final_runs=3), bench=bench)
+    assert list(Path(tempfile.gettempdir()).iterdir()) == []  # the work directory is gone
+    return result
+
+
+def test_quantize_in_file_mode_holds_the_graph_only_and_answers_like_memory_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big model (threshold lowered) is quantized from its file: a named input is not copied
+    (sessions and the quantizer read it where it is), the float model that computes the same is
+    timed once, sizes are the loaded model's, and the result is the one memory mode builds."""
+    from onnxopt.quantization.api import quantize
+    from onnxopt.quantization.config import QuantizeConfig
+    from onnxopt.quantization.result import int8_floor
+
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=3)
+    named = save_model(load_model(src), tmp_path / "named" / "n.onnx", external_data=True)  # every node named
+    before = (_digest(named), _digest(named.with_name("n.onnx.data")))
+    seen: list[list[str]] = []
+    r = _quantize_in_file_mode(tmp_path, monkeypatch, named, "auto", seen)
+    assert (_digest(named), _digest(named.with_name("n.onnx.data"))) == before
+    assert seen and "input.onnx" not in seen[0] and "float_folded.onnx.data" in seen[0]  # the input read in place
+    kept = [n for n in seen[0] if n.endswith(".onnx") and n != "float_folded.onnx"]  # candidates: the quantizer's files
+    assert kept and all(f"{n}.data" in seen[0] for n in kept)
+    assert all(n[: -len(".data")] in seen[0] for n in seen[0] if n.endswith(".data"))  # no data file left alone
+    full = load_model(named)
+    assert r.report["size_before"] == full.ByteSize() and r.report["int8_floor"] == int8_floor(full)
+    assert any("timed once" in n for n in r.report["notes"])
+    briefly = [c for c in r.report["candidates"] if c["status"] == "ok" and "-float" not in c["name"]]  # not fallback's
+    assert len(briefly) >= 3 and all("quick" in c for c in briefly)  # timed one group each (GROUP_SHARE 0)
+    # unnamed input: a named copy in the work directory; dynamic int8 gives memory mode's outputs
+    seen.clear()
+    monkeypatch.undo()
+    in_memory = quantize(load_model(src), QuantizeConfig(mode="dynamic"))
+    (tmp_path / "b").mkdir()
+    by_file = _quantize_in_file_mode(tmp_path / "b", monkeypatch, src, "dynamic", seen)
+    assert by_file.report["nodes"]["quantized"] == in_memory.report["nodes"]["quantized"]  # the same names
+    x = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)
+    np.testing.assert_array_equal(create_session(by_file.model).run(None, {"input": x})[0],
+                                  create_session(in_memory.model).run(None, {"input": x})[0])
+    assert by_file.report["size_before"] == in_memory.report["size_before"]
+
+
+def test_brief_timing_groups_add_up_to_the_budget() -> None:
+    from onnxopt.quantization.auto import _groups
+
+    assert _groups([], 10) == [[]]
+    assert _groups([4, 4, 4, 20, 1], 8) == [[0, 1], [2], [3], [4]]
+    assert _groups([4, 4, 4], 100) == [[0, 1, 2]]
+
+
+@dataclass(frozen=True)
+class _FilePass:
+    """A pass that reads its model from the file (Pipeline.run hands over the graph and the path)."""
+
+    name: ClassVar[str] = "file_pass_for_test"
+    reads_file: ClassVar[bool] = True
+    got: list = dataclasses.field(default_factory=list, compare=False)
+
+    def __call__(self, model: onnx.ModelProto, context: object) -> object:
+        from onnxopt.passes.base import PassResult
+
+        self.got.append((model, getattr(context, "model_path", None)))
+        return PassResult(model, False, {})
+
+
+@dataclass(frozen=True)
+class _WeightsPass:
+    """A pass that needs the weights (records whether it got them)."""
+
+    name: ClassVar[str] = "weights_pass_for_test"
+    got: list = dataclasses.field(default_factory=list, compare=False)
+
+    def __call__(self, model: onnx.ModelProto, context: object) -> object:
+        from onnxopt.passes.base import PassResult, model_has_weights
+
+        self.got.append(model_has_weights(model))
+        return PassResult(model, False, {})
+
+
+def test_pipeline_hands_a_file_reading_pass_the_graph_and_reloads_for_the_next(tmp_path: Path) -> None:
+    """With a store that keeps graphs only, a reads_file pass (optimize_graph too) gets the stage's
+    graph and its file; a pass that needs the weights after it gets them back from the file."""
+    from onnxopt.optimization.store import StageStore
+    from onnxopt.passes.base import PassContext, Pipeline, model_has_weights
+    from onnxopt.passes.graph import OptimizeGraphPass
+
+    src = external_mlp(tmp_path / "m.onnx", width=128, layers=2)
+    file_pass = _FilePass()
+    with StageStore(str(tmp_path)) as store:
+        def keep_graph(model: onnx.ModelProto, name: str) -> tuple[Path, onnx.ModelProto]:
+            path = store.dir / f"{name}.onnx"
+            write_external(model, path)
+            return path, onnx.load(str(path), load_external_data=False)
+
+        weights_pass = _WeightsPass()
+        result = Pipeline([OptimizeGraphPass(), file_pass, weights_pass, OptimizeGraphPass()]).run(
+            load_model(src), PassContext(), store=keep_graph)
+        (model, path), = file_pass.got
+        assert not model_has_weights(model) and path == result.stages[0].path and path.exists()
+        assert weights_pass.got == [True]  # loaded again from the file
+        last = result.stages[-1].path
+        assert last is not None
+        x = np.ones((1, 128), np.float32)
+        want = create_session(src).run(None, {"input": x})[0]
+        np.testing.assert_allclose(create_session(last).run(None, {"input": x})[0], want, rtol=1e-5)
+
+
+def test_optimize_a_big_model_from_files_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """optimize(path) with every threshold at 0 (as for a big model): the input is hashed without
+    loading it (the hash of the loaded model), the quantize pass works from the stage file (its
+    float model is that file: timed once), a stage computing what an earlier one does is timed
+    once, as it, and the result answers like the input."""
+    import onnxopt.optimization.run as run
+    import onnxopt.optimization.store as store
+    import onnxopt.quantization.api as api
+    from onnxopt.optimization.decisions import model_sha256
+    from onnxopt.optimization.types import OptimizeConfig
+
+    for module, name in ((store, "KEEP_BYTES"), (api, "FROM_FILE_BYTES"), (run, "TWIN_BYTES")):
+        monkeypatch.setattr(module, name, 0)
+    scratch = _scratch(monkeypatch, tmp_path)
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=2)
+    said: list[str] = []
+    r = run.optimize(src, None, OptimizeConfig(bench_runs=5, bench_seconds=0.2, warmup=1), progress=said.append)
+    assert list(scratch.iterdir()) == []
+    assert r.decisions.input_sha256 == model_sha256(load_model(src))
+    q = next(s for s in r.stages if s.pass_name == "quantize")
+    assert any("timed once, as the input" in n for n in q.report["notes"])
+    graph = next(s for s in r.stages if s.pass_name == "optimize_graph")
+    assert graph.modified  # onnxruntime rewrote the file (the computation is the input's)
+    assert any(line.startswith(f"{graph.name} computes what original does") for line in said)
+    assert graph.bench is not None and r.stages[0].bench is not None
+    assert graph.bench.samples_ms == r.stages[0].bench.samples_ms
+    x = np.random.default_rng(2).standard_normal((8, 256)).astype(np.float32)
+    a = create_session(src).run(None, {"input": x})[0].astype(np.float64)
+    b = create_session(r.model).run(None, {"input": x})[0].astype(np.float64)
+    assert ((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min() >= 0.99
+
+
+def test_optimize_graph_from_the_file_gives_what_it_gives_from_the_proto(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """optimize_graph handed the file (graph only + context.model_path) writes the same model and
+    the same report as when handed the loaded model (which, above LARGE, it writes to a file too)."""
+    import onnxopt.core.external as ext
+    from onnxopt.passes.base import PassContext
+    from onnxopt.passes.graph import OptimizeGraphPass
+
+    monkeypatch.setattr(ext, "LARGE", 1024)
+    src = save_model(load_model(external_mlp(tmp_path / "m.onnx", width=128, layers=2)),  # named, as stages are
+                     tmp_path / "named" / "n.onnx", external_data=True)
+    by_proto = OptimizeGraphPass()(load_model(src), PassContext())
+    graph = load_model(src, load_external_data=False)
+    by_file = OptimizeGraphPass()(graph, PassContext(model_path=src))
+    assert by_file.model.SerializeToString() == by_proto.model.SerializeToString()
+    assert (by_file.modified, by_file.report) == (by_proto.modified, by_proto.report)
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in by_file.model.graph.initializer)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_lean_shape_inference_writes_what_onnxruntime_writes(tmp_path: Path, per_channel: bool) -> None:
+    """Dynamic int8 of onnxruntime with its shape re-inference done on the graph (big models,
+    engine.lean_shape_inference) writes the same files, byte for byte, as with its deep-copy
+    save-and-reload."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from onnxopt.quantization.engine import lean_shape_inference, quiet_quantizer
+
+    src = external_mlp(tmp_path / "m.onnx", width=256, layers=3)
+    outs = []
+    for lean in (False, True):
+        out = tmp_path / ("lean" if lean else "plain") / "q.onnx"
+        out.parent.mkdir()
+        with quiet_quantizer(), lean_shape_inference() if lean else contextlib.nullcontext():
+            quantize_dynamic(str(src), str(out), per_channel=per_channel, use_external_data_format=True,
+                             extra_options={"MatMulConstBOnly": True})
+        outs.append((out.read_bytes(), out.with_name("q.onnx.data").read_bytes()))
+    assert outs[0] == outs[1]
+    from onnxruntime.quantization import (  # the block restored onnxruntime's function
+        onnx_quantizer,
+        quant_utils,
+    )
+
+    assert onnx_quantizer.save_and_reload_model_with_shape_infer is quant_utils.save_and_reload_model_with_shape_infer
+
+
+def test_sizes_and_writes_of_a_whole_proto_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """byte_size equals ByteSize() and a big model's inline save writes SerializeToString()'s bytes,
+    both without protobuf serializing the whole model (upb's ByteSize() does)."""
+    import onnxopt.core.external as ext
+
+    m = load_model(external_mlp(tmp_path / "m.onnx", width=200, layers=3))
+    m.graph.initializer.append(numpy_helper.from_array(np.arange(3, dtype=np.int64), "small"))
+    m.metadata_props.add(key="k", value="v")
+    assert ext.byte_size(m) == m.ByteSize() and ext.graph_byte_size(m.graph) == m.graph.ByteSize()
+    assert ext.byte_size(onnx.ModelProto()) == 0
+    monkeypatch.setattr(ext, "LARGE", 1024)  # save_model writes above LARGE piece by piece
+    out = save_model(m, tmp_path / "out" / "m.onnx", external_data=False)
+    assert out.read_bytes() == m.SerializeToString()

@@ -149,7 +149,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
             size = (int(dims[0]), int(dims[1]))
         spec = option_config(ImageSpec, size=size, layout=layout, mean=_floats(mean, "--mean") or (0.0,),
                              std=_floats(std, "--std") or (1.0,), scale=scale)  # fmt: skip
-    proto = load_model(model)
+    proto = load_model(model, load_external_data=False)  # the graph the data are checked against
     calib = open_calibration(proto, calib_data, samples=calib_samples, image=spec) if calib_data is not None else None
     val = load_eval_data(proto, val_data) if val_data is not None else None
     bench = None
@@ -157,7 +157,7 @@ def command(model: Path, output: Path, mode: str, objective: str, calib_data: Pa
         bench = BenchConfig(session=bench_session(threads), runs=max(2, runs), batch=batch,
                             shape_overrides=parse_shape_overrides(shapes) or None)
     with listening(progress_printer(as_json)):
-        result = quantize(proto, config, calib=calib, val=val, bench=bench)
+        result = quantize(model, config, calib=calib, val=val, bench=bench)  # loads it (a big one: its graph only)
     report: dict[str, Any] = dict(result.report)
     report["output"] = str(output)
     with staged(plan) as outputs:  # the model and the report, or (on any failure) neither

@@ -493,7 +493,9 @@ def save_model(
     if out.is_dir():
         raise OnnxoptError(f"{out}: is a directory; give an output file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    use_external = external_data if external_data is not None else model.ByteSize() > _PROTO_LIMIT
+    from onnxopt.core.external import LARGE, byte_size
+
+    use_external = external_data if external_data is not None else byte_size(model) > _PROTO_LIMIT
     data_name = out.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -503,6 +505,12 @@ def save_model(
 
             write_external(model, tmp)  # tensor by tensor: no copy of the model
             os.replace(tmp_dir / data_name, out.parent / data_name)
+        elif byte_size(model) > LARGE:  # the same bytes, without protobuf's whole-model encoder buffer
+            from onnxopt.core.external import write_serialized
+
+            write_serialized(model, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         else:
             _write_bytes(tmp, model.SerializeToString())
         os.replace(tmp, out)

@@ -105,6 +105,9 @@ class SessionConfig:
     opt_level: str = "all"
     allow_spinning: bool = True
     custom_ops: bool = True
+    # False: no packed copies of the weights (session.disable_prepacking), for a session that is
+    # only created, never run (a load check, an offline optimization): about one model size less.
+    prepack: bool = True
 
     def __post_init__(self) -> None:
         if self.opt_level not in OPT_LEVELS:
@@ -138,6 +141,8 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     if not config.allow_spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if not config.prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     so.log_severity_level = _severity
     if config.custom_ops:
         lib = _extensions_library()

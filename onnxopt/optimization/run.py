@@ -21,6 +21,15 @@ from onnx import ModelProto, StringStringEntryProto
 
 from onnxopt.core import progress as progress_channel
 from onnxopt.core.errors import GateFailedError
+from onnxopt.core.external import (
+    LARGE,
+    byte_size,
+    initializers_only,
+    loaded_sha256,
+    loaded_size,
+    same_computation,
+    uses_external,
+)
 from onnxopt.core.feeds import Feed, feed_samples, first_batch, synthesize_feed
 from onnxopt.core.model import (
     batch_axes,
@@ -47,7 +56,7 @@ from onnxopt.optimization.decisions import (
     replay_specs,
 )
 from onnxopt.optimization.recipe import PassSpec, Recipe
-from onnxopt.optimization.store import StageStore, load_full
+from onnxopt.optimization.store import KEEP_BYTES, StageStore, load_full
 from onnxopt.optimization.types import (
     GATE_FAILED_KEY,
     RECIPE_KEY,
@@ -59,6 +68,8 @@ from onnxopt.optimization.types import (
 from onnxopt.passes.base import PassContext, PipelineResult, StageResult, model_has_weights
 
 log = logging.getLogger(__name__)
+
+TWIN_BYTES = LARGE  # stages at least this big that compute what an earlier stage does are timed once (_twins)
 
 STAGE_LABELS = {
     "optimize_graph": "graph-optimized",
@@ -246,7 +257,7 @@ def run_plan(
         final_model = _with_metadata(_final_model(final_stage, model), rec, made)
     stages = [replace(s, path=None) for s in stages]  # the files are gone
     final_stage = next(s for s in stages if s.name == final_stage.name)
-    gates = check_gates(cfg.gates, final_stage, stages[0], final_model.ByteSize(), made.measured if decisions else None)
+    gates = check_gates(cfg.gates, final_stage, stages[0], byte_size(final_model), made.measured if decisions else None)
     timings["total"] = time.perf_counter() - t_start
     return OptimizeResult(
         model=final_model,
@@ -291,12 +302,20 @@ def _decide(
 
 
 def _put_input(store: StageStore, source: Path) -> tuple[ModelProto, str, int, tuple[Path, Callable[[], ModelProto]]]:
-    """Load the model file (core.model.load_model, as the CLI always did), hash it and write it into
-    the store as the input stage: (what the store kept of it, its model_sha256, its size, (its
+    """Hash the model file as loaded (core.model.load_model, as the CLI always did) and write it
+    into the store as the input stage: (what the store kept of it, its model_sha256, its size, (its
     file, how Pipeline.run loads it again for the first pass)). Only the kept proto (the graph, for
-    a big model) outlives this call."""
+    a big model) outlives this call. A model above KEEP_BYTES with its weights in external data
+    is not loaded whole: hash and size are computed from its graph and files tensor by tensor
+    (core.external.loaded_sha256: the same hash; protobuf cannot serialize a model above 2 GB)."""
+    graph = load_model(source, load_external_data=False)
+    if uses_external(graph) and initializers_only(graph) and loaded_size(graph, source.parent) > KEEP_BYTES:
+        sha, size = loaded_sha256(graph, source.parent), loaded_size(graph, source.parent)
+        path, kept = store.put_graph(graph, source.parent, "input")
+        return kept, sha, size, (path, lambda: load_model(source))
+    del graph
     full = load_model(source)
-    sha, size = model_sha256(full), full.ByteSize()
+    sha, size = model_sha256(full), byte_size(full)
     path, kept = store.put(full, "input")
     return kept, sha, size, (path, lambda: load_model(source))
 
@@ -389,8 +408,11 @@ def _benchmark(
     """The stages with their latency (every stage that changed the model, interleaved) attached."""
     measured = [s for s in stages if s.modified or s.pass_name is None]
     t0 = time.perf_counter()
-    say(f"benchmarking {len(measured)} models interleaved ({cfg.bench_runs} runs each)")
-    bench_by_name = _bench(measured, feed, cfg)
+    twins = _twins(measured)
+    say(f"benchmarking {len(measured) - len(twins)} models interleaved ({cfg.bench_runs} runs each)")
+    for i, j in twins.items():
+        say(f"{measured[i].name} computes what {measured[j].name} does (same nodes and weights): timed once, as it")
+    bench_by_name = _bench(measured, feed, cfg, twins)
     timings["benchmark"] = timings.get("benchmark", 0.0) + time.perf_counter() - t0
     return [replace(s, bench=bench_by_name.get(s.name)) for s in stages]
 
@@ -406,7 +428,7 @@ def _stage_from(sr: StageResult, seen: set[str]) -> Stage:
         options=sr.options,
         modified=r.modified,
         model=r.model,
-        size_bytes=sr.size_bytes if sr.size_bytes is not None else r.model.ByteSize(),
+        size_bytes=sr.size_bytes if sr.size_bytes is not None else byte_size(r.model),
         wall_s=sr.wall_s,
         report={**r.report, "keep_if_faster": r.keep_if_faster, "changes_outputs": r.changes_outputs},
         note=note,
@@ -443,13 +465,37 @@ def _verify(
     return reports
 
 
-def _bench(measured: list[Stage], timed: Feed, cfg: OptimizeConfig) -> dict[str, Any]:
-    """Every measured stage timed side by side on the same feed (timing_feed: the deployment shape)."""
+def _twins(measured: list[Stage]) -> dict[int, int]:
+    """{i: j}: measured[i], a stage of TWIN_BYTES or more in a file, computes what the earlier
+    measured[j] does (core.external.same_computation: same nodes, same weights, e.g. a graph
+    optimization that changed nothing that runs). Such a stage is timed once, as its twin: one
+    session of the model's size less, and no noise between two equal models."""
+    out: dict[int, int] = {}
+    for i, s in enumerate(measured):
+        if s.path is None or s.size_bytes < TWIN_BYTES:
+            continue
+        for j in range(i):
+            t = measured[j]
+            if j not in out and t.path is not None and same_computation(t.path, s.path):
+                out[i] = j
+                break
+    return out
+
+
+def _bench(measured: list[Stage], timed: Feed, cfg: OptimizeConfig, twins: dict[int, int] | None = None
+           ) -> dict[str, Any]:
+    """Every measured stage timed side by side on the same feed (timing_feed: the deployment shape);
+    twins (see _twins) get their twin's result."""
     from onnxopt.measure.benchmark import benchmark
 
+    twins = twins or {}
     bcfg = replace(_bench_config(cfg), batch=feed_samples(timed, batch_axes(measured[0].model)))
-    results = benchmark([s.source for s in measured], bcfg, feed=timed, names=[s.name for s in measured])
-    return {s.name: r for s, r in zip(measured, results)}
+    alone = [s for i, s in enumerate(measured) if i not in twins]
+    results = benchmark([s.source for s in alone], bcfg, feed=timed, names=[s.name for s in alone])
+    by_name = {s.name: r for s, r in zip(alone, results)}
+    for i, j in twins.items():
+        by_name[measured[i].name] = replace(by_name[measured[j].name], name=measured[i].name)
+    return by_name
 
 
 def _with_metadata(m: ModelProto, recipe: Recipe, decisions: Decisions) -> ModelProto:

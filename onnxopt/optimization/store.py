@@ -5,7 +5,8 @@ folder, weights of 1 KiB or more in external data beside it (core.external.write
 written tensor by tensor, the model untouched). Sessions (verification, benchmark, the pass
 checks) load from these files, and the run holds only each stage's graph-only proto: at most one
 full model (the one the next pass works on) besides the caller's input (none when optimize() is
-given a path, as the CLI does: the input is loaded, hashed and written here, then held as a graph). A model of KEEP_BYTES or
+given a path, as the CLI does: the input is hashed and written here, then held as a graph; a big
+one with external data is never loaded whole for it, see run._put_input). A model of KEEP_BYTES or
 less stays in memory as well (it costs little, and Stage.model then still has its weights after
 the run, as API users may expect). The folder is removed when the run ends, failed or not; the
 result model is loaded from it before.
@@ -21,7 +22,7 @@ from types import TracebackType
 import onnx
 from onnx import ModelProto
 
-from onnxopt.core.external import load_external, write_external
+from onnxopt.core.external import byte_size, load_external, write_external
 
 PREFIX = "onnxopt-optimize-"
 KEEP_BYTES = 16 * 2**20  # stage models up to this size are kept in memory too
@@ -45,7 +46,14 @@ class StageStore:
         itself when it is KEEP_BYTES or less)."""
         path = self.dir / f"{name}.onnx"
         write_external(model, path)
-        return path, (model if model.ByteSize() <= KEEP_BYTES else graph_of(path))
+        return path, (model if byte_size(model) <= KEEP_BYTES else graph_of(path))
+
+    def put_graph(self, graph: ModelProto, base_dir: Path, name: str) -> tuple[Path, ModelProto]:
+        """Write the model whose graph-only proto is `graph` (weights in external data under
+        base_dir, copied tensor by tensor) as `<name>.onnx`; (its path, its graph-only proto)."""
+        path = self.dir / f"{name}.onnx"
+        write_external(graph, path, base_dir=base_dir)
+        return path, graph_of(path)
 
     def close(self) -> None:
         """Remove the folder and every model in it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import typing
@@ -15,6 +16,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, PassError
+from onnxopt.core.external import byte_size, load_external
 from onnxopt.core.feeds import Feed
 from onnxopt.core.names import with_node_names
 
@@ -36,6 +38,9 @@ class PassContext:
     prior: tuple[str, ...] = ()  # names of the passes that ran before this one (set by Pipeline.run)
     family: str | None = None  # the input model's core.model.model_family, when the caller computed it once
     floor: Any = None  # quantization.evaluate.Budget every number-changing stage must hold (set by optimize)
+    # Set by Pipeline.run for a pass whose class sets reads_file = True, when the store kept the model's
+    # graph only: the file the model is in (the model handed to the pass is then that graph).
+    model_path: Path | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -137,28 +142,40 @@ class Pipeline:
         weights and named nodes); `model` is then what the store kept of it (its graph only when
         big). The first pass gets the loaded model, which no one else holds: it is freed as soon
         as that pass is done (a caller holding the full input would keep it through every pass).
+        A pass whose class sets `reads_file = True` gets, when the store kept the graph only, that
+        graph and context.model_path (the file): no full model is held while it runs; a later
+        pass that needs the weights loads them from the file again.
         """
         ctx = context or PassContext()
         done: list[str] = []
         stages: list[StageResult] = []
+        reload: Callable[[], ModelProto] | None = None  # loads the model `last` holds, with its weights
         if stored is not None and store is not None:
             last: tuple[Path, ModelProto] | None = (stored[0], model)
-            current = model if model_has_weights(model) else stored[1]()
+            current, reload = model, stored[1]
         else:
             current = with_node_names(model)  # passes identify nodes by name; names are optional in ONNX
             last = store(current, "input") if store is not None else None
+            reload = functools.partial(load_external, last[0]) if last is not None else None
         input_path = last[0] if last is not None else None
         for i, p in enumerate(self.passes):
             start = time.perf_counter()
             path, size = None, None
+            pctx = dataclasses.replace(ctx, prior=tuple(done))
             try:
-                result = p(current, dataclasses.replace(ctx, prior=tuple(done)))
+                if last is not None and getattr(p, "reads_file", False) and not model_has_weights(last[1]):
+                    current, pctx = last[1], dataclasses.replace(pctx, model_path=last[0])
+                elif not model_has_weights(current) and reload is not None:
+                    current = reload()
+                result = p(current, pctx)
                 if not isinstance(result, PassResult):
                     raise TypeError(f"returned {type(result).__name__}, not PassResult")
+                current = result.model  # the pass's input is not held while its output is stored and checked
                 if store is not None and last is not None:
-                    size = result.model.ByteSize()
+                    size = byte_size(result.model)
                     if result.modified:
                         last = store(result.model, f"{i + 1}-{p.name}")
+                        reload = functools.partial(load_external, last[0])
                     path = last[0]
                 if self.check and result.modified:
                     check_model(path if path is not None else result.model)
@@ -167,7 +184,6 @@ class Pipeline:
                 raise PassError(f"{p.name} failed after passes [{', '.join(done)}]: {reason}") from e
             wall = time.perf_counter() - start
             log.info("pass %s: modified=%s in %.2f s", p.name, result.modified, wall)
-            current = result.model
             if last is not None:  # keep what the store returned (the graph only: the weights are in the file)
                 result = dataclasses.replace(result, model=last[1])
             stage = StageResult(p.name, pass_options(p), result, wall, path, size)
@@ -199,13 +215,13 @@ def check_model(model: ModelProto | Path) -> None:
         checked: ModelProto | str | None = str(model)
     else:
         graph = model
-        checked = model if model.ByteSize() < 2**31 - 2**20 else None
+        checked = model if byte_size(model) < 2**31 - 2**20 else None
     if checked is not None:
         try:
             onnx.checker.check_model(checked)
         except Exception as e:
             raise InvalidModelError(f"the result fails the ONNX checker: {e}") from e
-    create_session(model, opt_level="disable", intra_op_threads=1, custom_ops=needs_custom_ops(graph))
+    create_session(model, opt_level="disable", intra_op_threads=1, custom_ops=needs_custom_ops(graph), prepack=False)
 
 
 # ---------------------------------------------------------------- registry

@@ -35,7 +35,7 @@ import onnx
 from onnx import ModelProto, helper, numpy_helper
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError, short_message
-from onnxopt.core.external import as_file, needs_file, same_graph
+from onnxopt.core.external import as_file, data_file, needs_file, same_graph
 from onnxopt.core.model import copy_model, op_histogram, prune_opset_imports, subgraph_inputs
 from onnxopt.passes.base import PassContext, PassResult, register_pass
 
@@ -64,27 +64,29 @@ def _copy_model_info(src: ModelProto, dst: ModelProto) -> None:
     dst.metadata_props.extend(src.metadata_props)
 
 
-def ort_optimize(model: ModelProto, level: str = "basic") -> ModelProto:
-    """The model as onnxruntime's offline optimizer writes it at a level (basic|extended|all)."""
+def ort_optimize(model: ModelProto, level: str = "basic", *, path: Path | None = None) -> ModelProto:
+    """The model as onnxruntime's offline optimizer writes it at a level (basic|extended|all).
+
+    path: `model` is the graph of this file (its weights in external data there): onnxruntime
+    reads the file itself (optimize_file), the weights never pass through a proto on the way in."""
     import onnxruntime as ort
 
     from onnxopt.core.runtime import SessionConfig, needs_custom_ops, session_options
 
     if level not in GRAPH_LEVELS:
         raise InvalidInputError(f"unknown graph level {level!r}; choose one of {', '.join(GRAPH_LEVELS)}")
-    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(model)))
     with tempfile.TemporaryDirectory(prefix="onnxopt-graph-") as tmp:
         out = Path(tmp) / "optimized.onnx"
-        so.optimized_model_filepath = str(out)
-        big = needs_file(model)
-        if big:  # weights stay in an external-data file; onnxruntime reads the model from a file
-            so.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
-            )
-        try:
+        if path is not None or needs_file(model):  # weights stay in external data; onnxruntime reads a file
             with contextlib.ExitStack() as stack:
-                src = str(stack.enter_context(as_file(model))) if big else model.SerializeToString()
-                ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+                src = path if path is not None else stack.enter_context(as_file(model))
+                optimize_file(src, out, model, level)
+            return onnx.load(str(out))
+        so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(model),
+                                           prepack=False))  # the session only writes the optimized model
+        so.optimized_model_filepath = str(out)
+        try:
+            ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {short_message(e)}") from e
         result = onnx.load(str(out))
@@ -93,12 +95,37 @@ def ort_optimize(model: ModelProto, level: str = "basic") -> ModelProto:
     return result
 
 
+def optimize_file(src: Path, out: Path, graph: ModelProto, level: str = "basic") -> None:
+    """ort_optimize from file to file: onnxruntime reads src (graph: its graph) and writes the model
+    optimized at `level` to out, its weights in `<out name>.data` (core.external.data_file); unused
+    opset imports dropped and the input's identity (producer, metadata) kept, as ort_optimize does.
+    No proto holds the weights. Raises InvalidModelError when onnxruntime cannot load the model."""
+    import onnxruntime as ort
+
+    from onnxopt.core.runtime import SessionConfig, needs_custom_ops, session_options
+
+    so = session_options(SessionConfig(opt_level=level, intra_op_threads=1, custom_ops=needs_custom_ops(graph),
+                                       prepack=False))  # the session only writes the optimized model
+    so.optimized_model_filepath = str(out)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file(out).name)
+    try:
+        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise InvalidModelError(f"onnxruntime cannot load the model to optimize it: {short_message(e)}") from e
+    result = onnx.load(str(out), load_external_data=False)
+    prune_opset_imports(result)
+    _copy_model_info(graph, result)
+    out.write_bytes(result.SerializeToString())  # the graph only: the weights stay in the data file
+
+
 @register_pass
 @dataclass(frozen=True)
 class OptimizeGraphPass:
     """onnxruntime offline graph optimization (default level basic keeps the model portable)."""
 
     name: ClassVar[str] = "optimize_graph"
+    # A big stage is optimized from its file (Pipeline.run hands over its graph and context.model_path).
+    reads_file: ClassVar[bool] = True
     level: str = "basic"
 
     def __post_init__(self) -> None:
@@ -116,9 +143,10 @@ class OptimizeGraphPass:
                 self.level,
                 " tuned to this CPU (nchwc layout): deploy only on the same CPU type" if self.level == "all" else "",
             )
-        new = ort_optimize(model, self.level)
+        path = context.model_path
+        new = ort_optimize(model, self.level, path=path)
         before, after = op_histogram(model), op_histogram(new)
-        modified = not same_graph(new.graph, model.graph)
+        modified = not same_graph(new.graph, model.graph, b_dir=path.parent if path is not None else None)
         return PassResult(
             new,
             modified,

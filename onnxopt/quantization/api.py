@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -13,8 +14,18 @@ from onnx import ModelProto
 
 from onnxopt.core.cpu import detect_cpu
 from onnxopt.core.errors import InvalidInputError, UnsupportedModelError
+from onnxopt.core.external import (
+    LARGE,
+    byte_size,
+    field_len,
+    graph_byte_size,
+    initializers_only,
+    loaded_size,
+    uses_external,
+    write_external,
+)
 from onnxopt.core.feeds import Feed, synthesize_feed
-from onnxopt.core.model import fixed_batch, model_family
+from onnxopt.core.model import copy_model, default_opset, fixed_batch, load_model, model_family
 from onnxopt.core.names import unnamed_count, with_node_names
 from onnxopt.measure.benchmark import BenchConfig, benchmark, feed_shapes, timing_feed
 from onnxopt.measure.fidelity import require_labels
@@ -32,6 +43,7 @@ from onnxopt.quantization.config import (
     _config_dict,
 )
 from onnxopt.quantization.engine import (
+    PER_CHANNEL_QDQ_OPSET,
     CandidateFailed,
     check_opset,
     model_size,
@@ -41,10 +53,14 @@ from onnxopt.quantization.engine import (
 from onnxopt.quantization.evaluate import Budget, Evaluator
 from onnxopt.quantization.fallback import fallback
 from onnxopt.quantization.result import QuantizeResult, int8_floor
-from onnxopt.quantization.session import QuantSession, built_entry
+from onnxopt.quantization.session import InputModel, QuantSession, built_entry
 from onnxopt.quantization.weight_only import require_algorithm
 
 log = logging.getLogger(__name__)
+
+# Models of this serialized size or more are quantized in file mode (see _open_input): held as
+# their graph only, every session and onnxruntime's quantizer reading the weights from a file.
+FROM_FILE_BYTES = LARGE
 
 
 def _check_node_names(models: list[ModelProto], names: tuple[str, ...]) -> None:
@@ -98,7 +114,7 @@ def require_calibration(mode: str, calib: object) -> None:
 
 
 def quantize(
-    model: ModelProto,
+    model: ModelProto | str | os.PathLike[str],
     config: QuantizeConfig | None = None,
     calib: Feed | CalibrationSource | None = None,
     val: tuple[Feed, np.ndarray | None] | None = None,
@@ -109,6 +125,8 @@ def quantize(
 ) -> QuantizeResult:
     """Quantize a model with onnxruntime; the input is never modified.
 
+    model: a proto, or the path of a model file (loaded as core.model.load_model does; a big
+    model with external data is then never held with its weights: see _open_input).
     calib: calibration inputs (a feed or a streaming CalibrationSource) for static quantization.
     val: (inputs, labels or None) to measure fidelity / accuracy; defaults to calibration inputs.
     bench: benchmark settings (auto mode always measures; other modes measure only when given).
@@ -119,7 +137,8 @@ def quantize(
     """
     cfg = config or QuantizeConfig()
     t0 = time.perf_counter()
-    already = quant_ops_in(model)
+    given = model if isinstance(model, ModelProto) else load_model(model, load_external_data=False, name_nodes=False)
+    already = quant_ops_in(given)
     if already and not cfg.force:
         ops = ", ".join(f"{k} x{v}" for k, v in list(already.items())[:4])
         raise InvalidInputError(f"the model is already quantized (found {ops}): nothing to do; pass --force to quantize anyway")
@@ -129,27 +148,27 @@ def quantize(
     require_calibration(cfg.mode, calib)
     if cfg.mode == "weight-only":
         require_algorithm(cfg.algorithm)
-    if cfg.mode == "auto" and model_family(model) == "transformer":  # optimize's engine for text encoders
+    if cfg.mode == "auto" and model_family(given) == "transformer":  # optimize's engine for text encoders
         from onnxopt.quantization.transformer import quantize_transformer_auto
 
-        return quantize_transformer_auto(model, cfg, calib=calib, val=val, bench=bench, budget=budget)
+        full = given if isinstance(model, ModelProto) else load_model(model)
+        del given
+        return quantize_transformer_auto(full, cfg, calib=calib, val=val, bench=bench, budget=budget)
     notes: list[str] = []
     cpu = detect_cpu()
-    # Never modified below; a copy only to name unnamed nodes (the report, exclusions and decisions
-    # identify nodes by name): a big model is not copied.
-    original = with_node_names(model)
-    if original is not model:
-        notes.append(f"{unnamed_count(model)} unnamed node(s) given stable names: <op type>_<position>_<hash>")
-    source = _as_source(original, calib, cfg)
-    feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes, bench)
-    evaluator = Evaluator(original, feed, labels, eval_source)
-    needs_pc_qdq = cfg.mode == "static" and cfg.per_channel and cfg.format == "qdq"
     with tempfile.TemporaryDirectory(prefix="onnxopt-quantize-") as tmp:
         wd = Path(tmp)
+        inp = _open_input(model, given, wd, notes, in_place=not graph_optimized or _scratch_file(model))
+        del given  # an input loaded here: only what inp holds of it stays
+        original = inp.graph  # never modified below
+        source = _as_source(original, calib, cfg)
+        feed, labels, eval_source = _eval_data(original, source, val, cfg.seed, notes, bench)
+        evaluator = Evaluator(original, feed, labels, eval_source, run_from=inp.source)
+        needs_pc_qdq = cfg.mode == "static" and cfg.per_channel and cfg.format == "qdq"
         start = check_opset(original, needs_per_channel_qdq=needs_pc_qdq, feed=feed, notes=notes)
-        variants = prepare(start, wd, notes, graph_optimized=graph_optimized and start is original)
+        variants = prepare(start, wd, notes, graph_optimized=graph_optimized and start is original, path=inp.path)
         _check_node_names([original] + [v.model for v in variants], cfg.exclude_nodes)
-        sess = QuantSession(original, variants, source, evaluator, wd, notes)
+        sess = QuantSession(original, variants, source, evaluator, wd, notes, inp)
         if not budget.active:  # the fidelity floor holds in every mode; lowering it is explicit
             budget = Budget(min_cosine=DEFAULT_AUTO_COSINE)
             notes.append(f"no accuracy budget given: output cosine >= {DEFAULT_AUTO_COSINE} per sample is required "
@@ -170,15 +189,83 @@ def quantize(
         "fidelity_data": {"source": eval_source, "samples": evaluator.samples, "labels": labels is not None},
         "calibration": None if source is None else {"source": source.description, "samples": source.samples,
                                                      "method": cfg.calib_method},
-        "size_before": model_size(original),
+        "size_before": inp.size,
         "size_after": model_size(result_model),
-        "size_ratio": model_size(result_model) / max(1, model_size(original)),
-        "int8_floor": int8_floor(original),
+        "size_ratio": model_size(result_model) / max(1, inp.size),
+        "int8_floor": int8_floor(original) + inp.size - model_size(original),  # linear in the size
         "timed_shapes": _timed_shapes(original, feed, bench),
         "notes": notes + report.get("notes", []),
         "seconds": round(time.perf_counter() - t0, 2),
     })
     return QuantizeResult(result_model, quantized, meets, report, runner_up)
+
+
+def _scratch_file(model: ModelProto | str | os.PathLike[str]) -> bool:
+    """True for a stage file of optimize's work directory (optimization.store), which onnxruntime's
+    quantizer may write beside (its shape inference writes `<name>-inferred.onnx` next to the
+    model it reads); never for a user's file."""
+    from onnxopt.optimization.store import PREFIX
+
+    return not isinstance(model, ModelProto) and Path(model).parent.name.startswith(PREFIX)
+
+
+def _open_input(model: ModelProto | str | os.PathLike[str], given: ModelProto, workdir: Path,
+                notes: list[str], *, in_place: bool = True) -> InputModel:
+    """The input as quantize() works on it: held whole (nodes named: a copy only when some were
+    unnamed, with a note), or, for a model of FROM_FILE_BYTES or more at opset >= 13, in file
+    mode (external data, if any, in the main graph's initializers only: core.external.initializers_only):
+    its graph only, sessions and the quantizer reading its weights from a file. That file is
+    the input's own when its weights are in external data and every node is named (and in_place:
+    with graph_optimized the quantizer reads it as its float model, so a user's file is copied);
+    otherwise the named model is written into the work directory (tensor by tensor,
+    core.external.write_external).
+    given: model itself, or the graph loaded from its path (onnx's loader: the weights of a model
+    without external data are in it)."""
+    path = None if isinstance(model, ModelProto) else Path(model)
+    external = path is not None and uses_external(given)
+    named = with_node_names(given) if external else given  # a graph: a cheap copy
+    size = loaded_size(named, path.parent) if external and path is not None else byte_size(given)
+    if size < FROM_FILE_BYTES or default_opset(given) < PER_CHANNEL_QDQ_OPSET or not initializers_only(given):
+        if path is None:
+            original = with_node_names(given)
+            if original is not given:
+                notes.append(f"{unnamed_count(given)} unnamed node(s) given stable names: <op type>_<position>_<hash>")
+            return InputModel.in_memory(original)
+        return InputModel.in_memory(load_model(path))  # as the CLI always loaded it (nodes named)
+    if path is None:
+        n = unnamed_count(given)
+        if n:
+            notes.append(f"{n} unnamed node(s) given stable names: <op type>_<position>_<hash>")
+    if external and path is not None and named is given and in_place:  # sessions and the quantizer read it
+        start = path
+    else:
+        start = workdir / "input.onnx"
+        write_external(named, start, base_dir=path.parent if external and path is not None else None)
+    graph = load_model(start, load_external_data=False)  # names the nodes of a model written unnamed
+    if start != path:
+        start.write_bytes(graph.SerializeToString())  # the graph only: its weights stay in the data file
+    if not external:
+        size += _graph_growth(given, graph)
+    if path is not None:
+        return InputModel(graph, start, size, start, lambda: load_model(path))
+    return InputModel(graph, start, size, start, lambda: _named_copy(given))
+
+
+def _graph_growth(model: ModelProto, named: ModelProto) -> int:
+    """How many bytes naming the nodes adds to model's serialization (named: its graph only, named;
+    the names sit in the graph, so only the graph field's length grows)."""
+    bare = ModelProto()
+    bare.graph.node.extend(model.graph.node)
+    now = ModelProto()
+    now.graph.node.extend(named.graph.node)
+    g = graph_byte_size(model.graph)
+    grown = g + now.graph.ByteSize() - bare.graph.ByteSize()
+    return field_len(grown) - field_len(g)
+
+
+def _named_copy(model: ModelProto) -> ModelProto:
+    named = with_node_names(model)
+    return named if named is not model else copy_model(model)
 
 
 def _timed_shapes(model: ModelProto, feed: Feed, bench: BenchConfig | None) -> dict[str, list[int]] | None:
@@ -210,7 +297,7 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
     if bench is not None:
         timed = timing_feed(sess.original, sess.evaluator.feed, batch=bench.batch, overrides=bench.shape_overrides,
                             seed=bench.seed)
-        res = benchmark([sess.original, built.source], bench, feed=timed, names=["input", built.cand.name])
+        res = benchmark([sess.input_source, built.source], bench, feed=timed, names=["input", built.cand.name])
         ratio = latency_ratio(res[1], res[0])
         report["latency"] = {"input_ms": res[0].stats.p50_ms, "quantized_ms": res[1].stats.p50_ms,
                              "ratio": ratio.to_dict(), "describe": ratio.describe()}

@@ -11,11 +11,10 @@ from onnx import ModelProto
 
 from onnxopt.core import progress
 from onnxopt.core.cpu import CpuFeatures
-from onnxopt.core.model import copy_model
 from onnxopt.measure.benchmark import BenchConfig, BenchResult, benchmark, timing_feed
 from onnxopt.measure.stats import NOT_SLOWER, RatioCI, latency_ratio
 from onnxopt.quantization.config import INT8_MARGIN
-from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size
+from onnxopt.quantization.engine import Candidate, CandidateFailed
 from onnxopt.quantization.evaluate import Budget
 from onnxopt.quantization.fallback import Built, fallback
 from onnxopt.quantization.weight_only import matmul_heavy
@@ -25,6 +24,8 @@ if TYPE_CHECKING:
     from onnxopt.quantization.session import QuantSession
 
 log = logging.getLogger(__name__)
+
+GROUP_SHARE = 0.5  # file mode: the candidates timed at once in the brief round, as a share of the input's size
 
 
 def candidate_grid(cpu: CpuFeatures, *, has_calib: bool, config: QuantizeConfig,
@@ -85,8 +86,49 @@ def _ratio_dict(r: RatioCI) -> dict[str, Any]:
     return {"ratio": r.ratio, "low": r.low, "high": r.high, "significant": r.significant, "describe": r.describe()}
 
 
-def _bench(models: list[ModelProto | Path], names: list[str], cfg: BenchConfig, feed: Any) -> list[BenchResult]:
+def _bench(sess: QuantSession, models: list[ModelProto | Path], names: list[str], cfg: BenchConfig, feed: Any
+           ) -> list[BenchResult]:
+    """benchmark() of models (models[0]: the input). When the float model computes what the input
+    does (file mode only: QuantSession.float_is_input) it is not timed apart: one session less
+    of the model's size, and float gets the input's samples (a ratio of exactly 1)."""
+    if "float" in names and sess.float_is_input:
+        i = names.index("float")
+        res = benchmark(models[:i] + models[i + 1:], cfg, feed=feed, names=names[:i] + names[i + 1:])
+        return [*res[:i], replace(res[0], name="float"), *res[i:]]
     return benchmark(models, cfg, feed=feed, names=names)
+
+
+def _groups(sizes: list[int], budget: float) -> list[list[int]]:
+    """Consecutive groups of indices into sizes, each adding up to at most budget (one model at least)."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for i, n in enumerate(sizes):
+        if groups[-1] and total + n > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    return groups
+
+
+def _quick_ratios(sess: QuantSession, models: list[ModelProto | Path], names: list[str], sizes: list[int],
+                  cfg: BenchConfig, feed: Any) -> dict[str, RatioCI]:
+    """The brief round: every model's latency ratio to the input (models: the input, float, then the
+    candidates, whose sizes are `sizes`). One interleaved benchmark; in file mode (a big model) the
+    candidates are timed in groups adding up to at most GROUP_SHARE of the input's size, each group
+    beside the input and float and its ratios taken within it (float's from the first group), so
+    that fewer sessions are alive at once."""
+    groups = [list(range(len(sizes)))]
+    if sess.given.path is not None:
+        groups = _groups(sizes, GROUP_SHARE * sess.input_size)
+    quick: dict[str, RatioCI] = {}
+    for group in groups:
+        idx = [0, 1, *(2 + i for i in group)]
+        res = _bench(sess, [models[i] for i in idx], [names[i] for i in idx], cfg, feed)
+        for i, r in zip(idx[1:], res[1:]):
+            if names[i] not in quick:
+                quick[names[i]] = latency_ratio(r, res[0])
+    return quick
 
 
 def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, bench: BenchConfig
@@ -130,10 +172,12 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
                        seed=bench.seed)
     quick_cfg = replace(bench, warmup=min(bench.warmup, 2), runs=config.quick_runs, duration_s=None)
     names = ["input", "float"] + list(built)
-    models: list[ModelProto | Path] = [sess.original, float_model, *(b.source for b in built.values())]
+    models: list[ModelProto | Path] = [sess.input_source, float_model, *(b.source for b in built.values())]
     progress.report(f"quantize: timing {len(models)} models briefly ({config.quick_runs} runs each)")
-    res = _bench(models, names, quick_cfg, feed)
-    quick = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
+    if sess.float_is_input:
+        notes.append("the graph-optimized float model computes what the input does (same nodes and weights): "
+                     "timed once, as the input")
+    quick = _quick_ratios(sess, models, names, [b.nbytes for b in built.values()], quick_cfg, feed)
     rows["float"] = _row("float", "ok", size=sess.float_size, fidelity=float_fid.to_dict(),
                          note="onnxruntime basic graph optimization (constant folding), no quantization")
     for n, r in quick.items():
@@ -194,11 +238,11 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     finalists = sorted(passing, key=lambda b: quick[b.cand.name].ratio if b.cand.name in quick else 0.0)
     finalists = finalists[: config.finalists]
     names = ["input", "float"] + [b.cand.name for b in finalists]
-    models: list[ModelProto | Path] = [sess.original, float_model, *(b.source for b in finalists)]
+    models: list[ModelProto | Path] = [sess.input_source, float_model, *(b.source for b in finalists)]
     extra: dict[str, Any] = {}
     for attempt, runs in enumerate((config.final_runs, 2 * config.final_runs)):
         progress.report(f"quantize: timing {len(finalists)} finalist(s) against float and the input ({runs} runs each)")
-        res = _bench(models, names, replace(bench, runs=runs, duration_s=None), feed)
+        res = _bench(sess, models, names, replace(bench, runs=runs, duration_s=None), feed)
         final = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
         ok = [n for n in names[1:] if final[n].high <= NOT_SLOWER]
         unproven = _unproven_win(ok, final, dict(zip(names, res)))
@@ -214,7 +258,7 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
         notes.append(f"no int8 configuration met the budget ({budget.describe()})" if built
                      else "no int8 configuration could be built (see the candidates' reasons)")
     best = min(ok, key=lambda n: final[n].ratio) if ok else "input"
-    input_size = model_size(sess.original)
+    input_size = sess.input_size
     bigger = best == "float" and final["float"].high > INT8_MARGIN and sess.float_size > input_size
     if bigger:  # a larger file is worth shipping only for a speedup the CI shows
         notes.append(f"the graph-optimized float model is larger than the input ({sess.float_size:,} vs "
@@ -231,9 +275,9 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
                "neither the graph-optimized float model nor any int8 candidate was shown to be as fast as the "
                f"input (upper end of the latency-ratio CI <= {NOT_SLOWER}): returning the input unchanged")
         rep = _finish(rows, "input", why, notes, final, extra)
-        rep["fidelity"] = sess.evaluator.score(sess.original).to_dict()
+        rep["fidelity"] = sess.evaluator.score(sess.input_source).to_dict()
         rep["latency"] = {"ratio": 1.0, "describe": "the input itself"}
-        return copy_model(sess.original), False, True, rep
+        return sess.input_model(), False, True, rep
     if best == "float":
         faster = [n for n in names[2:] if final[n].ratio < final["float"].ratio]
         why = (f"no int8 configuration is clearly faster than float on this CPU ({cpu.summary}); returning the "
@@ -312,7 +356,7 @@ def _pick_size(sess: QuantSession, config: QuantizeConfig, budget: Budget, float
         rep["fidelity"] = rows["float"]["fidelity"]
         return sess.float_model(), False, True, rep
     final_cfg = replace(bench, runs=config.final_runs, duration_s=None)
-    res = _bench([sess.original, win.source], ["input", win.cand.name], final_cfg, feed)
+    res = _bench(sess, [sess.input_source, win.source], ["input", win.cand.name], final_cfg, feed)
     r = latency_ratio(res[1], res[0])
     if r.significant and r.ratio > 1:
         notes.append(f"the smallest model is SLOWER than the input on this CPU: {r.describe()}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,17 @@ from onnx import ModelProto
 
 from onnxopt.core.errors import InvalidInputError, InvalidModelError, OnnxoptError
 from onnxopt.core.errors import short_message as _short
-from onnxopt.core.external import LARGE, load_external, needs_file, write_external
+from onnxopt.core.external import (
+    LARGE,
+    byte_size,
+    copy_fields,
+    data_file,
+    initializers_only,
+    load_external,
+    loaded_size,
+    needs_file,
+    write_external,
+)
 from onnxopt.core.feeds import Feed, first_batch
 from onnxopt.core.files import scratch_cwd
 from onnxopt.core.model import (
@@ -135,7 +145,7 @@ class Prepared:
 
 def _prepared(variant: str, model: ModelProto, path: Path) -> Prepared:
     """Write model to path with its weights in external data; the Prepared that holds its graph only."""
-    size, big = model.ByteSize(), needs_file(model)
+    size, big = byte_size(model), needs_file(model)
     write_external(model, path)
     return Prepared(variant, path, onnx.load(str(path), load_external_data=False), size=size, big=big)
 
@@ -246,12 +256,16 @@ def _skip_torch_import() -> None:
     sys.modules["onnxruntime.tools"] = importlib.util.module_from_spec(spec)
 
 
-def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimized: bool = False) -> list[Prepared]:
+def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimized: bool = False,
+            path: Path | None = None) -> list[Prepared]:
     """Float starting points in order of preference: quant_pre_process output, then constants folded only.
 
     The folded model is onnxruntime's basic (portable) graph optimization of the input: constant
     folding, redundant node removal. graph_optimized: the input already is that (an optimize_graph
     stage ran just before), so it is used as it is rather than optimized a second time.
+    path: `model` is the graph of this file, whose weights stay there (a big model, see
+    quantization.api): onnxruntime optimizes the file into the work directory and no variant's
+    weights are ever held in memory.
     """
     _skip_torch_import()
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -263,11 +277,14 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
         log.info("moved %d Constant node(s) into initializers before quantizing", moved)
     notes.extend(subgraph_notes(model, COMPUTE_OPS, "left in float (onnxruntime's quantizer does not enter "
                                                    "If/Loop/Scan subgraphs)"))
-    folded = _opsets_pruned(model) if graph_optimized else ort_optimize(model, "basic")
-    name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
-    # Weights in external data beside the file: the variants hold graphs only (not a copy of the model each).
-    folded_prep = _prepared("folded", folded, workdir / "float_folded.onnx")
-    del folded
+    if path is not None:
+        folded_prep = _folded_from_file(model, path, workdir, moved=bool(moved), graph_optimized=graph_optimized)
+    else:
+        folded = _opsets_pruned(model) if graph_optimized else ort_optimize(model, "basic")
+        name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
+        # Weights in external data beside the file: the variants hold graphs only (not a copy of the model each).
+        folded_prep = _prepared("folded", folded, workdir / "float_folded.onnx")
+        del folded
     folded_path = folded_prep.path
     variants: list[Prepared] = []
     pre_path = workdir / "float_preprocessed.onnx"
@@ -298,6 +315,37 @@ def prepare(model: ModelProto, workdir: Path, notes: list[str], *, graph_optimiz
                 notes.append(f"quant_pre_process failed ({_short(e)}); quantizing the constant-folded model")
     variants.append(folded_prep)
     return variants
+
+
+def _folded_from_file(graph: ModelProto, path: Path, workdir: Path, *, moved: bool, graph_optimized: bool) -> Prepared:
+    """prepare()'s folded variant of the model at path (graph: its graph, Constant nodes moved
+    when `moved`), never loaded with its weights: onnxruntime reads the file and writes the
+    optimized model into the work directory with its weights in external data; the graph is then
+    named and its unused opset imports dropped as ort_optimize does. graph_optimized: the file is
+    used as it is (a new file only when the graph changed)."""
+    out = workdir / "float_folded.onnx"
+    if graph_optimized:
+        pruned = _opsets_pruned(graph)
+        name_nodes(pruned)
+        if pruned is graph and not moved:
+            return Prepared("folded", path, graph, size=loaded_size(graph, path.parent), big=True)
+        write_external(pruned, out, base_dir=path.parent)
+        return Prepared("folded", out, onnx.load(str(out), load_external_data=False),
+                        size=loaded_size(pruned, path.parent), big=True)
+    from onnxopt.passes.graph import optimize_file
+
+    src = path
+    if moved:  # the graph to optimize differs from the file's: written beside the output, weights copied
+        src = workdir / "float_start.onnx"
+        write_external(graph, src, base_dir=path.parent)
+    optimize_file(src, out, graph, "basic")
+    if src != path:
+        src.unlink()
+        data_file(src).unlink(missing_ok=True)
+    folded = onnx.load(str(out), load_external_data=False)
+    name_nodes(folded)  # nodes onnxruntime's optimizer added may have no name
+    out.write_bytes(folded.SerializeToString())  # the graph only: the weights stay in its data file
+    return Prepared("folded", out, folded, size=loaded_size(folded, workdir), big=True)
 
 
 def _opsets_pruned(model: ModelProto) -> ModelProto:
@@ -333,6 +381,55 @@ def quiet_quantizer() -> Iterator[None]:
             logging.getLogger(n).setLevel(lv)
 
 
+INFER_DATA_BYTES = 2**20  # lean_shape_inference keeps the data of initializers up to this size (shape tensors)
+
+
+@contextlib.contextmanager
+def lean_shape_inference() -> Iterator[None]:
+    """onnxruntime's dynamic quantizer infers shapes again by saving a deep copy of the whole model
+    and loading it back (quant_utils.save_and_reload_model_with_shape_infer, called by
+    ONNXQuantizer.__init__): three copies of the weights at once (measured on a 512 MB MLP:
+    580 MB -> 1613 MB). Inside this block that function infers the shapes of a copy without the
+    data of initializers above INFER_DATA_BYTES (shape inference reads only their type and dims)
+    and sets the result on the model itself (value_info, graph outputs, the 'onnx.infer' marker),
+    which it returns: what the reload gives, with the weights held once."""
+    from onnxruntime.quantization import base_quantizer, onnx_quantizer
+
+    name = "save_and_reload_model_with_shape_infer"
+    modules = [m for m in (onnx_quantizer, base_quantizer) if hasattr(m, name)]
+    saved = [getattr(m, name) for m in modules]
+    for m in modules:
+        setattr(m, name, _infer_in_place)
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, saved):
+            setattr(m, name, f)
+
+
+def _infer_in_place(model: ModelProto) -> ModelProto:
+    """lean_shape_inference's replacement of save_and_reload_model_with_shape_infer."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    probe = ModelProto()  # shallow, field by field: no copy of the weights
+    copy_fields(model, probe, skip="graph")
+    copy_fields(model.graph, probe.graph, skip="initializer")
+    for t in model.graph.initializer:
+        if t.ByteSize() <= INFER_DATA_BYTES:
+            probe.graph.initializer.add().CopyFrom(t)
+            continue
+        stub = probe.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="not-loaded")
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    add_infer_metadata(model)
+    return model
+
+
 def _qtype(name: str) -> Any:
     from onnxruntime.quantization import QuantType
 
@@ -341,11 +438,71 @@ def _qtype(name: str) -> Any:
 
 def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) -> ModelProto:
     """Run onnxruntime's quantizer for one candidate on a prepared model; raise CandidateFailed."""
+    out = _output_path(prep, cand, workdir)
+    got: list[ModelProto] = []
+    try:
+        _quantize_to(prep, cand, out, workdir, source, lambda: got.append(_finish(onnx.load(str(out)))))
+        return got[0]
+    finally:
+        remove_model_file(out)
+
+
+def build_file(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) -> tuple[ModelProto, Path, int]:
+    """build() for a big prepared model (Prepared.big: the quantizer writes external data), whose
+    weights never pass through a proto here: the quantized model stays in the file the quantizer
+    wrote, its graph sorted and named there. (its graph, the file, the whole model's model_size);
+    the caller removes the file (remove_model_file). Raises CandidateFailed."""
+    out = _output_path(prep, cand, workdir)
+    got: list[tuple[ModelProto, Path, int]] = []
+    try:
+        _quantize_to(prep, cand, out, workdir, source, lambda: got.append(_graph_in_place(out)))
+    except BaseException:
+        remove_model_file(out)
+        raise
+    return got[0]
+
+
+def _graph_in_place(out: Path) -> tuple[ModelProto, Path, int]:
+    """build_file's result from the quantizer's file: its graph finished (_finish) and written back."""
+    q = _finish(onnx.load(str(out), load_external_data=False))
+    if initializers_only(q):
+        out.write_bytes(q.SerializeToString())  # the graph only: the weights stay in the data file
+        return q, out, loaded_size(q, out.parent)
+    full = _finish(onnx.load(str(out)))  # tensors in attributes too: written again, one by one
+    size = model_size(full)
+    write_external(full, out)
+    return onnx.load(str(out), load_external_data=False), out, size
+
+
+def remove_model_file(path: Path) -> None:
+    """Delete a model file and its external data (`<name>.data`, core.external.data_file)."""
+    path.unlink(missing_ok=True)
+    data_file(path).unlink(missing_ok=True)
+
+
+def _output_path(prep: Prepared, cand: Candidate, workdir: Path) -> Path:
+    out = workdir / f"{prep.variant}-{cand.name}-{abs(hash(cand)) % 10**8}.onnx"
+    remove_model_file(out)  # onnx appends external data to an existing data file
+    return out
+
+
+def _finish(q: ModelProto) -> ModelProto:
+    """A quantizer's output made ready: nodes sorted (subgraph inputs counted), unused opsets dropped,
+    nodes named (the quantizer leaves some of the nodes it adds unnamed)."""
+    q = prune_opset_imports(sort_nodes(q))
+    name_nodes(q)
+    return q
+
+
+def _quantize_to(prep: Prepared, cand: Candidate, out: Path, workdir: Path, source: Any,
+                 check: Callable[[], object]) -> None:
+    """Run onnxruntime's quantizer for cand on prep, writing out (external data when prep.big), then
+    `check` (what the caller reads back, so that its failure is the quantizer's); raise CandidateFailed."""
     from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 
-    out = workdir / f"{prep.variant}-{cand.name}-{abs(hash(cand)) % 10**8}.onnx"
     if cand.mode == "weight-only":
-        return _build_weight_only(prep, cand, out)
+        _weight_only_to(prep, cand, out, check)
+        return
     common: dict[str, Any] = {
         "op_types_to_quantize": list(cand.op_types) or None,
         "per_channel": cand.per_channel,
@@ -357,7 +514,7 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
     }
     cache = calibration_cache(prep, cand.calib_method, source, workdir) if cand.mode == "static" else None
     try:
-        with quiet_quantizer():
+        with quiet_quantizer(), lean_shape_inference() if prep.big else contextlib.nullcontext():
             if cand.mode == "dynamic":
                 quantize_dynamic(str(prep.path), str(out), **common)
             else:
@@ -370,32 +527,25 @@ def build(prep: Prepared, cand: Candidate, workdir: Path, source: Any = None) ->
                     calibration_cache_path=str(cache),
                     **common,
                 )
-        q = prune_opset_imports(sort_nodes(onnx.load(str(out))))
-        name_nodes(q)  # the quantizer leaves some of the nodes it adds unnamed
-        return q
+        check()
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's quantizer failed: {_short(e)}") from e
-    finally:
-        out.unlink(missing_ok=True)
 
 
-def _build_weight_only(prep: Prepared, cand: Candidate, out: Path) -> ModelProto:
-    """build() for mode weight-only: onnxruntime's MatMulNBitsQuantizer on the prepared model."""
+def _weight_only_to(prep: Prepared, cand: Candidate, out: Path, check: Callable[[], object]) -> None:
+    """_quantize_to for mode weight-only: onnxruntime's MatMulNBitsQuantizer on the prepared model."""
     from onnxopt.quantization.weight_only import quantize_file
 
     try:
         with quiet_quantizer():
             quantize_file(prep.path, out, bits=cand.bits, block_size=cand.block_size, algorithm=cand.algorithm,
-                          accuracy_level=cand.accuracy_level, exclude_nodes=cand.exclude_nodes)
-        q = prune_opset_imports(sort_nodes(onnx.load(str(out))))
-        name_nodes(q)
-        return q
+                          accuracy_level=cand.accuracy_level, exclude_nodes=cand.exclude_nodes,
+                          external_data=prep.big)
+        check()
     except OnnxoptError:
         raise
     except Exception as e:
         raise CandidateFailed(f"onnxruntime's MatMulNBits quantizer failed: {_short(e)}") from e
-    finally:
-        out.unlink(missing_ok=True)
 
 
 def _calib_method(name: str) -> Any:
@@ -497,7 +647,7 @@ def node_changes(float_model: ModelProto, q_model: ModelProto, cand: Candidate) 
 
 def model_size(model: ModelProto) -> int:
     """Serialized size in bytes (the file size when saved without external data)."""
-    return int(model.ByteSize())
+    return byte_size(model)
 
 
 def strip_quant_metadata(model: ModelProto) -> ModelProto:

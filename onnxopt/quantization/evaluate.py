@@ -66,14 +66,16 @@ class Budget:
 class Evaluator:
     """Scores candidates on a fixed feed against reference outputs computed once."""
 
-    def __init__(self, reference: ModelProto, feed: Feed, labels: np.ndarray | None, source: str) -> None:
+    def __init__(self, reference: ModelProto, feed: Feed, labels: np.ndarray | None, source: str, *,
+                 run_from: ModelLike | None = None) -> None:
+        """run_from: what the reference session loads (e.g. its file, when `reference` is its graph only)."""
         self.feed = feed
         self.labels = labels
         self.source = source
         self._axes = batch_axes(reference)
         self.samples = feed_samples(feed, self._axes)
         self._specs = graph_outputs(reference)
-        self._ref = _run(reference, feed)
+        self._ref = _run(reference if run_from is None else run_from, feed)
         self._acc_ref = accuracy_of(self._ref[0], labels) if labels is not None else None
 
     def subset(self, n: int) -> Evaluator:

@@ -17,7 +17,7 @@ from onnx import ModelProto
 
 from onnxopt.core import progress
 from onnxopt.measure.fidelity import FidelityReport
-from onnxopt.quantization.engine import Candidate, CandidateFailed
+from onnxopt.quantization.engine import Candidate, CandidateFailed, model_size
 from onnxopt.quantization.evaluate import Budget, Evaluator
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Built:
     @property
     def nbytes(self) -> int:
         """The full model's serialized size (engine.model_size) without loading it."""
-        return self.size if self.size is not None else int(self.model.ByteSize())
+        return self.size if self.size is not None else model_size(self.model)
 
     def full(self) -> ModelProto:
         """The model with its weights (read from its file when it has one)."""

@@ -11,10 +11,11 @@ shows it clearly faster than the stage before, by the same INT8_MARGIN rule.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from onnx import ModelProto
 
+from onnxopt.core.external import load_external
 from onnxopt.passes.base import ConfigPass, PassContext, PassResult, config_pass
 from onnxopt.quantization.api import quantize
 from onnxopt.quantization.config import QuantizeConfig
@@ -28,6 +29,9 @@ class _QuantizePass(ConfigPass):
     """int8 quantization (auto: measure candidates on this CPU, a candidate kept only if measured faster)."""
 
     mode: str  # declared for type checkers; the field itself comes from QuantizeConfig
+    # A big model's stage is quantized from its file (quantize()'s file mode): Pipeline.run hands
+    # over its graph and context.model_path, and holds no full model meanwhile.
+    reads_file: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.config(objective="latency", seed=0)
@@ -43,10 +47,11 @@ class _QuantizePass(ConfigPass):
         val = (context.val, context.labels) if context.val is not None else None
         try:
             if context.family == "transformer" and config.mode in ("auto", "dynamic"):
-                result = _quantize_transformer(model, config, context, val)
+                full = model if context.model_path is None else load_external(context.model_path)
+                result = _quantize_transformer(full, config, context, val)
             else:
                 result = quantize(
-                    model, config, calib=context.calib if self.calibrates else None, val=val,
+                    model if context.model_path is None else context.model_path, config, calib=context.calib if self.calibrates else None, val=val,
                     bench=context.bench if config.mode == "auto" else None,
                     graph_optimized=context.prior[-1:] == ("optimize_graph",),
                     budget=_budget(config, context.floor),

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import ModelProto
 
-from onnxopt.core.external import data_file, write_external
-from onnxopt.core.model import op_histogram
+from onnxopt.core.external import same_computation, write_external
+from onnxopt.core.model import copy_model, op_histogram
 from onnxopt.quantization.calibration import (
     CalibrationSource,
 )
@@ -22,11 +24,13 @@ from onnxopt.quantization.engine import (
     CandidateFailed,
     Prepared,
     build,
+    build_file,
     check_runs,
     drop_quant_metadata,
     model_size,
     node_changes,
     quant_ops_in,
+    remove_model_file,
 )
 from onnxopt.quantization.evaluate import Evaluator
 from onnxopt.quantization.fallback import Built
@@ -36,19 +40,69 @@ log = logging.getLogger(__name__)
 KEEP_BYTES = 16 * 2**20  # candidates above this size are kept in a file, not in memory
 
 
+@dataclass(frozen=True)
+class InputModel:
+    """The model quantize() was given, as its sessions and report see it.
+
+    graph: the model with every node named: the whole model, or in file mode (a big model) its
+    graph only; source: what sessions load (the model, or its file); size: the whole model's
+    serialized size; path: file mode: the file the quantizer starts from (named nodes, weights in
+    external data), else None; load: the whole model (a fresh copy), for when it is returned.
+    """
+
+    graph: ModelProto
+    source: ModelProto | Path
+    size: int
+    path: Path | None
+    load: Callable[[], ModelProto]
+
+    @staticmethod
+    def in_memory(model: ModelProto) -> InputModel:
+        """A model held whole (named already): sessions load the proto."""
+        return InputModel(model, model, model_size(model), None, lambda: copy_model(model))
+
+
 class QuantSession:
-    """Shared state of one quantize() call: prepared models, evaluator, work directory, notes."""
+    """Shared state of one quantize() call: prepared models, evaluator, work directory, notes.
+
+    original: the input's graph (InputModel.graph); input_source / input_size / input_model():
+    the input for sessions, its size, and the whole model to return (InputModel)."""
 
     def __init__(self, original: ModelProto, variants: list[Prepared], source: CalibrationSource | None,
-                 evaluator: Evaluator, workdir: Path, notes: list[str]) -> None:
+                 evaluator: Evaluator, workdir: Path, notes: list[str], given: InputModel | None = None) -> None:
         self.original = original
         self.variants = variants
         self.source = source
         self.evaluator = evaluator
         self.workdir = workdir
         self.notes = notes
+        self.given = given or InputModel.in_memory(original)
         self._hist_before = quant_ops_in(original)
         self._count = 0
+        self._float_is_input: bool | None = None
+
+    @property
+    def input_source(self) -> ModelProto | Path:
+        """The input for a session: the proto, or in file mode its file."""
+        return self.given.source
+
+    @property
+    def input_size(self) -> int:
+        """The input's model_size(), without loading it."""
+        return self.given.size
+
+    def input_model(self) -> ModelProto:
+        """The input with its weights (a fresh copy), to return."""
+        return self.given.load()
+
+    @property
+    def float_is_input(self) -> bool:
+        """File mode only: the float model computes what the input does (same nodes, same weights:
+        core.external.same_computation), so one session times both. Checked once."""
+        if self._float_is_input is None:
+            self._float_is_input = self.given.path is not None and (
+                self.float_path == self.given.path or same_computation(self.given.path, self.float_path))
+        return self._float_is_input
 
     @property
     def float_path(self) -> Path:
@@ -70,9 +124,10 @@ class QuantSession:
 
         allow_unquantized: score it even when no compute node was quantized (the fallback's bound:
         what the quantizer adds around the nodes); otherwise that is a CandidateFailed.
-        A candidate above KEEP_BYTES is kept in a file of the work directory (removed with the
-        Built, or with the directory): it is checked and scored from there and the Built holds its
-        graph only (Built.full() loads it)."""
+        A candidate above KEEP_BYTES, or of a big prepared model (Prepared.big: the file the quantizer
+        wrote, engine.build_file), is kept in a file of the work directory (removed with the Built,
+        or with the directory): it is checked and scored from there and the Built holds its graph
+        only (Built.full() loads it)."""
         ev = evaluator or self.evaluator
         reasons: list[str] = []
         for prep in self.variants:
@@ -80,10 +135,13 @@ class QuantSession:
             path = None
             try:
                 t0 = time.perf_counter()
-                q = build(prep, cand_p, self.workdir, self.source)
+                if prep.big:  # kept in the quantizer's own file, its weights never loaded here
+                    q, path, size = build_file(prep, cand_p, self.workdir, self.source)
+                else:
+                    q = build(prep, cand_p, self.workdir, self.source)
+                    size = model_size(q)
+                    q, path = self._keep(q, size)
                 log.debug("built %s on %s in %.2f s", cand.name, prep.variant, time.perf_counter() - t0)
-                size = model_size(q)
-                q, path = self._keep(q, size)
                 check_runs(q, ev.feed, path)
                 quantized, left = node_changes(prep.model, q, cand_p)
                 if not allow_unquantized and (quant_ops_in(q) == self._hist_before or not quantized):
@@ -117,8 +175,7 @@ class QuantSession:
 def _remove(path: Path | None) -> None:
     """Delete a kept candidate's file and its external data."""
     if path is not None:
-        path.unlink(missing_ok=True)
-        data_file(path).unlink(missing_ok=True)
+        remove_model_file(path)
 
 
 def _metadata_bytes(model: ModelProto, key: str) -> int:
