@@ -235,7 +235,8 @@ def field_len(n: int) -> int:
     return 1 + _varint_len(n) + n
 
 
-def _external_length(t: TensorProto, base_dir: Path) -> int:
+def external_length(t: TensorProto, base_dir: Path) -> int:
+    """Bytes of an external tensor's data: its `length` entry, else up to the end of its file."""
     info = external_info(t)
     if "length" in info:
         return int(info["length"])
@@ -281,7 +282,7 @@ def _loaded_sizes(model: ModelProto, base: Path, default_location: bool) -> tupl
     for t in model.graph.initializer:
         if is_external(t):
             proxy = _loaded_tensor(t, base, default_location=default_location, data=None)
-            sizes.append(proxy.ByteSize() + field_len(_external_length(t, base)))
+            sizes.append(proxy.ByteSize() + field_len(external_length(t, base)))
         else:
             sizes.append(t.ByteSize())
     graph = model.graph.ByteSize()
@@ -299,7 +300,8 @@ def loaded_size(model: ModelProto, base_dir: str | os.PathLike[str], *, default_
     return model.ByteSize() - field_len(model.graph.ByteSize()) + field_len(graph)
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """n as a protobuf varint."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -308,7 +310,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _split(message: onnx.message.Message, skip: str, number: int, empty: Any) -> tuple[bytes, bytes]:  # type: ignore[name-defined]
+def split_fields(message: onnx.message.Message, skip: str, number: int, empty: Any) -> tuple[bytes, bytes]:  # type: ignore[name-defined]
     """The deterministic serializations of message's fields numbered below / above `number` (skip left out)."""
     head, tail = empty(), empty()
     for fd, value in message.ListFields():
@@ -321,12 +323,12 @@ def _serialized(model: ModelProto, graph_size: int, tensors: Iterator[bytes]) ->
     """model's serialization in pieces, its graph's initializers given one by one (`tensors`, each
     serialized; graph_size: the graph's serialized size with them). Protobuf writes known fields
     in field-number order: ModelProto.graph is field 7, GraphProto.initializer 5 (one-byte tags)."""
-    head, tail = _split(model, "graph", 7, ModelProto)
-    ghead, gtail = _split(model.graph, "initializer", 5, onnx.GraphProto)
+    head, tail = split_fields(model, "graph", 7, ModelProto)
+    ghead, gtail = split_fields(model.graph, "initializer", 5, onnx.GraphProto)
     yield head
-    yield b"\x3a" + _varint(graph_size) + ghead
+    yield b"\x3a" + varint(graph_size) + ghead
     for t in tensors:
-        yield b"\x2a" + _varint(len(t)) + t
+        yield b"\x2a" + varint(len(t)) + t
     yield gtail + tail
 
 

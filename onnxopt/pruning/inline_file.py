@@ -13,69 +13,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-from onnx import ModelProto, TensorProto
+from onnx import GraphProto, ModelProto, TensorProto
 
-from onnxopt.core.external import external_info, is_external
-
-
-def _varint_len(n: int) -> int:
-    return max(1, (n.bit_length() + 6) // 7)
-
-
-def _field_len(n: int) -> int:
-    """Bytes of a length-delimited field with a one-byte tag and n bytes of payload."""
-    return 1 + _varint_len(n) + n
-
-
-def data_length(t: TensorProto, base_dir: Path) -> int:
-    """Bytes of an external tensor's data: its `length` entry, else up to the end of its file."""
-    info = external_info(t)
-    if "length" in info:
-        return int(info["length"])
-    return (base_dir / info["location"]).stat().st_size - int(info.get("offset", 0))
-
-
-def _inline_tensor_size(t: TensorProto, base_dir: Path) -> int:
-    """t.ByteSize() once its external data is read in: the data_location field (2 bytes) and the
-    external_data entries go, raw_data comes (every tag involved is one byte)."""
-    if not is_external(t):
-        return t.ByteSize()
-    entries = sum(_field_len(e.ByteSize()) for e in t.external_data)
-    return t.ByteSize() - 2 - entries + _field_len(data_length(t, base_dir))
+from onnxopt.core.external import (
+    external_info,
+    external_length,
+    field_len,
+    is_external,
+    loaded_size,
+    split_fields,
+    varint,
+)
 
 
 def serialized_size(model: ModelProto, base_dir: Path) -> int:
     """len(SerializeToString()) of the model with every external initializer of its main graph read
-    in (from files under base_dir), computed from the graph alone (no weight is read)."""
-    g_now = model.graph.ByteSize()
-    g_inline = g_now + sum(_field_len(_inline_tensor_size(t, base_dir)) - _field_len(t.ByteSize())
-                           for t in model.graph.initializer if is_external(t))
-    return model.ByteSize() - _field_len(g_now) + _field_len(g_inline)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _split(msg: Any, number: int) -> tuple[bytes, bytes]:
-    """msg serialized without field `number`, as (the fields numbered below it, those above):
-    protobuf writes fields in number order, so pre + <field number> + post is msg's serialization."""
-    pre, post = type(msg)(), type(msg)()
-    pre.CopyFrom(msg)
-    post.CopyFrom(msg)
-    for fd, _ in msg.ListFields():
-        if fd.number >= number:
-            pre.ClearField(fd.name)
-        if fd.number <= number:
-            post.ClearField(fd.name)
-    return pre.SerializeToString(), post.SerializeToString()
+    in (from files under base_dir), as load_external leaves it, computed from the graph alone."""
+    return loaded_size(model, base_dir, default_location=False)
 
 
 _CHUNK = 64 * 2**20
@@ -86,8 +41,8 @@ def write_inline(model: ModelProto, base_dir: Path, path: Path) -> None:
     with every weight inline, byte for byte what `load_external(...).SerializeToString()` gives,
     streaming each tensor's bytes from its file: memory is a few copies of the graph (its
     weights stay in their files) and a 64 MiB buffer."""
-    model_pre, model_post = _split(model, 7)  # ModelProto.graph = 7 (the weights are not in the copies)
-    graph_pre, graph_post = _split(model.graph, 5)  # GraphProto.initializer = 5
+    model_pre, model_post = split_fields(model, "graph", 7, ModelProto)
+    graph_pre, graph_post = split_fields(model.graph, "initializer", 5, GraphProto)
     parts: list[tuple[bytes, bytes, TensorProto]] = []  # per tensor: fields before raw_data (9), after, the tensor
     for t in model.graph.initializer:
         if not is_external(t):
@@ -97,17 +52,17 @@ def write_inline(model: ModelProto, base_dir: Path, path: Path) -> None:
         bare.CopyFrom(t)
         bare.ClearField("external_data")
         bare.ClearField("data_location")
-        parts.append((*_split(bare, 9), t))
-    sizes = [len(a) + len(b) + (_field_len(data_length(t, base_dir)) if is_external(t) else 0) for a, b, t in parts]
-    graph_len = len(graph_pre) + len(graph_post) + sum(_field_len(n) for n in sizes)
+        parts.append((*split_fields(bare, "raw_data", 9, TensorProto), t))
+    sizes = [len(a) + len(b) + (field_len(external_length(t, base_dir)) if is_external(t) else 0) for a, b, t in parts]
+    graph_len = len(graph_pre) + len(graph_post) + sum(field_len(n) for n in sizes)
     with open(path, "wb") as f:
-        f.write(model_pre + b"\x3a" + _varint(graph_len) + graph_pre)
+        f.write(model_pre + b"\x3a" + varint(graph_len) + graph_pre)
         for (pre, post, t), n in zip(parts, sizes):
-            f.write(b"\x2a" + _varint(n) + pre)
+            f.write(b"\x2a" + varint(n) + pre)
             if is_external(t):
                 info = external_info(t)
-                length = data_length(t, base_dir)
-                f.write(b"\x4a" + _varint(length))
+                length = external_length(t, base_dir)
+                f.write(b"\x4a" + varint(length))
                 with open(base_dir / info["location"], "rb") as src:
                     src.seek(int(info.get("offset", 0)))
                     for done in range(0, length, _CHUNK):
