@@ -3,7 +3,7 @@
 Each model is an MLP of MatMul 4096x4096 + Relu layers (64 MiB of float32 weights each) without
 node names, weights in one external-data file, written to a temporary folder and deleted after
 its row (the 2.2 GB one needs about 3 GB of free disk). Every command runs in its own process;
-the row gives its wall time, its peak resident memory (the child's ru_maxrss) over the model's
+the row gives its wall time (and per GB of model: flat when time grows linearly), its peak resident memory (the child's ru_maxrss) over the model's
 size on disk (the issue's bound: 3x plus about 1 GB), and, for commands that produce a model,
 the latency ratio of the result against the input as the command measured it.
 `--quick` runs the 128 MB model only.
@@ -91,6 +91,8 @@ def run(ctx: Context) -> list[Row]:
     commands: dict[str, list[str]] = {
         "inspect": ["inspect", "{m}", "--json"],
         "bench": ["bench", "{m}", "--runs", runs, "--warmup", "2"],
+        "compare": ["compare", "{m}", "{m}", "--runs", runs, "--json"],
+        "prune": ["prune", "{m}", "-o", "{o}", "--json"],
         "quantize": ["quantize", "{m}", "-o", "{o}", "--mode", "dynamic", "--runs", runs, "--json"],
         "quantize-auto": ["quantize", "{m}", "-o", "{o}", "--mode", "auto", "--runs", runs, "--json"],
         "optimize": ["optimize", "{m}", "-o", "{o}", "--bench-runs", runs, "--json"],
@@ -105,10 +107,11 @@ def run(ctx: Context) -> list[Row]:
                 ctx.log(f"scale {label}: onnxopt {' '.join(args)}")
                 code, wall, peak, stdout = measure(args)
                 ratio = "-"
-                if code == 0 and name != "inspect" and name != "bench":
+                if code == 0 and name.startswith(("quantize", "optimize")):
                     ratio = _ratio(json.loads(stdout), name.split("-")[0])
                 rows.append(Row(section="scale", name=f"{label}: {name}", metrics={
-                    "model MB": round(size_mb), "wall s": round(wall, 1), "peak RSS MB": round(peak),
+                    "model MB": round(size_mb), "wall s": round(wall, 1),
+                    "s / GB": round(wall / size_mb * 1024, 1), "peak RSS MB": round(peak),
                     "RSS / size": round(peak / size_mb, 2), "bound (3x + 1 GB)": "ok" if peak <= 3 * size_mb + 1024 else "OVER",
                     "latency ratio": ratio, "exit": code}))
                 for p in Path(tmp).glob(f"{name}.onnx*"):

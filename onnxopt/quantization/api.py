@@ -287,7 +287,7 @@ def _run_single(sess: QuantSession, cfg: QuantizeConfig, budget: Budget, bench: 
     report: dict[str, Any] = {"candidates": [built_entry(built)]}
     meets = True
     if budget.checks_cosine or budget.max_accuracy_drop is not None:  # not when the user turned the floor off
-        built, meets, fb = fallback(built, sess.build, sess.evaluator, budget)
+        built, meets, fb = fallback(built, sess.build, sess.evaluator, budget, sess.local_rank)
         report["fallback"] = fb
     report["winner"] = built.cand.name
     report.update(winner_entry(built))

@@ -193,7 +193,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
     passing = [b for b in built.values() if budget.holds(b.fidelity)]
     if failing and (config.objective == "size" or quick[failing[0].cand.name].ratio < quick["float"].ratio):
         base = failing[0]
-        fb_built, fb_ok, fb_report = fallback(base, sess.build, sess.evaluator, budget)
+        fb_built, fb_ok, fb_report = fallback(base, sess.build, sess.evaluator, budget, sess.local_rank)
         rows[base.cand.name]["fallback"] = fb_report
         if fb_built is not base and fb_built.cand.name not in rows:
             built[fb_built.cand.name] = fb_built

@@ -63,6 +63,7 @@ class Built:
 
 
 Builder = Callable[..., Built]  # (candidate, evaluator[, allow_unquantized]) -> Built
+Ranker = Callable[[Built], list[tuple[str, float]] | None]  # rank_nodes without builds, or None
 
 
 def harm(rep: FidelityReport) -> float:
@@ -127,8 +128,12 @@ def _bound(base: Built, build: Builder, evaluator: Evaluator, budget: Budget, re
     return probe if budget.shortfall(probe.fidelity) < budget.shortfall(base.fidelity) else base
 
 
-def fallback(base: Built, build: Builder, evaluator: Evaluator, budget: Budget) -> tuple[Built, bool, dict[str, Any]]:
-    """Return nodes to float, most harmful first, until the budget holds; (best, meets, report)."""
+def fallback(base: Built, build: Builder, evaluator: Evaluator, budget: Budget, rank: Ranker | None = None
+             ) -> tuple[Built, bool, dict[str, Any]]:
+    """Return nodes to float, most harmful first, until the budget holds; (best, meets, report).
+
+    rank: a ranking that needs no build per node (quantization.local_rank, for big models); when
+    it returns None the nodes are ranked by rank_nodes."""
     report: dict[str, Any] = {"budget": budget.describe(), "steps": []}
     if budget.holds(base.fidelity):
         report["needed"] = False
@@ -138,8 +143,14 @@ def fallback(base: Built, build: Builder, evaluator: Evaluator, budget: Budget) 
         bound = _bound(base, build, evaluator, budget, report)
         if bound is not None:
             return bound, False, report
-    ranked = rank_nodes(base, build, evaluator)
-    report["sensitivity"] = [{"node": n, "harm": round(h, 6) if h != float("inf") else None} for n, h in ranked]
+    ranked = rank(base) if rank is not None else None
+    if ranked is not None:
+        report["ranking"] = "each node's own error on the float model's activations (local_rank), no build per node"
+        progress.report(f"quantize: ranked {len(ranked)} node(s) by their own error on float activations")
+    else:
+        ranked = rank_nodes(base, build, evaluator)
+        report["ranking"] = "one model per node with only that node quantized"
+    report["sensitivity"] = [{"node": n, "harm": float(f"{h:.4g}") if h != float("inf") else None} for n, h in ranked]
     best, best_short = base, budget.shortfall(base.fidelity)
     order = [n for n, _ in ranked]
     for k in _steps(len(order)):

@@ -98,7 +98,7 @@ def quantize_weight(w: np.ndarray, reduce_range: bool) -> tuple[np.ndarray, np.n
 SENSITIVITY_ROWS = 64  # rows (tokens) of each activation multiplied per sample for the ranking
 
 
-def _dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+def dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, float, float]:
     """(x_q as float, scale, zero point) of DynamicQuantizeLinear (uint8, asymmetric, per tensor)."""
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
     scale = (hi - lo) / 255.0 or 1.0
@@ -131,7 +131,7 @@ def local_errors(
         outs = dict(zip(names, run(sess, b)))
         for n in nodes:
             x = outs[n.activation].astype(np.float32)
-            xq, xs, xz = _dynamic_quantize(x)
+            xq, xs, xz = dynamic_quantize(x)
             rows = x.reshape(-1, x.shape[-1])
             pick = np.linspace(0, len(rows) - 1, min(len(rows), SENSITIVITY_ROWS)).astype(int)
             y = rows[pick] @ weights[n.weight]

@@ -33,7 +33,7 @@ from onnxopt.quantization.engine import (
     remove_model_file,
 )
 from onnxopt.quantization.evaluate import Evaluator
-from onnxopt.quantization.fallback import Built
+from onnxopt.quantization.fallback import SENSITIVITY_SAMPLES, Built
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,18 @@ class QuantSession:
         if len({r.split(": ", 1)[-1] for r in reasons}) == 1:
             raise CandidateFailed(reasons[0].split(": ", 1)[-1])
         raise CandidateFailed("; ".join(reasons))
+
+    def local_rank(self, base: Built) -> list[tuple[str, float]] | None:
+        """The fallback's ranking without a build per node (quantization.local_rank), in file mode
+        only (a big model, where each build reads and writes the whole model); None otherwise or
+        when base quantized nodes local_rank does not cover (the fallback then builds per node)."""
+        from onnxopt.quantization.local_rank import rank_locally
+
+        prep = next((p for p in self.variants if p.variant == base.variant), None)
+        if self.given.path is None or prep is None:
+            return None
+        feed = self.evaluator.subset(min(SENSITIVITY_SAMPLES, self.evaluator.samples)).feed
+        return rank_locally(base.cand, base.quantized_nodes, prep.path, prep.model, feed)
 
     def _keep(self, model: ModelProto, size: int) -> tuple[ModelProto, Path | None]:
         """(model, None) when it is small, else (its graph only, the file it was written to)."""

@@ -1,0 +1,136 @@
+"""The fallback's ranking for big models (quantization.local_rank): its emulated weights compute what
+onnxruntime's quantized MatMuls compute, and in file mode the fallback ranks without a build per node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.core.model import load_model
+from onnxopt.core.runtime import create_session
+from onnxopt.quantization.engine import Candidate
+from onnxopt.quantization.local_rank import dequantize, scheme_of
+from onnxopt.quantization.sensitivity import dynamic_quantize
+
+K, N = 256, 64
+
+
+def _matmul(path: Path, w: np.ndarray) -> Path:
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def _quantized(src: Path, out: Path, cand: Candidate) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnxopt.quantization.weight_only import quantize_file
+
+    if cand.mode == "weight-only":
+        quantize_file(src, out, bits=cand.bits, block_size=cand.block_size, algorithm="rtn", accuracy_level=0)
+    else:
+        quantize_dynamic(str(src), str(out), per_channel=cand.per_channel, reduce_range=cand.reduce_range,
+                         weight_type=QuantType.QInt8 if cand.weight_type == "int8" else QuantType.QUInt8)
+    return out
+
+
+@pytest.mark.parametrize("cand", [
+    Candidate("dynamic"), Candidate("dynamic", per_channel=True, reduce_range=True),
+    Candidate("dynamic", weight_type="uint8"), Candidate("weight-only", bits=4, block_size=32),
+    Candidate("weight-only", bits=4, block_size=128), Candidate("weight-only", bits=8, block_size=64),
+], ids=lambda c: c.name)
+def test_emulated_weights_compute_what_onnxruntime_computes(tmp_path: Path, cand: Candidate) -> None:
+    """x_q W_q from dequantize() is onnxruntime's quantized output, to well within the quantization error.
+    (Not per-channel s8 with full 8-bit weights: on AVX2 without VNNI onnxruntime's u8 x s8 kernel saturates
+    pairs of products, an error of the CPU the emulation leaves out; reduce_range is what avoids it.)"""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    w[rng.integers(0, K, 20), rng.integers(0, N, 20)] *= 8  # outliers: coarse scales, visible errors
+    q = _quantized(_matmul(tmp_path / "f.onnx", w), tmp_path / "q.onnx", cand)
+    sess = create_session(q)
+    scheme = scheme_of(cand)
+    worst = 0.0
+    for seed in range(8):
+        x = np.random.default_rng(seed + 1).standard_normal((1, K)).astype(np.float32) + 0.3
+        y_ort = sess.run(None, {"x": x})[0].astype(np.float64)
+        xq, s, z = dynamic_quantize(x)
+        xe = ((xq - z) * s).astype(np.float32) if scheme.activation else x
+        mine = (xe @ dequantize(w, scheme)).astype(np.float64)
+        quant_error = np.linalg.norm(y_ort - x.astype(np.float64) @ w)
+        assert quant_error > 0  # the candidate changes the numbers
+        worst = max(worst, float(np.linalg.norm(mine - y_ort) / quant_error))
+    assert worst < 0.05, worst
+
+
+def _mlp_with_a_sensitive_layer(path: Path, width: int = 384, layers: int = 6, sensitive: int = 2) -> str:
+    """An external-data MLP (unnamed nodes) whose layer `sensitive` has outliers; the weight's name."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "input"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        if i == sensitive:
+            w[::37, ::11] *= 30
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return f"w{sensitive}"
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight-only"])
+def test_file_mode_fallback_ranks_without_a_build_per_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           mode: str) -> None:
+    """A big model's fallback (file-mode threshold at 0) ranks its nodes from one float run: builds are
+    the candidate, the bound and the steps only; the outlier layer goes back to float first, as the
+    per-node builds of memory mode find; the result holds the floor (the mean per-sample cosine, as the quantize floor is
+    documented) on the given samples, recomputed here."""
+    import onnxopt.quantization.api as api
+    from onnxopt.quantization.config import QuantizeConfig
+    from onnxopt.quantization.session import QuantSession
+
+    src = tmp_path / "m.onnx"
+    sensitive = _mlp_with_a_sensitive_layer(src)
+    before = (src.read_bytes(), (tmp_path / "m.onnx.data").read_bytes())
+    floor = 0.9998 if mode == "dynamic" else 0.995
+    builds: list[str] = []
+    real_build = QuantSession.build
+
+    def counted(self: QuantSession, cand: Candidate, *args: object, **kw: object) -> object:
+        builds.append(cand.name)
+        return real_build(self, cand, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(QuantSession, "build", counted)
+    x = np.random.default_rng(11).standard_normal((16, 384)).astype(np.float32)
+    reports = {}
+    for label, threshold in (("file", 0), ("memory", 10**12)):
+        monkeypatch.setattr(api, "FROM_FILE_BYTES", threshold)
+        builds.clear()
+        r = api.quantize(src, QuantizeConfig(mode=mode, min_cosine=floor), val=({"input": x}, None))
+        fb = r.report["fallback"]
+        assert fb["needed"] and r.meets_budget
+        reports[label] = (fb, len(builds), r)
+    fb, n_builds, r = reports["file"]
+    assert "no build per node" in fb["ranking"]
+    assert n_builds == 2 + len(fb["steps"])  # the candidate, the bound, the steps: none per node
+    assert reports["memory"][1] == 2 + 6 + len(reports["memory"][0]["steps"])  # memory mode: one per node (6)
+    graph = load_model(src, load_external_data=False)  # the names every command gives
+    names = {n.input[1]: n.name for n in graph.graph.node if n.op_type == "MatMul"}
+    assert fb["sensitivity"][0]["node"] == reports["memory"][0]["sensitivity"][0]["node"] == names[sensitive]
+    assert (src.read_bytes(), (tmp_path / "m.onnx.data").read_bytes()) == before
+    a = create_session(src).run(None, {"input": x})[0].astype(np.float64)  # one run, as the floor is checked
+    b = create_session(r.model).run(None, {"input": x})[0].astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.mean() >= floor - 1e-9, cos.mean()  # the floor holds on the samples it was checked on
