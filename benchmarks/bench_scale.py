@@ -76,8 +76,9 @@ def measure(args: list[str]) -> tuple[int, float, float, str]:
 
 def _ratio(report: dict[str, Any], command: str) -> str:
     if command == "quantize":
-        lat = report.get("latency") or {}
-        return f"{lat['ratio']['ratio']:.3f}" if isinstance(lat.get("ratio"), dict) else "-"
+        r = (report.get("latency") or {}).get("ratio")  # --mode auto: the ratio; a single mode: its RatioCI dict
+        r = r.get("ratio") if isinstance(r, dict) else r
+        return f"{r:.3f}" if isinstance(r, float) else "-"
     final = next((s for s in report.get("stages", []) if s["name"] == report.get("final")), None)
     vs = (final or {}).get("vs_original") or {}
     return f"{vs['ratio']:.3f}" if "ratio" in vs else "1.000 (input kept)"

@@ -346,9 +346,10 @@ def test_auto_keeps_int8_only_when_clearly_faster_than_float() -> None:
         by_name = {"input": _bench_result("input", base), "float": _bench_result("float", base),
                    "q": _bench_result("q", [x * factor for x in base])}
         final = {n: latency_ratio(by_name[n], by_name["input"]) for n in ("float", "q")}
+        vs_float = {n: latency_ratio(by_name[n], by_name["float"]) for n in ("float", "q")}
         notes: list[str] = []
         extra: dict[str, Any] = {}
-        assert _clearly_faster("q", by_name, final, True, extra, notes) == expect
+        assert _clearly_faster("q", vs_float, final, True, extra, notes) == expect
         assert extra["winner_vs_float"]["high"] < 1.0  # significantly faster in both cases
         assert bool(notes) == (expect == "float") and all(f"<= {INT8_MARGIN}" in n for n in notes)
 

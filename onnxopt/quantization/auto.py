@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,24 +111,35 @@ def _groups(sizes: list[int], budget: float) -> list[list[int]]:
     return groups
 
 
-def _quick_ratios(sess: QuantSession, models: list[ModelProto | Path], names: list[str], sizes: list[int],
-                  cfg: BenchConfig, feed: Any) -> dict[str, RatioCI]:
-    """The brief round: every model's latency ratio to the input (models: the input, float, then the
-    candidates, whose sizes are `sizes`). One interleaved benchmark; in file mode (a big model) the
-    candidates are timed in groups adding up to at most GROUP_SHARE of the input's size, each group
-    beside the input and float and its ratios taken within it (float's from the first group), so
-    that fewer sessions are alive at once."""
+@dataclass(frozen=True)
+class Timed:
+    """One timing round: each model's latency ratio to the input and to float, and its median (ms)."""
+
+    vs_input: dict[str, RatioCI]
+    vs_float: dict[str, RatioCI]
+    p50_ms: dict[str, float]
+
+
+def _timed(sess: QuantSession, models: list[ModelProto | Path], names: list[str], sizes: list[int],
+           cfg: BenchConfig, feed: Any) -> Timed:
+    """Time models (the input, float, then the candidates, whose sizes are `sizes`) interleaved. In
+    file mode (a big model) the candidates are timed in groups adding up to at most GROUP_SHARE of
+    the input's size, each group beside the input and float and its ratios taken within it (the
+    input's and float's from the first group), so that fewer sessions are alive at once."""
     groups = [list(range(len(sizes)))]
     if sess.given.path is not None:
         groups = _groups(sizes, GROUP_SHARE * sess.input_size)
-    quick: dict[str, RatioCI] = {}
+    t = Timed({}, {}, {})
     for group in groups:
         idx = [0, 1, *(2 + i for i in group)]
         res = _bench(sess, [models[i] for i in idx], [names[i] for i in idx], cfg, feed)
-        for i, r in zip(idx[1:], res[1:]):
-            if names[i] not in quick:
-                quick[names[i]] = latency_ratio(r, res[0])
-    return quick
+        for i, r in zip(idx, res):
+            if names[i] not in t.p50_ms:
+                t.p50_ms[names[i]] = r.stats.p50_ms
+                t.vs_float[names[i]] = latency_ratio(r, res[1])
+                if i:
+                    t.vs_input[names[i]] = latency_ratio(r, res[0])
+    return t
 
 
 def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: CpuFeatures, bench: BenchConfig
@@ -177,7 +188,7 @@ def run_auto(sess: QuantSession, config: QuantizeConfig, budget: Budget, cpu: Cp
     if sess.float_is_input:
         notes.append("the graph-optimized float model computes what the input does (same nodes and weights): "
                      "timed once, as the input")
-    quick = _quick_ratios(sess, models, names, [b.nbytes for b in built.values()], quick_cfg, feed)
+    quick = _timed(sess, models, names, [b.nbytes for b in built.values()], quick_cfg, feed).vs_input
     rows["float"] = _row("float", "ok", size=sess.float_size, fidelity=float_fid.to_dict(),
                          note="onnxruntime basic graph optimization (constant folding), no quantization")
     for n, r in quick.items():
@@ -240,20 +251,20 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     names = ["input", "float"] + [b.cand.name for b in finalists]
     models: list[ModelProto | Path] = [sess.input_source, float_model, *(b.source for b in finalists)]
     extra: dict[str, Any] = {}
+    sizes = [b.nbytes for b in finalists]
     for attempt, runs in enumerate((config.final_runs, 2 * config.final_runs)):
         progress.report(f"quantize: timing {len(finalists)} finalist(s) against float and the input ({runs} runs each)")
-        res = _bench(sess, models, names, replace(bench, runs=runs, duration_s=None), feed)
-        final = {n: latency_ratio(r, res[0]) for n, r in zip(names[1:], res[1:])}
+        timed = _timed(sess, models, names, sizes, replace(bench, runs=runs, duration_s=None), feed)
+        final = timed.vs_input
         ok = [n for n in names[1:] if final[n].high <= NOT_SLOWER]
-        unproven = _unproven_win(ok, final, dict(zip(names, res)))
+        unproven = _unproven_win(ok, final, timed.vs_float)
         if ok and not unproven:
             break
         if attempt == 0:  # a noisy machine widens the CIs: measure once more, longer
             what = (f"{unproven} looked faster than float but the CI did not show it" if ok
                     else "no finalist was shown to be as fast as the input")
             notes.append(f"{what} in {runs} rounds; measured again with {2 * runs} rounds")
-    by_name = dict(zip(names, res))
-    extra["final_ms"] = {n: r.stats.p50_ms for n, r in by_name.items()}
+    extra["final_ms"] = timed.p50_ms
     if not passing:
         notes.append(f"no int8 configuration met the budget ({budget.describe()})" if built
                      else "no int8 configuration could be built (see the candidates' reasons)")
@@ -265,7 +276,7 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
                      f"{input_size:,} bytes) and not clearly faster ({final['float'].describe()}): returning the input")
         best = "input"
     if best not in ("float", "input"):
-        best = _clearly_faster(best, by_name, final, "float" in ok, extra, notes)
+        best = _clearly_faster(best, timed.vs_float, final, "float" in ok, extra, notes)
     if best in ("float", "input") and finalists:
         fastest = min(finalists, key=lambda b: final[b.cand.name].ratio)
         extra["runner_up"] = {"name": fastest.cand.name, **winner_entry(fastest)}
@@ -301,24 +312,22 @@ def _pick_latency(sess: QuantSession, config: QuantizeConfig, budget: Budget, cp
     return b.full(), True, True, rep
 
 
-def _unproven_win(ok: list[str], final: dict[str, RatioCI], by_name: dict[str, BenchResult]) -> str:
+def _unproven_win(ok: list[str], final: dict[str, RatioCI], vs_float: dict[str, RatioCI]) -> str:
     """The fastest int8 finalist when it looks faster than float by the margin but its CI does not
     show it (worth measuring longer), else ''."""
     int8 = [n for n in ok if n != "float"]
     if not int8 or "float" not in ok:
         return ""
     best = min(int8, key=lambda n: final[n].ratio)
-    vs_float = latency_ratio(by_name[best], by_name["float"])
-    return best if vs_float.ratio <= INT8_MARGIN < vs_float.high else ""
+    return best if vs_float[best].ratio <= INT8_MARGIN < vs_float[best].high else ""
 
 
-def _clearly_faster(best: str, by_name: dict[str, BenchResult], final: dict[str, RatioCI], float_ok: bool,
+def _clearly_faster(best: str, vs_float: dict[str, RatioCI], final: dict[str, RatioCI], float_ok: bool,
                     extra: dict[str, Any], notes: list[str]) -> str:
     """best when it is clearly faster (INT8_MARGIN) than float (or than the input when float is not
     as fast as the input), else the model to return instead: 'float' or 'input'."""
-    vs_float = latency_ratio(by_name[best], by_name["float"])
-    extra["winner_vs_float"] = _ratio_dict(vs_float)
-    vs = vs_float if float_ok else final[best]
+    extra["winner_vs_float"] = _ratio_dict(vs_float[best])
+    vs = vs_float[best] if float_ok else final[best]
     if vs.high <= INT8_MARGIN:
         return best
     ref = "the float model" if float_ok else "the input"
