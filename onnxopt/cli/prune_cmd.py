@@ -92,6 +92,7 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
     from onnxopt.core.model import load_model
     from onnxopt.core.progress import listening
     from onnxopt.pruning.channels.prune import ChannelConfig, prune_channels
+    from onnxopt.pruning.channels.streamed import prune_channels_file
     from onnxopt.pruning.magnitude import MagnitudeConfig, prune_magnitude
     from onnxopt.pruning.streamed import on_disk_size, prune_magnitude_file, streams
 
@@ -99,7 +100,7 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
                        writes={"-o": output, "-o's external data": data_file(output)})
     plan.check()  # before any work: the output may not clobber an input
     proto = load_model(model, load_external_data=False)
-    from_file = method == "magnitude" and streams(model, proto)  # big: pruned tensor by tensor from the file
+    from_file = streams(model, proto)  # big: pruned tensor by tensor from the file
     if not from_file and uses_external(proto):
         proto = load_model(model)
     _validate(proto, model, from_file)
@@ -119,8 +120,8 @@ def command(model: Path, output: Path, method: str, strict: bool, data: Path | N
     with staged(plan) as outputs:
         with listening(progress_printer(as_json)):
             if from_file:  # written into the staged output as it goes
-                result = prune_magnitude_file(model, outputs.path(output), cfg, model=proto, floor=floor, feed=feed,
-                                              labels=labels)
+                by_file = prune_magnitude_file if method == "magnitude" else prune_channels_file
+                result = by_file(model, outputs.path(output), cfg, model=proto, floor=floor, feed=feed, labels=labels)
             elif method == "magnitude":
                 result = prune_magnitude(proto, cfg, floor=floor, feed=feed, labels=labels)
             else:

@@ -24,9 +24,10 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -83,17 +84,29 @@ def streams(path: str | os.PathLike[str], model: ModelProto | None = None) -> bo
 def on_disk_size(path: str | os.PathLike[str], model: ModelProto | None = None) -> int:
     """Bytes of a model file and of the external-data files its graph (model, if loaded) refers to."""
     p = Path(path)
-    graph = model if model is not None else _graph_of(p)
+    graph = model if model is not None else graph_of(p)
     names = {external_info(t).get("location", "") for t in graph.graph.initializer if is_external(t)}
     return p.stat().st_size + sum((p.parent / n).stat().st_size for n in names if n and (p.parent / n).is_file())
 
 
-def _graph_of(path: Path) -> ModelProto:
+def graph_of(path: Path) -> ModelProto:
     """The model at path without its external data."""
     return onnx.load(str(path), load_external_data=False)
 
 
-def _remove(path: Path) -> None:
+def read_flat(t: TensorProto, base_dir: Path) -> np.ndarray:
+    """The values of initializer t (external data under base_dir, or inline) as a writable flat array."""
+    dtype = _PLAIN.get(t.data_type)
+    if is_external(t) and dtype is not None:  # one read straight into the array
+        info = external_info(t)
+        n = int(np.prod([int(d) for d in t.dims]))
+        f = np.fromfile(base_dir / info["location"], dtype=dtype, count=n, offset=int(info.get("offset", 0)))
+        if f.size == n:
+            return f
+    return numpy_helper.to_array(t, str(base_dir)).reshape(-1).copy()
+
+
+def remove_model(path: Path) -> None:
     """Delete a model file and its external data (a new file gets a new inode: a session that
     still maps the old one keeps it)."""
     path.unlink(missing_ok=True)
@@ -123,15 +136,7 @@ class _Source:
 
     def flat(self, name: str) -> np.ndarray:
         """The values of initializer `name` as a writable flat array (read from its file)."""
-        t = self.inits[name]
-        dtype = _PLAIN.get(t.data_type)
-        if is_external(t) and dtype is not None:  # one read straight into the array
-            info = external_info(t)
-            n = int(np.prod(self.shape(name)))
-            f = np.fromfile(self.path.parent / info["location"], dtype=dtype, count=n, offset=int(info.get("offset", 0)))
-            if f.size == n:
-                return f
-        return numpy_helper.to_array(t, str(self.path.parent)).reshape(-1).copy()
+        return read_flat(self.inits[name], self.path.parent)
 
     def shape(self, name: str) -> list[int]:
         return [int(d) for d in self.inits[name].dims]
@@ -188,7 +193,7 @@ def _write_pruned(src: _Source, config: MagnitudeConfig, dst: Path) -> list[Tens
                 yield TensorProto(name=t.name, data_type=t.data_type, dims=row.shape), f
             del f
 
-    _remove(dst)
+    remove_model(dst)
     write_external(src.moved_model, dst, base_dir=src.path.parent, tensors=tensors())
     return [rows[nm] for nm in src.chosen]  # in the in-memory path's order
 
@@ -200,7 +205,7 @@ def _write_encoded(dense: Path, dst: Path) -> list[dict]:
     from onnxopt.core.errors import UnsupportedModelError
     from onnxopt.core.model import default_opset
 
-    model = _graph_of(dense)
+    model = graph_of(dense)
     opset = default_opset(model)
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
@@ -231,7 +236,7 @@ def _write_encoded(dense: Path, dst: Path) -> list[dict]:
         for nm in entries:
             yield from encoded_inits(nm, numpy_helper.to_array(by_name[nm], base))
 
-    _remove(dst)
+    remove_model(dst)
     write_external(out, dst, base_dir=dense.parent, tensors=tensors())
     return list(entries.values())
 
@@ -250,26 +255,26 @@ def _candidate(src: _Source, config: MagnitudeConfig, work: Path, name: str) -> 
     if config.sparse_storage:
         encoded = _write_encoded(dense, dst)
         if not encoded:
-            _remove(dst)
+            remove_model(dst)
             os.replace(dense, dst)
             os.replace(data_file(dense), data_file(dst))
-        _remove(dense)
+        remove_model(dense)
         modified = modified or bool(encoded)
     if not modified:
         return _original(src, dst, report, config.measure_gzip)
     report["storage"] = _storage(src, dst, encoded, config.measure_gzip)
     log.info("magnitude pruning (from the file): %d tensors, %s", len(rows), report["total"])
-    return PruneResult(_graph_of(dst), True, report, path=dst)
+    return PruneResult(graph_of(dst), True, report, path=dst)
 
 
 def _original(src: _Source, dst: Path, report: dict, gzip: bool | None) -> PruneResult:
     """The input model, unchanged (with its node names), written to dst: nothing was pruned;
     report["storage"] is set unless gzip is None."""
-    _remove(dst)
+    remove_model(dst)
     write_external(src.model, dst, base_dir=src.path.parent)
     if gzip is not None:
         report["storage"] = _storage(src, dst, [], gzip)
-    return PruneResult(_graph_of(dst), False, report, path=dst)
+    return PruneResult(graph_of(dst), False, report, path=dst)
 
 
 def _storage(src: _Source, dst: Path, encoded: list[dict], gzip: bool) -> dict:
@@ -277,7 +282,7 @@ def _storage(src: _Source, dst: Path, encoded: list[dict], gzip: bool) -> dict:
     (asked for) need each model loaded and serialized once."""
     from onnxopt.pruning.sparse_storage import model_sizes
 
-    before, after = serialized_size(src.model, src.path.parent), serialized_size(_graph_of(dst), dst.parent)
+    before, after = serialized_size(src.model, src.path.parent), serialized_size(graph_of(dst), dst.parent)
     gz_before = gz_after = None
     if gzip:
         gz_before = model_sizes(load_model(src.path)).gzip
@@ -322,28 +327,42 @@ def prune_magnitude_file(
     PruneResult has `path=dst` and its `model` is dst's graph without the weights (read them
     from dst). src and its external data are only read.
     """
-    src_path, out = Path(src), Path(dst)
+    src_path = Path(src)
     graph = model if model is not None else load_model(src_path, load_external_data=False)
     source = _Source(src_path, graph, config)
-    with _workdir(out) as work:
+    field_name = "threshold" if config.threshold is not None else "sparsity"
+    return run_from_file(src_path, Path(dst), graph, config, field_name,
+                         lambda cfg, work, name: _candidate(source, cfg, work, name), floor, feed, labels)
 
-        def prune(_: ModelProto, cfg: MagnitudeConfig) -> PruneResult:
-            return _candidate(source, cfg, work, out.name)
+
+Candidate = Callable[[Any, Path, str], PruneResult]
+
+
+def run_from_file(src: Path, dst: Path, graph: ModelProto, config: Any, field_name: str, candidate: Candidate,
+                  floor: FidelityFloor | None, feed: Feed | None, labels: np.ndarray | None) -> PruneResult:
+    """The frame of a pruning from a file: `candidate(config, work, name)` writes one pruned model
+    to `work/name` (+ `.data`) in a private work folder beside dst and returns it (`path` set); the
+    fidelity floor (if any) measures candidates by path against src (graph: src's graph, weights
+    not loaded) and lowers `config.<field_name>`; the last candidate is placed at dst (_place).
+    The work folder is removed whatever happens; nothing is written to dst on an error."""
+    with _workdir(dst) as work:
+
+        def prune(_: ModelProto, cfg: Any) -> PruneResult:
+            return candidate(cfg, work, dst.name)
 
         if floor is not None:
-            field_name = "threshold" if config.threshold is not None else "sparsity"
-            result = guarded_prune(graph, config, prune, field_name, floor, feed, labels, reference=src_path)
+            result = guarded_prune(graph, config, prune, field_name, floor, feed, labels, reference=src)
         else:
             result = prune(graph, config)
         assert result.path is not None
-        _place(result.path, out)
-    return PruneResult(result.model, result.modified, result.report, path=out)
+        _place(result.path, dst)
+    return PruneResult(result.model, result.modified, result.report, path=dst)
 
 
 def _place(work: Path, dst: Path) -> None:
     """Move the final candidate to dst: its files renamed when it is above INLINE_LIMIT, else
     written inline by write_inline (atomically: a temporary file renamed onto dst)."""
-    graph = _graph_of(work)
+    graph = graph_of(work)
     if serialized_size(graph, work.parent) > INLINE_LIMIT:
         os.replace(data_file(work), data_file(dst))
         os.replace(work, dst)

@@ -7,19 +7,28 @@ tensors it reaches with the `positions` of its channels on each, and the ParamCu
 constants that lose entries; Unsafe is raised where the channels cannot be followed.
 is_source, source_output and source_cuts say which nodes (Conv with group=1, Gemm/MatMul with a
 constant 2-D weight) start a group and which of their parameters lose output channels.
+
+A model pruned from its file (onnxopt.pruning.channels.streamed) is indexed as its graph with
+the weights left in their external-data files (`base_dir`): `const` then gives such a tensor as a
+read-only memory map (shape and dtype without reading it; values read only if a rule looks at
+them), and `values` reads it in full, uncached, for the two steps that need every weight
+(channel scores and slicing), one tensor at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from onnxopt.core.external import external_info, is_external
 from onnxopt.core.model import subgraph_inputs
+from onnxopt.pruning.streamed import read_flat
 
 
 class Unsafe(Exception):
@@ -43,7 +52,7 @@ class Group:
     gid: int
     channels: int
     sources: list[int] = field(default_factory=list)  # node indices
-    importance_terms: list[tuple[np.ndarray, int]] = field(default_factory=list)  # (weight, out axis)
+    importance_terms: list[tuple[str, int]] = field(default_factory=list)  # (weight tensor, out axis)
     cuts: list[ParamCut] = field(default_factory=list)
     depthwise: set[int] = field(default_factory=set)
     reshapes: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # node, dim, positions
@@ -53,10 +62,14 @@ class Group:
 
 
 class GraphIndex:
-    """Producers, consumers, constants and inferred shapes of a model's main graph."""
+    """Producers, consumers, constants and inferred shapes of a model's main graph.
 
-    def __init__(self, model: ModelProto) -> None:
+    base_dir: the model is a graph whose external initializers are in files there (module doc).
+    """
+
+    def __init__(self, model: ModelProto, base_dir: Path | None = None) -> None:
         self.model = model
+        self.base_dir = base_dir
         g = model.graph
         self.nodes = list(g.node)
         self.inits = {t.name: t for t in g.initializer}
@@ -93,7 +106,8 @@ class GraphIndex:
         val: np.ndarray | None = None
         src = self.const_source(name)
         if src is not None:
-            val = numpy_helper.to_array(self.inits[src])
+            t = self.inits[src]
+            val = _mapped(t, self.base_dir) if self.base_dir is not None and is_external(t) else numpy_helper.to_array(t)
         else:
             i = self.producer.get(name)
             if i is not None and self.nodes[i].op_type == "Constant":
@@ -103,8 +117,18 @@ class GraphIndex:
         self._const_cache[name] = val
         return val
 
+    def values(self, name: str) -> np.ndarray | None:
+        """const(name) read in full: from its file, uncached, for an external initializer (module doc)."""
+        src = self.const_source(name)
+        if src is not None and self.base_dir is not None and is_external(t := self.inits[src]):
+            return read_flat(t, self.base_dir).reshape([int(d) for d in t.dims])
+        return self.const(name)
+
     def shape(self, name: str) -> tuple[int | None, ...] | None:
         """Inferred shape (None for unknown dims), or None when even the rank is unknown."""
+        src = self.const_source(name)
+        if src is not None:  # the initializer's dims: its values are not needed
+            return tuple(int(d) for d in self.inits[src].dims)
         c = self.const(name)
         if c is not None:
             return tuple(int(d) for d in c.shape)
@@ -121,6 +145,24 @@ class GraphIndex:
         """A node's name for messages."""
         n = self.nodes[i]
         return n.name or f"{n.op_type}#{i}"
+
+
+def _mapped(t: TensorProto, base_dir: Path) -> np.ndarray:
+    """An external initializer as a read-only memory map of its bytes (nothing read until used);
+    read in full when its type is not stored as plain little-endian numbers."""
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")
+    dims = tuple(int(d) for d in t.dims)
+    info = external_info(t)
+    size = int(np.prod(dims, dtype=np.int64))
+    plain = dtype.kind in "fiub" and t.data_type not in _UNPLAIN and size > 0
+    if not plain or int(info.get("length", size * dtype.itemsize)) != size * dtype.itemsize:
+        return numpy_helper.to_array(t, str(base_dir))
+    return np.memmap(base_dir / info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0)), shape=dims)
+
+
+# stored differently from their numpy type (packed 4-bit, bfloat16/float8 as bits): read through onnx
+_UNPLAIN = {getattr(TensorProto, n) for n in ("BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+                                              "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1") if hasattr(TensorProto, n)}
 
 
 def _infer_shapes(model: ModelProto) -> dict[str, tuple[int | None, ...]]:
@@ -179,7 +221,7 @@ def source_cuts(ix: GraphIndex, grp: Group, i: int, pos: np.ndarray) -> None:
     else:
         axis = 1
     grp.sources.append(i)
-    grp.importance_terms.append((w, axis))
+    grp.importance_terms.append((n.input[1], axis))
     grp.cuts.append(ParamCut(i, 1, axis, pos))
     if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]:
         b = ix.const(n.input[2])

@@ -14,6 +14,8 @@ unsafe groups are left alone.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from onnx import ModelProto
 
@@ -112,9 +114,10 @@ class Tracer:
         rule(self, grp, p, axis, pos)
 
 
-def build_groups(model: ModelProto) -> tuple[GraphIndex, list[Group]]:
-    """Trace a dependency group from every source node; groups overlapping each other become unsafe."""
-    ix = GraphIndex(model)
+def build_groups(model: ModelProto, base_dir: Path | None = None) -> tuple[GraphIndex, list[Group]]:
+    """Trace a dependency group from every source node; groups overlapping each other become unsafe.
+    base_dir: model is a graph whose external weights are in files there (GraphIndex)."""
+    ix = GraphIndex(model, base_dir)
     owner: dict[int, int] = {}
     tracer = Tracer(ix, owner)
     groups: list[Group] = []

@@ -13,6 +13,7 @@ and reported. Fine-tuning to recover accuracy belongs in the source framework.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +66,15 @@ def channels_to_keep(channels: int, config: ChannelConfig) -> int:
     return max(1, min(keep, channels))
 
 
-def group_importance(grp: Group, kind: str) -> np.ndarray:
-    """Per-channel score of a group: sum over its sources of the output-channel weight norm."""
+def group_importance(grp: Group, kind: str, ix: GraphIndex) -> np.ndarray:
+    """Per-channel score of a group: sum over its sources of the output-channel weight norm
+    (weights read one at a time through ix.values)."""
     score = np.zeros(grp.channels, dtype=np.float64)
-    for w, axis in grp.importance_terms:
+    for name, axis in grp.importance_terms:
+        w = ix.values(name)
+        assert w is not None
         m = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
+        del w
         score += np.abs(m).sum(axis=1) if kind == "l1" else np.sqrt((m * m).sum(axis=1))
     return score
 
@@ -103,8 +108,40 @@ def _skipped(ix: GraphIndex, grp: Group, skip: tuple[str, ...]) -> str | None:
     return None
 
 
-def _apply(model: ModelProto, ix: GraphIndex, removed: dict[int, np.ndarray], groups: list[Group]) -> None:
-    """Slice every parameter of the pruned groups in `model` (whose nodes match ix.nodes)."""
+@dataclass(frozen=True)
+class Slice:
+    """A new initializer: constant `source` (a node input) without the entries at `gone[axis]`."""
+
+    name: str
+    source: str
+    gone: dict[int, list[int]]
+
+    def values(self, ix: GraphIndex) -> np.ndarray:
+        """The sliced array (the source read through ix.values)."""
+        arr = ix.values(self.source)
+        assert arr is not None
+        for axis, pos in self.gone.items():
+            arr = np.delete(arr, pos, axis=axis)
+        return np.ascontiguousarray(arr)
+
+    def header(self, ix: GraphIndex) -> onnx.TensorProto:
+        """The new initializer without its data when the source is an initializer (name, type and
+        dims, as from_array gives them), else whole (a Constant node's value: small)."""
+        src = ix.const_source(self.source)
+        if src is None:
+            return numpy_helper.from_array(self.values(ix), self.name)
+        shape = [int(d) for d in ix.inits[src].dims]
+        for axis, pos in self.gone.items():
+            shape[axis] -= len(pos)
+        return onnx.TensorProto(name=self.name, data_type=ix.inits[src].data_type, dims=shape)
+
+
+def apply_cuts(model: ModelProto, ix: GraphIndex, removed: dict[int, np.ndarray], groups: list[Group],
+           *, materialize: bool = True) -> dict[str, Slice]:
+    """Slice every parameter of the pruned groups in `model` (whose nodes match ix.nodes).
+
+    materialize=False: the sliced initializers are added as headers only (Slice.header; a model
+    pruned from its file writes their values one at a time); the Slices by name are returned."""
     cuts: dict[tuple[int, int], dict[int, set[int]]] = {}
     reshapes: dict[tuple[int, int], set[int]] = {}
     depthwise: set[int] = set()
@@ -131,15 +168,13 @@ def _apply(model: ModelProto, ix: GraphIndex, removed: dict[int, np.ndarray], gr
         taken.add(name)
         return name
 
+    slices: dict[str, Slice] = {}
     for (node_i, inp), axes in cuts.items():
-        arr = ix.const(ix.nodes[node_i].input[inp])
-        assert arr is not None
-        for axis, gone_pos in axes.items():
-            arr = np.delete(arr, sorted(gone_pos), axis=axis)
-        base = ix.const_source(nodes[node_i].input[inp]) or nodes[node_i].input[inp]
-        name = fresh(base)
-        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        nodes[node_i].input[inp] = name
+        source = ix.nodes[node_i].input[inp]
+        cut = Slice(fresh(ix.const_source(source) or source), source, {a: sorted(p) for a, p in axes.items()})
+        slices[cut.name] = cut
+        new_inits.append(numpy_helper.from_array(cut.values(ix), cut.name) if materialize else cut.header(ix))
+        nodes[node_i].input[inp] = cut.name
     for (node_i, dim), gone_pos in reshapes.items():
         target = ix.const(nodes[node_i].input[1])
         assert target is not None
@@ -155,6 +190,7 @@ def _apply(model: ModelProto, ix: GraphIndex, removed: dict[int, np.ndarray], gr
                 a.i = int(w.dims[0])
     g.initializer.extend(new_inits)
     _remove_dead(model)
+    return slices
 
 
 def _remove_dead(model: ModelProto) -> None:
@@ -175,7 +211,8 @@ def _remove_dead(model: ModelProto) -> None:
     g.initializer.extend(inits)
 
 
-def _refresh_shapes(model: ModelProto) -> ModelProto:
+def refresh_shapes(model: ModelProto) -> ModelProto:
+    """The model with its value_info inferred again (kept without any when inference fails)."""
     del model.graph.value_info[:]
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -210,6 +247,25 @@ def _prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
     original = model
     model, moved = constants_to_initializers(model)
     ix, groups = build_groups(model)
+    removed, report = select_channels(model, ix, groups, config, moved)
+    if not removed:
+        return PruneResult(copy_model(original), False, report)
+    out = copy_model(model)
+    apply_cuts(out, ix, removed, groups)
+    out = refresh_shapes(out)
+    check_pruned(out)
+    finish_report(report, out, len(removed))
+    return PruneResult(out, True, report)
+
+
+def select_channels(model: ModelProto, ix: GraphIndex, groups: list[Group], config: ChannelConfig, moved: int,
+                    score: Callable[[Group], np.ndarray] | None = None) -> tuple[dict[int, np.ndarray], dict]:
+    """The channels each group loses ({group id: removed channels}, only groups that lose some)
+    and the report so far (params_after/macs_after set when nothing is removed).
+
+    model: the graph ix indexes (Constant nodes moved into initializers: `moved` of them);
+    score: a group's channel scores (default: group_importance, computed here).
+    """
     node_names = {n.name for n in ix.nodes}
     unknown = [s for s in config.skip if s not in node_names and s not in ix.inits]
     if unknown:
@@ -229,8 +285,8 @@ def _prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
                                "reason": reason or "; ".join(dict.fromkeys(grp.unsafe))})
             continue
         keep = channels_to_keep(grp.channels, config)
-        score = group_importance(grp, config.importance)
-        order = np.argsort(-score, kind="stable")
+        scores = score(grp) if score is not None else group_importance(grp, config.importance, ix)
+        order = np.argsort(-scores, kind="stable")
         kept = np.sort(order[:keep])
         gone = np.setdiff1d(np.arange(grp.channels), kept)
         rows.append({"layers": names, "channels_before": grp.channels, "channels_after": int(keep),
@@ -253,18 +309,22 @@ def _prune_channels(model: ModelProto, config: ChannelConfig) -> PruneResult:
         report.update(params_after=params_before, macs_after=macs_before,
                       message="no channels removed: " + ("no prunable channel groups found" if not rows
                                                           else "the ratio removes no channel in any group"))
-        return PruneResult(copy_model(original), False, report)
-    out = copy_model(model)
-    _apply(out, ix, removed, groups)
-    out = _refresh_shapes(out)
+    return removed, report
+
+
+def check_pruned(model: ModelProto | str) -> None:
+    """The ONNX checker on a pruned model (or its file); a failure is a bug in a cutter."""
     try:
-        onnx.checker.check_model(out)
+        onnx.checker.check_model(model)
     except Exception as e:  # a bug in a cutter, never the user's fault
         raise OnnxoptError(f"channel pruning produced an invalid model ({e}); please report this") from e
+
+
+def finish_report(report: dict, out: ModelProto, pruned_groups: int) -> None:
+    """Add the pruned model's parameter and MAC counts (out: its graph; weights not needed)."""
     report["params_after"] = initializer_stats(out)[0]
     report["macs_after"] = count_macs(out)
-    report["params_ratio"] = report["params_after"] / max(1, params_before)
-    report["macs_ratio"] = report["macs_after"] / max(1, macs_before)
+    report["params_ratio"] = report["params_after"] / max(1, report["params_before"])
+    report["macs_ratio"] = report["macs_after"] / max(1, report["macs_before"])
     log.info("channel pruning: %d groups pruned, %d left alone, params %d -> %d",
-             len(removed), len(left_alone), params_before, report["params_after"])
-    return PruneResult(out, True, report)
+             pruned_groups, len(report["left_alone"]), report["params_before"], report["params_after"])
