@@ -119,3 +119,38 @@ def test_fixed_batch_model_runs_over_a_dataset(digits_cnn: Path, digits_val: Pat
     assert feed["input"].shape[0] == 360
     rep = compare_models(fixed, digits_cnn, feed, labels)
     assert rep.samples == 360 and rep.outputs[0].max_abs < 1e-5 and rep.accuracy_drop == 0.0
+
+
+def test_the_floor_number_is_the_worst_sample_not_the_mean() -> None:
+    """One destroyed sample among 99 good ones: the mean cosine stays ~0.99, min_cosine (what every
+    floor holds) is that sample's."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((100, 10))
+    cand = ref.copy()
+    cand[37] = -ref[37]  # this sample's answer is reversed
+    o = output_fidelity("y", ref, cand)
+    assert o.cosine == pytest.approx(0.98) and o.worst_cosine == pytest.approx(-1.0)
+    assert FidelityReport((o,), 100, None, None).min_cosine == pytest.approx(-1.0)
+
+
+def test_quantize_scores_dynamic_int8_one_sample_per_run(mlp_model: onnx.ModelProto, tmp_path: Path) -> None:
+    """A dynamic int8 scale spans the batch it runs in: the evaluator scores such a model sample by sample
+    (batch 1, the deployment batch), which is what a recomputation run by run gives."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from onnxopt.core.runtime import create_session
+    from onnxopt.quantization.evaluate import Evaluator
+
+    feed = {"input": np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32) * 3}
+    onnx.save(mlp_model, str(tmp_path / "f.onnx"))
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"))
+    got = Evaluator(mlp_model, feed, None, "test").score(tmp_path / "q.onnx").outputs[0]
+    ref, q = create_session(mlp_model), create_session(tmp_path / "q.onnx")
+    x = feed["input"]
+    a = np.concatenate([ref.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float64)
+    b = np.concatenate([q.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float64)
+    batched = q.run(None, feed)[0].astype(np.float64)
+    per_sample = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert got.worst_cosine == pytest.approx(per_sample.min(), abs=1e-9)
+    assert got.cosine == pytest.approx(per_sample.mean(), abs=1e-9)
+    assert not np.allclose(b, batched)  # the batch of 32 computes other numbers: it would not be batch 1's fidelity

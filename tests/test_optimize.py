@@ -373,9 +373,10 @@ def test_attention_with_a_sensitive_layer_does_not_ship_below_the_floor(tmp_path
 
 def test_lowering_the_floor_is_explicit() -> None:
     model, feed = _outlier_mlp(1), _outlier_feed()
-    r = optimize(model, None, cfg(objective="size", gates=Gates(min_cosine=0.2)), val=(feed, None))
+    r = optimize(model, None, cfg(objective="size", gates=Gates(min_cosine=0)), val=(feed, None))
     q = next(s for s in r.stages if s.pass_name == "quantize")
-    assert q.kept and r.final == q.name and 0.2 <= q.fidelity.min_cosine < 0.9
+    assert q.kept and r.final == q.name  # --min-cosine 0: the floor is off, the lossy model is what was asked
+    assert q.fidelity.min_cosine < 0.5  # a lossy model, written because the floor was turned off
     assert not [w for w in r.warnings if "fidelity floor" in w]
 
 

@@ -33,11 +33,11 @@ def print_fidelity(report: FidelityReport, feed_source: str) -> None:
 
     console = _console()
     table = Table(title=f"fidelity on {report.samples} samples ({escape(feed_source)})")
-    for c in ("output", "max abs diff", "mean abs diff", "cosine", "top-1 agreement"):
+    for c in ("output", "max abs diff", "mean abs diff", "cosine (mean)", "worst sample", "top-1 agreement"):
         table.add_column(c, justify="left" if c == "output" else "right")
     for o in report.outputs:
         table.add_row(
-            escape(o.name), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.cosine:.6f}",
+            escape(o.name), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.cosine:.6f}", f"{o.worst_cosine:.6f}",
             "-" if o.top1_agreement is None else f"{o.top1_agreement:.2f}%",
         )
     console.print(table)

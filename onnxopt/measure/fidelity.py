@@ -139,6 +139,7 @@ class OutputFidelity:
     mean_abs: float
     cosine: float  # mean over samples of the cosine similarity of the flattened per-sample outputs
     top1_agreement: float | None  # percent (0-100) of samples with the same argmax; classifier-like outputs
+    worst_cosine: float  # the lowest per-sample cosine: what the fidelity floor holds
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,9 @@ class FidelityReport:
 
     @property
     def min_cosine(self) -> float:
-        """The lowest cosine similarity over the outputs."""
-        return min((o.cosine for o in self.outputs), default=1.0)
+        """The lowest per-sample cosine similarity over the outputs and samples: the number every
+        fidelity floor holds (each sample, not their mean, must reach it)."""
+        return min((o.worst_cosine for o in self.outputs), default=1.0)
 
     @property
     def max_abs(self) -> float:
@@ -189,7 +191,7 @@ def _is_classifier_like(spec: TensorSpec | None, arr: np.ndarray) -> bool:
 
 
 def output_fidelity(name: str, ref: np.ndarray, cand: np.ndarray, spec: TensorSpec | None = None) -> OutputFidelity:
-    """Max/mean absolute difference, mean per-sample cosine and top-1 agreement of two arrays."""
+    """Max/mean absolute difference, mean and lowest per-sample cosine and top-1 agreement of two arrays."""
     if ref.shape != cand.shape:
         raise InvalidInputError(
             f"output {name!r}: reference shape {tuple(ref.shape)} differs from candidate shape {tuple(cand.shape)}"
@@ -197,7 +199,7 @@ def output_fidelity(name: str, ref: np.ndarray, cand: np.ndarray, spec: TensorSp
     r = np.asarray(ref, dtype=np.float64)
     c = np.asarray(cand, dtype=np.float64)
     if r.size == 0:
-        return OutputFidelity(name, 0.0, 0.0, 1.0, None)
+        return OutputFidelity(name, 0.0, 0.0, 1.0, None, 1.0)
     diff = np.abs(r - c)
     rows_r = r.reshape(r.shape[0], -1) if r.ndim >= 1 else r.reshape(1, 1)
     rows_c = c.reshape(rows_r.shape)
@@ -217,6 +219,7 @@ def output_fidelity(name: str, ref: np.ndarray, cand: np.ndarray, spec: TensorSp
         mean_abs=float(diff.mean()),
         cosine=float(cos.mean()),
         top1_agreement=top1,
+        worst_cosine=float(cos.min()),
     )
 
 

@@ -21,7 +21,7 @@ from onnxopt.core.provenance import Provenance
 from onnxopt.measure.plots import require_matplotlib
 from onnxopt.optimization.types import OptimizeResult
 
-COLUMNS = ("stage", "size", "p50 ms", "speedup [95% CI]", "cosine", "top-1 agree", "accuracy", "pass time", "kept")
+COLUMNS = ("stage", "size", "p50 ms", "speedup [95% CI]", "min cosine", "top-1 agree", "accuracy", "pass time", "kept")
 
 
 def provenance_of(
@@ -108,7 +108,7 @@ def stage_rows(result: OptimizeResult) -> list[dict[str, str]]:
                 "size": _size(s.size_bytes) if changed else "-",
                 "p50 ms": f"{s.bench.stats.p50_ms:.3f}" if s.bench is not None and changed else "-",
                 "speedup [95% CI]": speed,
-                "cosine": "ref" if s is original else (f"{f.min_cosine:.5f}" if f is not None else "-"),
+                "min cosine": "ref" if s is original else (f"{f.min_cosine:.5f}" if f is not None else "-"),
                 "top-1 agree": f"{min(top1):.2f}%" if top1 else "-",
                 "accuracy": acc,
                 "pass time": "-" if s is original else f"{s.wall_s:.2f} s",

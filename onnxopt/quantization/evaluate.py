@@ -8,7 +8,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxopt.core.feeds import Feed, feed_samples, first_batch
-from onnxopt.core.model import batch_axes, graph_outputs
+from onnxopt.core.model import all_graphs, batch_axes, graph_outputs, load_model
 from onnxopt.measure.fidelity import (
     FidelityReport,
     ModelLike,
@@ -100,6 +100,14 @@ class Evaluator:
         return FidelityReport(fids, self.samples, self._acc_ref, acc)
 
 
+# Ops whose numbers depend on the batch: a dynamic int8 activation scale spans the whole batch.
+BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+
+
 def _run(model: ModelLike, feed: Feed) -> list[np.ndarray]:
-    """run_batched (which leaves out the custom-op library for models that do not need it)."""
-    return run_batched(model, feed)
+    """run_batched (which leaves out the custom-op library for models that do not need it); one
+    sample per run when the model has BATCH_DEPENDENT_OPS, so that its fidelity is batch 1's (the
+    deployment batch) and not that of a batch of every sample, whose scales are coarser or finer."""
+    proto = model if isinstance(model, ModelProto) else load_model(model, load_external_data=False)
+    per_sample = any(n.op_type in BATCH_DEPENDENT_OPS for g in all_graphs(proto.graph) for n in g.node)
+    return run_batched(model, feed, 1 if per_sample else 256)
