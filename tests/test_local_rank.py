@@ -94,9 +94,8 @@ def _mlp_with_a_sensitive_layer(path: Path, width: int = 384, layers: int = 6, s
 def test_file_mode_fallback_ranks_without_a_build_per_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            mode: str) -> None:
     """A big model's fallback (file-mode threshold at 0) ranks its nodes from one float run: builds are
-    the candidate, the bound and the steps only; the outlier layer goes back to float first, as the
-    per-node builds of memory mode find; the result holds the floor (the mean per-sample cosine, as the quantize floor is
-    documented) on the given samples, recomputed here."""
+    the candidate, the bound and the steps only; the outlier layer goes back to float first (for int8, as the
+    per-node builds of memory mode find); every given sample holds the floor, recomputed here."""
     import onnxopt.quantization.api as api
     from onnxopt.quantization.config import QuantizeConfig
     from onnxopt.quantization.session import QuantSession
@@ -128,9 +127,12 @@ def test_file_mode_fallback_ranks_without_a_build_per_node(tmp_path: Path, monke
     assert reports["memory"][1] == 2 + 6 + len(reports["memory"][0]["steps"])  # memory mode: one per node (6)
     graph = load_model(src, load_external_data=False)  # the names every command gives
     names = {n.input[1]: n.name for n in graph.graph.node if n.op_type == "MatMul"}
-    assert fb["sensitivity"][0]["node"] == reports["memory"][0]["sensitivity"][0]["node"] == names[sensitive]
+    assert fb["sensitivity"][0]["node"] == names[sensitive]
+    if mode == "dynamic":  # int8: the outlier layer dominates; int4's block scales spread the harm more evenly
+        assert reports["memory"][0]["sensitivity"][0]["node"] == names[sensitive]
     assert (src.read_bytes(), (tmp_path / "m.onnx.data").read_bytes()) == before
-    a = create_session(src).run(None, {"input": x})[0].astype(np.float64)  # one run, as the floor is checked
-    b = create_session(r.model).run(None, {"input": x})[0].astype(np.float64)
+    fa, fq = create_session(src), create_session(r.model)  # batch 1: one sample per run, as deployed
+    a = np.concatenate([fa.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float64)
+    b = np.concatenate([fq.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    assert cos.mean() >= floor - 1e-9, cos.mean()  # the floor holds on the samples it was checked on
+    assert cos.min() >= floor - 1e-6, cos.min()  # every sample holds the floor it was checked on
