@@ -64,7 +64,8 @@ class Budget:
 
 
 class Evaluator:
-    """Scores candidates on a fixed feed against reference outputs computed once."""
+    """Scores candidates on a fixed feed against reference outputs computed once (once more, one
+    sample per run, for candidates whose numbers depend on the batch: see _batch)."""
 
     def __init__(self, reference: ModelProto, feed: Feed, labels: np.ndarray | None, source: str, *,
                  run_from: ModelLike | None = None) -> None:
@@ -75,8 +76,9 @@ class Evaluator:
         self._axes = batch_axes(reference)
         self.samples = feed_samples(feed, self._axes)
         self._specs = graph_outputs(reference)
-        self._ref = _run(reference if run_from is None else run_from, feed)
-        self._acc_ref = accuracy_of(self._ref[0], labels) if labels is not None else None
+        self._reference: ModelLike = reference if run_from is None else run_from
+        self._refs = {BATCH: run_batched(self._reference, feed, BATCH)}
+        self._acc_ref = accuracy_of(self._refs[BATCH][0], labels) if labels is not None else None
 
     def subset(self, n: int) -> Evaluator:
         """An evaluator over the first n samples (reusing the reference outputs)."""
@@ -87,27 +89,30 @@ class Evaluator:
         ev.source = self.source
         ev.samples = min(n, self.samples)
         ev._specs = self._specs
-        ev._ref = first_samples(self._ref, n, self.samples)
-        ev._acc_ref = accuracy_of(ev._ref[0], ev.labels) if ev.labels is not None else None
+        ev._reference = self._reference
+        ev._refs = {b: first_samples(r, n, self.samples) for b, r in self._refs.items()}
+        ev._acc_ref = accuracy_of(ev._refs[BATCH][0], ev.labels) if ev.labels is not None else None
         return ev
 
     def score(self, candidate: ModelLike) -> FidelityReport:
         """Fidelity of a candidate (same inputs/outputs as the reference) on the feed; a path is
         loaded by onnxruntime from the file."""
-        outs = _run(candidate, self.feed)
-        fids = tuple(output_fidelity(s.name, r, c, s) for s, r, c in zip(self._specs, self._ref, outs))
+        batch = _batch(candidate)
+        if batch not in self._refs:  # both models run alike: outputs without a batch axis line up
+            self._refs[batch] = run_batched(self._reference, self.feed, batch)
+        outs = run_batched(candidate, self.feed, batch)
+        fids = tuple(output_fidelity(s.name, r, c, s) for s, r, c in zip(self._specs, self._refs[batch], outs))
         acc = accuracy_of(outs[0], self.labels) if self.labels is not None else None
         return FidelityReport(fids, self.samples, self._acc_ref, acc)
 
 
+BATCH = 256  # samples per run when the numbers do not depend on the batch
 # Ops whose numbers depend on the batch: a dynamic int8 activation scale spans the whole batch.
 BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
 
 
-def _run(model: ModelLike, feed: Feed) -> list[np.ndarray]:
-    """run_batched (which leaves out the custom-op library for models that do not need it); one
-    sample per run when the model has BATCH_DEPENDENT_OPS, so that its fidelity is batch 1's (the
-    deployment batch) and not that of a batch of every sample, whose scales are coarser or finer."""
+def _batch(model: ModelLike) -> int:
+    """Samples per run for scoring a model: 1 when it has BATCH_DEPENDENT_OPS, so that its fidelity is
+    batch 1's (the deployment batch) and not that of a batch of every sample, whose scales differ."""
     proto = model if isinstance(model, ModelProto) else load_model(model, load_external_data=False)
-    per_sample = any(n.op_type in BATCH_DEPENDENT_OPS for g in all_graphs(proto.graph) for n in g.node)
-    return run_batched(model, feed, 1 if per_sample else 256)
+    return 1 if any(n.op_type in BATCH_DEPENDENT_OPS for g in all_graphs(proto.graph) for n in g.node) else BATCH
