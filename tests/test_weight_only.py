@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxopt.cli import cli
-from onnxopt.core.errors import InvalidInputError
+from onnxopt.core.errors import GateFailedError, InvalidInputError
 from onnxopt.core.model import op_histogram
 from onnxopt.core.runtime import create_session
 from onnxopt.quantization.config import QuantizeConfig
@@ -79,8 +79,9 @@ def test_weight_only_budget_returns_nodes_to_float(tmp_path: Path, mlp_file: Pat
     if r.exit_code == 0:
         assert rep["fallback"]["needed"] and rep["nodes"]["float"]
         assert cos.min() >= 0.99  # recomputed on other inputs than the budget's
-    else:
-        assert r.exit_code == 3  # the closest model is written, and the gate says so
+    else:  # the closest model is written, and the gate says so (exit 3 from onnxopt.cli.main)
+        assert isinstance(r.exception, GateFailedError) and r.exception.exit_code == 3, r.output
+        assert rep["fallback"]["needed"] and rep["fallback"]["steps"]
     hist = op_histogram(onnx.load(str(out)))
     assert hist.get("MatMul", 0) >= 1
 
@@ -117,7 +118,8 @@ def test_weight_only_hqq(tmp_path: Path, mlp_file: Path) -> None:
     r = CliRunner().invoke(cli, ["quantize", str(mlp_file), "-o", str(out), "--mode", "weight-only",
                                  "--algorithm", "hqq", "--block-size", "64", "--no-bench", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["winner"] == "int4-b64-hqq"
+    rep = json.loads(r.output)  # with the default floor held on every sample, a node may go back to float
+    assert rep["winner"].startswith("int4-b64-hqq") and rep["quantizer"]["algorithm"] == "hqq"
     model = onnx.load(str(out))
     levels = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
     assert levels == {4}
