@@ -163,6 +163,8 @@ def local_errors_from_file(path: Path, graph: ModelProto, feed: Feed, nodes: lis
         ref = float(np.sum(np.square(y), dtype=np.float64))
         errors[n.node] = float(np.sum(np.square(yq - y), dtype=np.float64)) / ref if ref > 0 else 0.0
         del w, y, yq
+    log.debug("local errors of %d node(s) from %d input rows each", len(nodes),
+              sum(len(a) for a in next(iter(rows.values())).x))
     return errors
 
 
