@@ -67,6 +67,13 @@ def data_file(output: str | os.PathLike[str]) -> Path:
     return out.with_name(out.name + ".data")
 
 
+def remove_model_file(path: Path) -> None:
+    """Delete a model file and its external data (`<name>.data`, data_file). A new file gets a new
+    inode: a session that still maps the old one keeps it."""
+    path.unlink(missing_ok=True)
+    data_file(path).unlink(missing_ok=True)
+
+
 def uses_external(model: ModelProto) -> bool:
     """True when some initializer of the main graph refers to an external file (not loaded)."""
     return any(is_external(t) for t in model.graph.initializer)

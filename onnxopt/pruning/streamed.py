@@ -38,6 +38,7 @@ from onnxopt.core.external import (
     external_info,
     is_external,
     load_external,
+    remove_model_file,
     write_external,
 )
 from onnxopt.core.feeds import Feed
@@ -104,13 +105,6 @@ def read_flat(t: TensorProto, base_dir: Path) -> np.ndarray:
         if f.size == n:
             return f
     return numpy_helper.to_array(t, str(base_dir)).reshape(-1).copy()
-
-
-def remove_model(path: Path) -> None:
-    """Delete a model file and its external data (a new file gets a new inode: a session that
-    still maps the old one keeps it)."""
-    path.unlink(missing_ok=True)
-    data_file(path).unlink(missing_ok=True)
 
 
 @dataclass
@@ -193,7 +187,7 @@ def _write_pruned(src: _Source, config: MagnitudeConfig, dst: Path) -> list[Tens
                 yield TensorProto(name=t.name, data_type=t.data_type, dims=row.shape), f
             del f
 
-    remove_model(dst)
+    remove_model_file(dst)
     write_external(src.moved_model, dst, base_dir=src.path.parent, tensors=tensors())
     return [rows[nm] for nm in src.chosen]  # in the in-memory path's order
 
@@ -236,7 +230,7 @@ def _write_encoded(dense: Path, dst: Path) -> list[dict]:
         for nm in entries:
             yield from encoded_inits(nm, numpy_helper.to_array(by_name[nm], base))
 
-    remove_model(dst)
+    remove_model_file(dst)
     write_external(out, dst, base_dir=dense.parent, tensors=tensors())
     return list(entries.values())
 
@@ -255,10 +249,10 @@ def _candidate(src: _Source, config: MagnitudeConfig, work: Path, name: str) -> 
     if config.sparse_storage:
         encoded = _write_encoded(dense, dst)
         if not encoded:
-            remove_model(dst)
+            remove_model_file(dst)
             os.replace(dense, dst)
             os.replace(data_file(dense), data_file(dst))
-        remove_model(dense)
+        remove_model_file(dense)
         modified = modified or bool(encoded)
     if not modified:
         return _original(src, dst, report, config.measure_gzip)
@@ -270,7 +264,7 @@ def _candidate(src: _Source, config: MagnitudeConfig, work: Path, name: str) -> 
 def _original(src: _Source, dst: Path, report: dict, gzip: bool | None) -> PruneResult:
     """The input model, unchanged (with its node names), written to dst: nothing was pruned;
     report["storage"] is set unless gzip is None."""
-    remove_model(dst)
+    remove_model_file(dst)
     write_external(src.model, dst, base_dir=src.path.parent)
     if gzip is not None:
         report["storage"] = _storage(src, dst, [], gzip)

@@ -24,6 +24,7 @@ from onnxopt.core.external import (
     load_external,
     loaded_size,
     needs_file,
+    remove_model_file,
     write_external,
 )
 from onnxopt.core.feeds import Feed, first_batch
@@ -472,12 +473,6 @@ def _graph_in_place(out: Path) -> tuple[ModelProto, Path, int]:
     size = model_size(full)
     write_external(full, out)
     return onnx.load(str(out), load_external_data=False), out, size
-
-
-def remove_model_file(path: Path) -> None:
-    """Delete a model file and its external data (`<name>.data`, core.external.data_file)."""
-    path.unlink(missing_ok=True)
-    data_file(path).unlink(missing_ok=True)
 
 
 def _output_path(prep: Prepared, cand: Candidate, workdir: Path) -> Path:

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
+from onnxopt.core.external import remove_model_file
 from onnxopt.core.feeds import Feed, batches, feed_samples
 from onnxopt.core.model import batch_axes, copy_model
-from onnxopt.quantization.engine import Candidate, remove_model_file
+from onnxopt.quantization.engine import Candidate
 from onnxopt.quantization.sensitivity import (
     SENSITIVITY_ROWS,
     WeightMatMul,

@@ -28,7 +28,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor
 
-from onnxopt.core.external import external_length, is_external, write_external
+from onnxopt.core.external import external_length, is_external, remove_model_file, write_external
 from onnxopt.core.feeds import Feed
 from onnxopt.core.model import copy_model, load_model
 from onnxopt.passes.graph import constants_to_initializers
@@ -45,7 +45,7 @@ from onnxopt.pruning.channels.prune import (
 )
 from onnxopt.pruning.guard import FidelityFloor
 from onnxopt.pruning.result import PruneResult
-from onnxopt.pruning.streamed import graph_of, remove_model, run_from_file
+from onnxopt.pruning.streamed import graph_of, run_from_file
 
 SMALL = 1024  # external tensors below this many bytes are read into the graph (write_external's threshold)
 _INLINE = 1024  # sliced tensors below this many bytes are written inline (as write_external does)
@@ -86,7 +86,7 @@ def _candidate(src: _Source, config: ChannelConfig, work: Path, name: str) -> Pr
     dst = work / name
     removed, report = select_channels(src.moved, src.ix, src.groups, config, src.count,
                                       lambda grp: src.score(grp, config.importance))
-    remove_model(dst)
+    remove_model_file(dst)
     if not removed:  # the input, unchanged (with its node names)
         write_external(src.model, dst, base_dir=src.path.parent)
         return PruneResult(graph_of(dst), False, report, path=dst)
