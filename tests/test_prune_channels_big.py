@@ -174,3 +174,35 @@ def test_output_above_the_inline_limit_gets_its_own_data_file(tmp_path: Path, mo
     assert report["params_after"] < report["params_before"]
     assert report["output_file_size"] == sum(p.stat().st_size for p in tmp_path.glob("out.onnx*"))
     assert _digest(src, src.with_name("in.onnx.data")) == before
+
+
+@pytest.mark.parametrize("recipe", [
+    '[[passes]]\nname = "prune_channels"\nratio = 0.25\n',
+    '[[passes]]\nname = "prune_magnitude"\nsparsity = 0.5\n',
+], ids=["channels", "magnitude"])
+def test_optimize_prunes_a_stage_kept_in_a_file_from_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              recipe: str) -> None:
+    """In optimize, a stage the store keeps as its graph only (a big model) is pruned from its file, as the
+    CLI prunes (the in-memory functions are not called), and gives optimize(proto)'s pruned model."""
+    import onnxopt.optimization.store as store
+    import onnxopt.pruning.recipe_pass as recipe_pass
+    from onnxopt.optimization.recipe import parse_recipe
+    from onnxopt.optimization.run import optimize
+    from onnxopt.optimization.types import Gates, OptimizeConfig
+
+    src = tmp_path / "m.onnx"
+    save_model(make_convnet(), src, external_data=True)
+    cfg = OptimizeConfig(benchmark=False, gates=Gates(min_cosine=0))
+    in_memory = optimize(load_model(src), parse_recipe(recipe), cfg)
+    monkeypatch.setattr(store, "KEEP_BYTES", 0)  # every stage kept in a file, its graph only in memory
+    monkeypatch.setattr(recipe_pass, "prune_channels", _not_called)
+    monkeypatch.setattr(recipe_pass, "prune_magnitude", _not_called)
+    by_file = optimize(src, parse_recipe(recipe), cfg)
+    pruned = [next(s for s in r.stages if s.pass_name and s.pass_name.startswith("prune")) for r in (in_memory, by_file)]
+    assert all(s.modified for s in pruned) and [r.final for r in (in_memory, by_file)] == [s.name for s in pruned]
+    x = np.random.default_rng(0).standard_normal((4, *[d.dim_value for d in make_convnet().graph.input[0]
+                                                       .type.tensor_type.shape.dim[1:]])).astype(np.float32)
+    outs = [create_session(r.model).run(None, {"input": x})[0] for r in (in_memory, by_file)]  # the results, weights in
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert [(t.name, list(t.dims)) for t in by_file.model.graph.initializer] == \
+        [(t.name, list(t.dims)) for t in in_memory.model.graph.initializer]
