@@ -215,8 +215,10 @@ def test_optimize_and_quantize_outputs_are_compared_side_by_side(tmp_path: Path)
         onnx.save(model, str(tmp_path / f"{entry.name}.{label}.onnx"))
     pair = harness.compare_outputs(entry, rows, tmp_path, args)
     assert pair is not None and pair.command == "optimize/quantize" and pair.note == "the same graph"
-    behind = harness.Row("m", "optimize/quantize", "-", latency_ratio=1.2, ci_low=1.1, ci_high=1.3)
+    behind = harness.Row("m", "optimize/quantize", "-", latency_ratio=1.2, ci_low=1.1, ci_high=1.3, min_cosine=0.98)
     level = harness.Row("m", "optimize/quantize", "-", latency_ratio=1.03, ci_low=0.99, ci_high=1.07)
-    tail = harness.summary([behind, level])
+    low = harness.Row("m", "quantize+data", "0", latency_ratio=0.9, ci_low=0.8, ci_high=0.95, min_cosine=0.98)
+    tail = harness.summary([behind, level, low])
+    assert tail[1] == "outputs below 0.99 cosine: 1 ['m/quantize+data (0.9800)']"  # two outputs' cosine: no output
     assert tail[2].startswith("outputs slower than their input (CI above 1): 0")  # the pair is no output
     assert tail[3].startswith("optimize more than 5% slower than quantize") and "m (1.20)" in tail[3]

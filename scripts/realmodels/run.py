@@ -220,7 +220,8 @@ def _fmt(row: Row) -> list[str]:
         f"{row.latency_ratio:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]")
     ms = "-" if row.in_ms is None else f"{row.in_ms:.1f}->{row.out_ms:.1f}"
     size = "-" if row.size_ratio is None else f"{row.size_ratio:.2f}"
-    cos = "-" if row.min_cosine is None else f"{row.min_cosine:.4f}" + (" !" if row.min_cosine < MIN_COSINE else "")
+    flag = row.min_cosine is not None and row.min_cosine < MIN_COSINE and row.command != "optimize/quantize"
+    cos = "-" if row.min_cosine is None else f"{row.min_cosine:.4f}" + (" !" if flag else "")
     return [row.model, row.command, row.exit, lat, ms, size, cos, f"{row.seconds:.0f}", row.note]
 
 
@@ -243,11 +244,12 @@ def render_markdown(rows: list[Row]) -> str:
 
 
 def summary(rows: list[Row]) -> list[str]:
-    """Lines after the table: tracebacks, outputs under the cosine floor, slower outputs."""
+    """Lines after the table: tracebacks, outputs under the cosine floor (vs their input: not the
+    optimize/quantize rows, whose cosine is between two outputs each held to the floor), slower outputs."""
     tracebacks = [f"{r.model}/{r.command}" for r in rows if r.traceback]
-    low = [f"{r.model}/{r.command} ({r.min_cosine:.4f})" for r in rows
+    outputs = [r for r in rows if r.command != "optimize/quantize"]  # a pair row compares two outputs
+    low = [f"{r.model}/{r.command} ({r.min_cosine:.4f})" for r in outputs
            if r.min_cosine is not None and r.min_cosine < MIN_COSINE]
-    outputs = [r for r in rows if r.command != "optimize/quantize"]
     slower = [f"{r.model}/{r.command}" for r in outputs if r.ci_low is not None and r.ci_low > 1.0]
     behind = [f"{r.model} ({r.latency_ratio:.2f})" for r in rows if r.command == "optimize/quantize"
               and r.ci_low is not None and r.ci_low > QUANTIZE_MARGIN]
