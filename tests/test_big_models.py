@@ -27,12 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 WIDTH, LAYERS = 2048, 4  # 4 x 16 MiB of float32 weights
 
 
-def external_mlp(path: Path, width: int = WIDTH, layers: int = LAYERS, seed: int = 0) -> Path:
-    """An MLP (MatMul + Relu) x layers without node names, weights in `<name>.data` beside path."""
+def external_mlp(path: Path, width: int = WIDTH, layers: int = LAYERS, seed: int = 0,
+                 outliers_in: int | None = None) -> Path:
+    """An MLP (MatMul + Relu) x layers without node names, weights in `<name>.data` beside path;
+    outliers_in: a layer whose weights get a sparse grid of 30x outliers (int8-sensitive)."""
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "input"
     for i in range(layers):
         w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        if i == outliers_in:
+            w[::37, ::11] *= 30
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
         x = f"r{i}"

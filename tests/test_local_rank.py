@@ -15,6 +15,7 @@ from onnxopt.core.runtime import create_session
 from onnxopt.quantization.engine import Candidate
 from onnxopt.quantization.local_rank import dequantize, scheme_of
 from onnxopt.quantization.sensitivity import dynamic_quantize
+from tests.test_big_models import external_mlp
 
 K, N = 256, 64
 
@@ -71,25 +72,6 @@ def test_emulated_weights_compute_what_onnxruntime_computes(tmp_path: Path, cand
     assert worst < 0.05, worst
 
 
-def _mlp_with_a_sensitive_layer(path: Path, width: int = 384, layers: int = 6, sensitive: int = 2) -> str:
-    """An external-data MLP (unnamed nodes) whose layer `sensitive` has outliers; the weight's name."""
-    rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "input"
-    for i in range(layers):
-        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-        if i == sensitive:
-            w[::37, ::11] *= 30
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
-        x = f"r{i}"
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", width])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
-    return f"w{sensitive}"
-
-
 @pytest.mark.parametrize("mode", ["dynamic", "weight-only"])
 def test_file_mode_fallback_ranks_without_a_build_per_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            mode: str) -> None:
@@ -100,8 +82,7 @@ def test_file_mode_fallback_ranks_without_a_build_per_node(tmp_path: Path, monke
     from onnxopt.quantization.config import QuantizeConfig
     from onnxopt.quantization.session import QuantSession
 
-    src = tmp_path / "m.onnx"
-    sensitive = _mlp_with_a_sensitive_layer(src)
+    src, sensitive = external_mlp(tmp_path / "m.onnx", width=384, layers=6, outliers_in=2), "w2"
     before = (src.read_bytes(), (tmp_path / "m.onnx.data").read_bytes())
     floor = 0.9998 if mode == "dynamic" else 0.995
     builds: list[str] = []

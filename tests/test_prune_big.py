@@ -189,13 +189,14 @@ def test_cli_from_file_accuracy_with_labelled_data(
     assert (tmp_path / "file.onnx").read_bytes() == (tmp_path / "mem.onnx").read_bytes()
 
 
+@pytest.mark.parametrize("method", [["--sparsity", "0.9", "--min-elements", "0"],
+                                    ["--method", "channels", "--ratio", "0.9"]], ids=["magnitude", "channels"])
 def test_cli_from_file_gate_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   capsys: pytest.CaptureFixture[str], method: list[str]) -> None:
     src = _external(make_convnet(), tmp_path / "in.onnx")
     monkeypatch.setattr(streamed, "STREAM_BYTES", 0)
     with pytest.raises(SystemExit) as e:
-        main(["prune", str(src), "-o", str(tmp_path / "out" / "file.onnx"), "--sparsity", "0.9",
-              "--min-elements", "0", "--min-cosine", "0.99999999"])
+        main(["prune", str(src), "-o", str(tmp_path / "out" / "file.onnx"), *method, "--min-cosine", "0.99999999"])
     assert e.value.code == 3
     assert "nothing written" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "in.onnx.data"]

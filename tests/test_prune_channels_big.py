@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.cli import cli, main
+from onnxopt.cli import cli
 from onnxopt.core.external import same_computation, write_external
 from onnxopt.core.model import load_model, save_model
 from onnxopt.core.runtime import create_session
@@ -140,19 +140,6 @@ def test_cli_from_file_with_the_floor_writes_what_the_in_memory_path_writes(
     assert (tmp_path / "file.onnx").read_bytes() == (tmp_path / "mem.onnx").read_bytes()
     assert _digest(src, src.with_name("in.onnx.data")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.onnx", "in.onnx", "in.onnx.data", "mem.onnx", "val.npz"]
-
-
-def test_cli_from_file_gate_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    src = tmp_path / "in.onnx"
-    write_external(make_convnet(), src, threshold=256)
-    monkeypatch.setattr(streamed, "STREAM_BYTES", 0)
-    with pytest.raises(SystemExit) as e:
-        main(["prune", str(src), "-o", str(tmp_path / "out" / "file.onnx"), "--method", "channels",
-              "--ratio", "0.9", "--min-cosine", "0.99999999"])
-    assert e.value.code == 3
-    assert "nothing written" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "in.onnx.data"]
 
 
 def test_output_above_the_inline_limit_gets_its_own_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
